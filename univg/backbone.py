@@ -1,0 +1,328 @@
+"""One wrapper over transformers' Qwen2-VL shared by the SFT, pure-RL and GRPO modules.
+
+``BackboneSpec`` is what a YAML names (``model.init_args.backbone``); ``spec.build()`` returns the
+``Qwen2VLForConditionalGeneration`` (wrapped by peft when LoRA is on). Presets name model sizes in
+one table; ``tiny`` is for tests and the demo, ``qwen2-vl-2b``/``qwen2-vl-7b`` carry the public
+checkpoints' config values (a randomly initialised model of the same shape), and ``checkpoint``
+loads real weights with ``from_pretrained`` (a local path or a hub id).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+# Config values of the public checkpoints (Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2-VL-7B-Instruct).
+_VISION_675M = dict(
+    depth=32,
+    embed_dim=1280,
+    mlp_ratio=4,
+    num_heads=16,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+)
+_MROPE_128 = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [16, 24, 24]}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # 2 text layers, hidden 64: ~9.9M parameters, almost all of them the tied 151,936-row embedding.
+    "tiny": dict(
+        text_config=dict(
+            vocab_size=151936,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=4),
+        tie_word_embeddings=True,
+    ),
+    "qwen2-vl-2b": dict(
+        text_config=dict(
+            vocab_size=151936,
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=32768,
+            rope_parameters=dict(_MROPE_128),
+        ),
+        vision_config=dict(_VISION_675M, hidden_size=1536),
+        tie_word_embeddings=True,
+    ),
+    "qwen2-vl-7b": dict(
+        text_config=dict(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            rms_norm_eps=1e-6,
+            max_position_embeddings=32768,
+            rope_parameters=dict(_MROPE_128),
+        ),
+        vision_config=dict(_VISION_675M, hidden_size=3584),
+        tie_word_embeddings=False,
+    ),
+}
+
+#: Hub ids of the released weights for each preset (what users pass as ``checkpoint``).
+HUB_IDS = {"qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct"}
+
+#: Which coordinate frame each preset family reads and writes (DESIGN.md section 1).
+PRESET_FRAMES = {"tiny": "qwen2-vl", "qwen2-vl-2b": "qwen2-vl", "qwen2-vl-7b": "qwen2-vl"}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def preset_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """``Qwen2VLConfig`` of a preset, with nested ``overrides`` (e.g. ``{"text_config": {...}}``)."""
+    from transformers import Qwen2VLConfig
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown backbone preset {name!r}; choose one of {sorted(PRESETS)}")
+    values = _merge(PRESETS[name], overrides or {})
+    text = values["text_config"]
+    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    section = text["rope_parameters"].get("mrope_section")
+    if section is not None and 2 * sum(section) != head_dim:
+        raise ValueError(
+            f"preset {name!r}: mrope_section {section} must sum to head_dim / 2 = {head_dim // 2}"
+        )
+    return Qwen2VLConfig(**values)
+
+
+@dataclass
+class LoRASpec:
+    """LoRA adapters on the language model (peft). ``target_modules`` are projection names."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class BackboneSpec:
+    """What to build: a preset (random init) or a checkpoint, and how to train it.
+
+    Args:
+        preset: a key of :data:`PRESETS`; also names the coordinate frame.
+        checkpoint: local path or hub id loaded with ``from_pretrained``; None builds the preset
+            with random weights (seeded by Lightning's ``seed_everything``).
+        overrides: nested config overrides for the preset, e.g. ``{"text_config": {"hidden_size": 128}}``.
+        freeze_vision: keep the vision tower (patch embed, blocks, merger) frozen (paper default).
+        gradient_checkpointing: recompute activations in backward (non-reentrant).
+        dtype: "float32", "bfloat16" or "float16" parameter dtype.
+        lora: LoRA adapters (peft) on the language model; None trains the full language model.
+        quantization: None, "4bit" or "8bit" (bitsandbytes; needs a checkpoint, QLoRA with ``lora``).
+        attn_implementation: "sdpa" (default) or "eager"/"flash_attention_2".
+    """
+
+    preset: str = "tiny"
+    checkpoint: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    freeze_vision: bool = True
+    gradient_checkpointing: bool = False
+    dtype: str = "float32"
+    lora: LoRASpec | None = None
+    quantization: str | None = None
+    attn_implementation: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown backbone preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}")
+        if self.quantization not in (None, "4bit", "8bit"):
+            raise ValueError(f"quantization must be null, '4bit' or '8bit', got {self.quantization!r}")
+        if isinstance(self.lora, dict):
+            self.lora = LoRASpec(**self.lora)
+
+    @property
+    def frame(self) -> Any:
+        """The coordinate frame the model reads and writes (a :mod:`univg.boxes` frame)."""
+        from univg.boxes import get_frame
+
+        return get_frame(PRESET_FRAMES[self.preset])
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def config(self) -> Any:
+        return preset_config(self.preset, self.overrides)
+
+    def build(self, device: str | torch.device | None = None) -> nn.Module:
+        """The model, ready to train: frozen parts, checkpointing and adapters applied."""
+        if self.checkpoint is not None:
+            model = load_pretrained(
+                self.checkpoint, self.torch_dtype, self.quantization, self.attn_implementation
+            )
+        else:
+            if self.quantization is not None:
+                raise ValueError(
+                    "quantization needs real weights: set backbone.checkpoint (bitsandbytes quantises on load)"
+                )
+            model = build_from_config(self.config(), self.torch_dtype, device, self.attn_implementation)
+        return self.prepare(model)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        if self.freeze_vision:
+            freeze_vision_tower(model)
+        if self.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
+        if self.lora is not None:
+            model = apply_lora(model, self.lora, quantized=self.quantization is not None)
+        return model
+
+
+def build_from_config(
+    config: Any, dtype: torch.dtype = torch.float32, device: Any = None, attn_implementation: str = "sdpa"
+) -> nn.Module:
+    """A randomly initialised ``Qwen2VLForConditionalGeneration`` (``device="meta"`` for sizing)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    config._attn_implementation = attn_implementation
+    with torch.device(device or "cpu"):
+        model = Qwen2VLForConditionalGeneration(config)
+    return model.to(dtype) if device != "meta" else model.to(dtype=dtype)
+
+
+def load_pretrained(
+    checkpoint: str | os.PathLike,
+    dtype: torch.dtype = torch.float32,
+    quantization: str | None = None,
+    attn_implementation: str = "sdpa",
+) -> nn.Module:
+    """``from_pretrained`` on a local path or hub id, with optional bitsandbytes quantisation."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    path = str(checkpoint)
+    looks_local = path.startswith((".", "/", "~")) or os.sep in path and len(path.split("/")) != 2
+    if looks_local and not Path(path).expanduser().exists():
+        raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
+    kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization_config(quantization, dtype)
+    model = Qwen2VLForConditionalGeneration.from_pretrained(
+        str(Path(path).expanduser()) if looks_local else path, **kwargs
+    )
+    if quantization == "4bit":
+        _disable_cpu_avx512bf16_repack(model)
+    return model
+
+
+def quantization_config(kind: str, compute_dtype: torch.dtype = torch.float32) -> Any:
+    """bitsandbytes 4-bit (NF4, QLoRA) or 8-bit config; a clear error when bitsandbytes is unusable."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as err:  # ImportError or a broken native library
+        raise RuntimeError(
+            f"{kind} quantisation needs a working bitsandbytes on this platform: {err}"
+        ) from err
+    from transformers import BitsAndBytesConfig
+
+    # The vision tower and head stay unquantised: its small layers (in_features below the 4-bit block
+    # size) fail under no_grad on CPU, and quantising the head hurts the 151,936-way softmax.
+    skip = ["model.visual", "visual", "lm_head"]
+    if kind == "4bit":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+            llm_int8_skip_modules=skip,
+        )
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    raise ValueError(f"quantization must be '4bit' or '8bit', got {kind!r}")
+
+
+def _disable_cpu_avx512bf16_repack(model: nn.Module) -> None:
+    # bitsandbytes repacks 4-bit weights during a no_grad forward on AVX512-BF16 CPUs, after which the
+    # next training step fails (DESIGN.md section 9). Turning the fast path off keeps weights as loaded.
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+def vision_tower(model: nn.Module) -> nn.Module:
+    """The vision encoder (patch embed, blocks, merger) of a (possibly peft-wrapped) Qwen2-VL."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model.visual
+
+
+def language_model(model: nn.Module) -> nn.Module:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.model.language_model
+
+
+def freeze_vision_tower(model: nn.Module) -> None:
+    for p in vision_tower(model).parameters():
+        p.requires_grad_(False)
+
+
+def apply_lora(model: nn.Module, spec: LoRASpec, quantized: bool = False) -> nn.Module:
+    """peft LoRA on the language model's projections only (the vision tower keeps its own names)."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    names = "|".join(spec.target_modules)
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        # a regex: restricts adapters to the decoder layers of the language model
+        target_modules=rf".*language_model\.layers\.\d+\..*\.({names})",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of (trainable) parameters, counting tied weights once."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or (trainable_only and not p.requires_grad):
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def fsdp_layer_classes() -> set[type[nn.Module]]:
+    """Module classes that FSDP wraps (shards) one by one: decoder layers and vision blocks."""
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLVisionBlock
+
+    return {Qwen2VLDecoderLayer, Qwen2VLVisionBlock}
+
+
+def fsdp_units(model: nn.Module) -> list[nn.Module]:
+    """The modules to shard individually, in order (each vision block, each decoder layer)."""
+    classes = tuple(fsdp_layer_classes())
+    return [m for m in model.modules() if isinstance(m, classes)]
