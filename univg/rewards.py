@@ -1,0 +1,185 @@
+"""Rewards for grounding completions: pure functions, registered by name (DESIGN section 3).
+
+Every reward has TRL's calling convention, ``fn(completions, **kwargs) -> list[float]`` with one
+float per completion, so the same functions serve our trainer, TRL's ``GRPOTrainer`` (dataset
+columns arrive as keyword arguments) and evaluation. Keyword arguments a reward does not use are
+ignored. Ground-truth ``boxes`` are in the backbone's model frame (``frame``, default "qwen2-vl";
+the pixel frame also needs ``sizes``, one ``(width, height)`` per completion).
+
+A reward never raises on bad model output: unparsable, truncated, NaN, negative, out-of-range or
+inverted boxes score 0 or are repaired (swap, clamp) and counted; see :func:`reward_stats`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from univg.boxes import BoxFixes, Frame, box_iou, get_frame, normalise_coords, parse_answer
+
+#: A reward: ``fn(completions, **kwargs) -> list[float]`` (one score per completion).
+RewardFn = Callable[..., list[float]]
+
+#: Registered rewards by name; YAML lists names and weights (see :func:`compute_rewards`).
+REWARDS: dict[str, RewardFn] = {}
+
+
+def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
+    """Decorator registering ``fn`` under ``name``; a name may be registered once."""
+
+    def decorator(fn: RewardFn) -> RewardFn:
+        if name in REWARDS and REWARDS[name] is not fn:
+            raise ValueError(f"reward {name!r} is already registered (by {REWARDS[name].__qualname__})")
+        REWARDS[name] = fn
+        return fn
+
+    return decorator
+
+
+def get_reward(name: str) -> RewardFn:
+    """The reward registered under ``name``; ValueError naming the registered ones otherwise."""
+    try:
+        return REWARDS[name]
+    except KeyError:
+        raise ValueError(f"unknown reward {name!r}; registered rewards: {sorted(REWARDS)}") from None
+
+
+def _sizes(sizes: Sequence[tuple[int, int]] | None, n: int) -> Sequence[tuple[int | None, int | None]]:
+    if sizes is None:
+        return [(None, None)] * n
+    if len(sizes) != n:
+        raise ValueError(f"rewards: got {len(sizes)} image sizes for {n} completions")
+    return sizes
+
+
+def _check_lengths(completions: Sequence[Any], boxes: Sequence[Any]) -> None:
+    # A length mismatch is a caller bug (not bad model output): fail loudly instead of zip-truncating.
+    if len(completions) != len(boxes):
+        raise ValueError(f"rewards: got {len(completions)} completions but {len(boxes)} ground-truth boxes")
+
+
+@register_reward("accuracy")
+def iou_reward(
+    completions: Sequence[str],
+    boxes: Sequence[Sequence[float]],
+    strict: bool = True,
+    frame: str | Frame = "qwen2-vl",
+    sizes: Sequence[tuple[int, int]] | None = None,
+    fixes: BoxFixes | None = None,
+    **kwargs: Any,
+) -> list[float]:
+    """``r_acc``: IoU of the parsed answer with the ground truth, in [0, 1]; unparsable -> 0.
+
+    ``boxes``: ``[N]`` ground-truth boxes in the model frame (e.g. ints in [0, 1000)).
+    Both boxes are mapped to normalised coordinates (IoU does not change under the frame's
+    per-axis scaling; only clamping into the image does). Repairs of the *predicted* box
+    (swapped corners, clamps, NaN, empty) are added to ``fixes`` when given.
+
+    >>> iou_reward(["<think>.</think><answer>(0, 0), (100, 100)</answer>",
+    ...             "<answer>(100, 100), (0, 0)</answer>",   # inverted: swapped
+    ...             "<answer>(0, 0), (100"],                 # truncated: 0
+    ...            [(0, 0, 100, 200)] * 3)
+    [0.5, 0.5, 0.0]
+    """
+    _check_lengths(completions, boxes)
+    frame = get_frame(frame)
+    scores = []
+    for text, gt, (w, h) in zip(completions, boxes, _sizes(sizes, len(completions))):
+        coords = parse_answer(text, strict=strict)
+        pred = normalise_coords(coords, frame, fixes, w, h) if coords is not None else None
+        target = normalise_coords(gt, frame, None, w, h)
+        scores.append(box_iou(pred, target) if pred is not None and target is not None else 0.0)
+    return scores
+
+
+# The DESIGN pattern verbatim; re.ASCII keeps \d to 0-9 so the format reward and the parser agree.
+FORMAT_RE = re.compile(
+    r"^<think>.*?</think>\s*<answer>\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\)</answer>$", re.DOTALL | re.ASCII
+)
+# Removed from the end before matching, so the score does not depend on whether the caller decoded
+# with skip_special_tokens: the chat end marker, the pad/eos token and trailing whitespace.
+_TRAILING_RE = re.compile(r"(?:\s|<\|im_end\|>|<\|endoftext\|>)+\Z")
+
+
+@register_reward("format")
+def format_reward(completions: Sequence[str], **kwargs: Any) -> list[float]:
+    """``r_fmt``: 1 iff the whole completion is ``<think>...</think><answer>(x1, y1), (x2, y2)</answer>``.
+
+    Matches ``^<think>.*?</think>\\s*<answer>\\(\\d+,\\s*\\d+\\),\\s*\\(\\d+,\\s*\\d+\\)</answer>$``
+    (DOTALL, ASCII digits) against the whole text, after removing trailing whitespace and trailing
+    ``<|im_end|>`` / ``<|endoftext|>`` markers (callers may or may not strip them). Leading text,
+    text after ``</answer>``, spaces inside the parentheses or a negative number score 0.
+    Non-string items score 0.
+
+    >>> format_reward(["<think>a</think>\\n<answer>(1, 2),(3, 4)</answer><|im_end|>\\n",
+    ...                "<answer>(1, 2), (3, 4)</answer>",
+    ...                "<think>a</think><answer>( 1, 2), (3, 4)</answer>"])
+    [1.0, 0.0, 0.0]
+    """
+    scores = []
+    for text in completions:
+        if not isinstance(text, str):
+            scores.append(0.0)
+            continue
+        # fullmatch, not match: "$" alone would also accept a trailing newline.
+        stripped = _TRAILING_RE.sub("", text)
+        scores.append(1.0 if FORMAT_RE.fullmatch(stripped) else 0.0)
+    return scores
+
+
+def compute_rewards(
+    specs: Mapping[str, float],
+    completions: Sequence[str],
+    boxes: Sequence[Sequence[float]],
+    **kwargs: Any,
+) -> dict[str, torch.Tensor]:
+    """Each named reward as a float32 ``[N]`` tensor, plus ``"total"`` = sum of weight * reward.
+
+    ``specs`` maps reward names to weights, e.g. ``{"accuracy": 1.0, "format": 1.0}`` (DESIGN:
+    ``r = r_acc + r_fmt``). Extra keyword arguments (``strict``, ``frame``, ``sizes``) are passed to
+    every reward.
+
+    >>> out = compute_rewards({"accuracy": 1.0, "format": 0.5},
+    ...                       ["<think>x</think><answer>(0, 0), (100, 100)</answer>"], [(0, 0, 100, 200)])
+    >>> {k: v.tolist() for k, v in out.items()}
+    {'accuracy': [0.5], 'format': [1.0], 'total': [1.0]}
+    """
+    if not specs:
+        raise ValueError(f"compute_rewards: no rewards requested; registered rewards: {sorted(REWARDS)}")
+    if "total" in specs:
+        raise ValueError("compute_rewards: 'total' is the weighted sum, not a reward name")
+    _check_lengths(completions, boxes)
+    out: dict[str, torch.Tensor] = {}
+    total = torch.zeros(len(completions), dtype=torch.float32)  # [N]
+    for name, weight in specs.items():
+        scores = get_reward(name)(completions, boxes=boxes, **kwargs)
+        if len(scores) != len(completions):
+            raise ValueError(
+                f"reward {name!r} returned {len(scores)} scores for {len(completions)} completions"
+            )
+        out[name] = torch.tensor(scores, dtype=torch.float32)  # [N]
+        total = total + float(weight) * out[name]
+    out["total"] = total
+    return out
+
+
+def reward_stats(
+    completions: Sequence[str],
+    boxes: Sequence[Sequence[float]],
+    strict: bool = True,
+    frame: str | Frame = "qwen2-vl",
+    sizes: Sequence[tuple[int, int]] | None = None,
+) -> dict[str, float]:
+    """Counts for logging: ``unparsable`` answers and repaired predicted boxes (:class:`BoxFixes`).
+
+    >>> reward_stats(["no box", "<answer>(9, 9), (1, 1)</answer>", "<answer>(-5, 0), (10, 10)</answer>"],
+    ...              [(0, 0, 10, 10)] * 3)
+    {'unparsable': 1.0, 'swapped': 1.0, 'clamped': 1.0, 'degenerate': 0.0, 'nan': 0.0}
+    """
+    fixes = BoxFixes()
+    iou_reward(completions, boxes, strict=strict, frame=frame, sizes=sizes, fixes=fixes)
+    unparsable = sum(parse_answer(text, strict=strict) is None for text in completions)
+    return {"unparsable": float(unparsable), **{k: float(v) for k, v in fixes.as_dict().items()}}
