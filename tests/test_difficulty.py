@@ -1,0 +1,106 @@
+"""phi and difficulty weights: hand-derived values, no gradient, per-group mIoU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from univg.difficulty import PHI_NAMES, difficulty_shares, difficulty_weights, normalise_weights, phi
+
+M = torch.tensor([0.0, 0.25, 0.5, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("none", [1.0, 1.0, 1.0, 1.0]),
+        ("exp", [math.e, math.exp(0.75), math.exp(0.5), 1.0]),
+        ("square", [1.0, 0.5625, 0.25, 0.0]),
+        ("neglog", [-math.log(0.02), -math.log(0.27), -math.log(0.52), -math.log(1.02)]),
+    ],
+)
+def test_phi_hand_values(name: str, expected: list[float]) -> None:
+    torch.testing.assert_close(phi(name, M), torch.tensor(expected))
+
+
+def test_phi_neglog_eps_is_configurable() -> None:
+    torch.testing.assert_close(phi("neglog", torch.tensor([0.0]), eps=0.1), torch.tensor([-math.log(0.1)]))
+
+
+def test_phi_names() -> None:
+    assert PHI_NAMES == ("none", "exp", "square", "neglog")
+    with pytest.raises(ValueError, match=r"unknown phi 'log'.*'none', 'exp', 'square', 'neglog'"):
+        phi("log", M)
+
+
+@pytest.mark.parametrize("name", PHI_NAMES)
+def test_phi_has_no_gradient(name: str) -> None:
+    m = torch.tensor([0.2, 0.7], requires_grad=True)
+    w = phi(name, m)
+    assert not w.requires_grad
+    assert w.grad_fn is None
+
+
+def test_phi_clamps_and_reads_nan_as_zero() -> None:
+    m = torch.tensor([math.nan, -0.5, 1.5])
+    # NaN -> 0 (hardest), -0.5 -> 0, 1.5 -> 1.
+    torch.testing.assert_close(phi("exp", m), torch.tensor([math.e, math.e, 1.0]))
+    torch.testing.assert_close(phi("square", m), torch.tensor([1.0, 1.0, 0.0]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=8))
+def test_phi_is_finite_and_monotone_in_range(values: list[float]) -> None:
+    m = torch.tensor(values)
+    for name in PHI_NAMES:
+        w = phi(name, m)
+        assert torch.isfinite(w).all()
+    assert ((phi("exp", m) >= 1.0) & (phi("exp", m) <= math.e + 1e-6)).all()
+    assert ((phi("square", m) >= 0.0) & (phi("square", m) <= 1.0)).all()
+
+
+def test_normalise_weights() -> None:
+    torch.testing.assert_close(
+        normalise_weights(torch.tensor([1.0, 2.0, 3.0])), torch.tensor([0.5, 1.0, 1.5])
+    )
+    torch.testing.assert_close(normalise_weights(torch.zeros(3)), torch.zeros(3))
+    w = torch.tensor([1.0, 3.0], requires_grad=True)
+    assert not normalise_weights(w).requires_grad
+
+
+def test_difficulty_weights_are_per_group() -> None:
+    # Two prompts in one micro-batch, G = 2: prompt 0 solved (mIoU 1), prompt 1 failed (mIoU 0).
+    acc = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    w = difficulty_weights(acc, group_size=2, name="exp")
+    torch.testing.assert_close(w, torch.tensor([1.0, 1.0, math.e, math.e]))
+    # The release's bug: mIoU over the whole micro-batch (0.5) gives every completion exp(0.5).
+    assert not torch.allclose(w, torch.full((4,), math.exp(0.5)))
+
+
+def test_difficulty_weights_several_groups_and_normalise() -> None:
+    # G = 3, three prompts with mIoU 0.2, 0.5, 0.8 -> square weights 0.64, 0.25, 0.04 (mean 0.31).
+    acc = torch.tensor([0.0, 0.3, 0.3, 0.5, 0.5, 0.5, 1.0, 0.7, 0.7])
+    w = difficulty_weights(acc, group_size=3, name="square")
+    torch.testing.assert_close(w, torch.tensor([0.64] * 3 + [0.25] * 3 + [0.04] * 3))
+    w = difficulty_weights(acc, group_size=3, name="square", normalise=True)
+    torch.testing.assert_close(w, torch.tensor([0.64 / 0.31] * 3 + [0.25 / 0.31] * 3 + [0.04 / 0.31] * 3))
+    assert w.mean().item() == pytest.approx(1.0)
+
+
+def test_difficulty_weights_reject_partial_groups() -> None:
+    with pytest.raises(ValueError, match="groups of group_size=4"):
+        difficulty_weights(torch.zeros(6), group_size=4, name="exp")
+
+
+def test_difficulty_shares() -> None:
+    shares = difficulty_shares(torch.tensor([0.0, 0.29, 0.3, 0.7, 0.71]))
+    assert shares == pytest.approx({"miou_lt_0.3": 0.4, "miou_0.3_0.7": 0.4, "miou_gt_0.7": 0.2})
+    assert difficulty_shares(torch.tensor([])) == {
+        "miou_lt_0.3": 0.0,
+        "miou_0.3_0.7": 0.0,
+        "miou_gt_0.7": 0.0,
+    }
