@@ -1,0 +1,82 @@
+"""Data layer: one sample type, one reader per dataset, prompts, collation and data modules.
+
+Readers and the schema import light; the collator and the Lightning data modules (torch,
+transformers, lightning) load on first access, so ``import univg.data`` stays cheap for tools
+such as the CoT builder.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from univg.data.images import ImageNotFoundError, image_size, load_image, resolve_image_path
+from univg.data.readers import (
+    MIG_TASKS,
+    PAPER_COLUMNS,
+    READERS,
+    cot_record,
+    mig_target_index,
+    read_cot_sft,
+    read_lisa,
+    read_llmseg,
+    read_mgrounding,
+    read_mig_bench,
+    read_refcoco,
+    read_samples,
+    read_stage2_rl,
+    read_vos,
+    write_cot_sft,
+)
+from univg.data.schema import GroundingSample, ReadReport, SampleError, SampleList, validate_sample
+
+_LAZY = {
+    "GroundingCollator": "univg.data.collate",
+    "GroundingDataModule": "univg.data.datamodules",
+    "MIGBenchDataModule": "univg.data.datamodules",
+    "MGroundingDataModule": "univg.data.datamodules",
+    "CoTSFTDataModule": "univg.data.datamodules",
+    "Stage2RLDataModule": "univg.data.datamodules",
+    "RefCOCODataModule": "univg.data.datamodules",
+    "LISADataModule": "univg.data.datamodules",
+    "LLMSegDataModule": "univg.data.datamodules",
+    "VOSDataModule": "univg.data.datamodules",
+    "SyntheticDataModule": "univg.data.datamodules",
+    "MixtureDataModule": "univg.data.mixture",
+    "draw_mixture": "univg.data.mixture",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'univg.data' has no attribute {name!r}")
+
+
+__all__ = [
+    "GroundingSample",
+    "ImageNotFoundError",
+    "MIG_TASKS",
+    "PAPER_COLUMNS",
+    "READERS",
+    "ReadReport",
+    "SampleError",
+    "SampleList",
+    "cot_record",
+    "image_size",
+    "load_image",
+    "mig_target_index",
+    "read_cot_sft",
+    "read_lisa",
+    "read_llmseg",
+    "read_mgrounding",
+    "read_mig_bench",
+    "read_refcoco",
+    "read_samples",
+    "read_stage2_rl",
+    "read_vos",
+    "resolve_image_path",
+    "validate_sample",
+    "write_cot_sft",
+    *_LAZY,
+]

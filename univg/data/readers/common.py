@@ -1,0 +1,332 @@
+"""Shared machinery of the dataset readers: loading records, naming errors, box policy, target rules.
+
+Every reader is ``parse(record) -> list[GroundingSample]`` run by :func:`run_reader`, which owns
+the policy: a malformed record raises :class:`SampleError` (file, record index, field, what was
+expected) unless ``skip_invalid=True``, in which case it is skipped and listed in the
+:class:`ReadReport`. Nothing is dropped silently.
+
+Box policy (all readers):
+- a coordinate outside [0, 1] by at most :data:`CLAMP_TOLERANCE` is clamped, counted and flagged
+  (``meta["clamped"]``, original in ``meta["raw_box"]``); further out is an error (a wrong frame,
+  e.g. pixels read as normalised);
+- a degenerate box (x2 <= x1 or y2 <= y1) follows ``degenerate``: ``"keep"`` (default: kept,
+  flagged ``meta["degenerate"]`` and listed; it cannot be hit at evaluation), ``"skip"`` (skipped
+  and listed) or ``"error"``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from univg.boxes import Box, get_frame, parse_box_tokens
+from univg.data.images import ImageNotFoundError, image_size, resolve_image_path
+from univg.data.schema import GroundingSample, ReadReport, SampleError, SampleList, validate_sample
+
+logger = logging.getLogger("univg.data")
+
+#: How far outside [0, 1] a normalised coordinate may be and still be clamped (MIG-Bench has 1.048).
+CLAMP_TOLERANCE = 0.1
+DEGENERATE_POLICIES = ("keep", "skip", "error")
+_MISSING = object()
+
+ORDINAL_WORDS = {
+    "first": 1,
+    "second": 2,
+    "third": 3,
+    "fourth": 4,
+    "fifth": 5,
+    "sixth": 6,
+    "seventh": 7,
+    "eighth": 8,
+    "ninth": 9,
+    "tenth": 10,
+}
+# "in the 3th image" / "the second image" / "image-2" (case-insensitive). "the 1th region picture"
+# and "the source image" deliberately do not match.
+_MENTION_RE = re.compile(
+    r"\b(?:(?P<num>\d+)(?:st|nd|rd|th)|(?P<word>" + "|".join(ORDINAL_WORDS) + r"))\s+image\b"
+    r"|\bimage-(?P<dash>\d+)\b",
+    re.IGNORECASE,
+)
+_IMAGE_PLACEHOLDER_RE = re.compile(r"<image>\n?")
+
+
+class SkipRecord(Exception):
+    """Raised by a parser to skip a record by policy (not an error); the reason is reported."""
+
+
+def image_mentions(text: str) -> list[tuple[int, str]]:
+    """Every image named in ``text`` as (0-based index, rule), in order of appearance.
+
+    >>> image_mentions("the object in the first image ... locate it in the 3th image, not image-2")
+    [(0, 'question:word'), (2, 'question:ordinal'), (1, 'question:image-n')]
+    >>> image_mentions("Please locate the 1th region picture in the source image.")
+    []
+    """
+    out = []
+    for m in _MENTION_RE.finditer(text):
+        if m.group("num"):
+            out.append((int(m.group("num")) - 1, "question:ordinal"))
+        elif m.group("word"):
+            out.append((ORDINAL_WORDS[m.group("word").lower()] - 1, "question:word"))
+        else:
+            out.append((int(m.group("dash")) - 1, "question:image-n"))
+    return out
+
+
+def target_from_question(question: str) -> tuple[int, str] | None:
+    """The target image of a question: its **last** image mention (earlier ones name references).
+
+    "These images share one object (marked in the first image). Locate it in the 2th image." -> 1.
+
+    >>> target_from_question("For the box in the first image, locate it in the second image.")
+    (1, 'question:word')
+    >>> target_from_question("no mention") is None
+    True
+    """
+    found = image_mentions(question)
+    return found[-1] if found else None
+
+
+def strip_image_placeholders(text: str) -> tuple[str, int]:
+    """Remove ``<image>`` placeholders (and the newline after each). Returns (text, count).
+
+    >>> strip_image_placeholders("<image>\\n<image>What is here?")
+    ('What is here?', 2)
+    """
+    count = text.count("<image>")
+    return _IMAGE_PLACEHOLDER_RE.sub("", text), count
+
+
+def load_records(path: str | os.PathLike) -> list[Any]:
+    """The records of a JSON list file or a JSONL file (one JSON object per line).
+
+    A JSONL line that does not parse becomes a :class:`SampleError` *record* (so that
+    ``skip_invalid`` can skip it); a JSON file that does not parse, or is not a list, raises.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records: list[Any] = []
+        for line_no, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                records.append(
+                    SampleError(f"{path}:record {len(records)} (line {line_no + 1}): not JSON: {err}")
+                )
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SampleError(
+            f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}"
+        ) from err
+    if not isinstance(data, list):
+        raise SampleError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+    return data
+
+
+class Record:
+    """One raw record and where it came from; field access raises errors that name all three."""
+
+    def __init__(self, path: str, index: int, raw: Any, report: ReadReport, degenerate: str) -> None:
+        self.path = path
+        self.index = index
+        self.raw = raw
+        self.report = report
+        self.degenerate = degenerate
+        rid = raw.get("id") if isinstance(raw, dict) else None
+        self.id = str(rid) if rid not in (None, "") else f"{Path(path).stem}-{index}"
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}:record {self.index} (id {self.id})"
+
+    def error(self, field: str, expected: str, got: Any = _MISSING) -> SampleError:
+        got_text = "" if got is _MISSING else f", got {_short(got)}"
+        return SampleError(f"{self.where}: field '{field}': expected {expected}{got_text}")
+
+    def get(self, *names: str, expected: str, types: type | tuple[type, ...], default: Any = _MISSING) -> Any:
+        """The first present field among ``names`` (aliases), type-checked; error names them all."""
+        if not isinstance(self.raw, dict):
+            raise SampleError(f"{self.where}: expected a JSON object, got {type(self.raw).__name__}")
+        for name in names:
+            if name in self.raw and self.raw[name] is not None:
+                value = self.raw[name]
+                if isinstance(value, bool) and bool not in _as_tuple(types):
+                    raise self.error(name, expected, value)
+                if not isinstance(value, types):
+                    raise self.error(name, expected, value)
+                return value
+        if default is not _MISSING:
+            return default
+        raise self.error("|".join(names), expected + " (field missing)")
+
+    def name_of(self, *names: str) -> str:
+        """Which alias of a field this record uses (for error messages)."""
+        return next((n for n in names if isinstance(self.raw, dict) and n in self.raw), names[0])
+
+    def str_list(self, *names: str, expected: str = "a non-empty list of image paths") -> list[str]:
+        value = self.get(*names, expected=expected, types=(list, str))
+        if isinstance(value, str):
+            value = [value]
+        field = self.name_of(*names)
+        if not value:
+            raise self.error(field, expected, value)
+        for i, v in enumerate(value):
+            if not isinstance(v, str) or not v:
+                raise self.error(f"{field}[{i}]", "a non-empty string path", v)
+        return value
+
+    def numbers(
+        self, value: Any, field: str, n: int = 4, what: str = "4 numbers x1, y1, x2, y2"
+    ) -> list[float]:
+        """Exactly ``n`` finite numbers (a flat list, or a nested [[x1, y1], [x2, y2]])."""
+        if isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value):
+            value = [c for pair in value for c in pair]
+        if isinstance(value, str):  # "[x1, y1, x2, y2]" as some VOS files write it
+            value = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", value)]
+        if not isinstance(value, list | tuple) or len(value) != n:
+            raise self.error(field, what, value)
+        for v in value:
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise self.error(field, what + " (finite numbers)", value)
+        return [float(v) for v in value]
+
+    # ---- boxes -------------------------------------------------------------------------------
+
+    def box(
+        self,
+        coords: Sequence[float],
+        field: str,
+        sample_id: str,
+        frame: str = "normalised",
+        size: tuple[int, int] | None = None,
+    ) -> tuple[Box, dict[str, Any]]:
+        """A normalised :class:`Box` from ``coords`` in ``frame`` ("normalised", "qwen2-vl" or
+        "pixels" with ``size=(width, height)``), by the module's clamp and degenerate policy.
+
+        Returns the box and the meta flags to merge into the sample.
+        """
+        if frame == "normalised":
+            raw = tuple(coords)
+        elif frame == "qwen2-vl":
+            scale = get_frame("qwen2-vl").scale  # type: ignore[attr-defined]
+            raw = tuple(c / scale for c in coords)
+        elif frame == "pixels":
+            if size is None or size[0] <= 0 or size[1] <= 0:
+                raise self.error(field, "a pixel box with a known image size", size)
+            w, h = size
+            raw = (coords[0] / w, coords[1] / h, coords[2] / w, coords[3] / h)
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"unknown frame {frame!r}")
+        meta: dict[str, Any] = {}
+        unit = {"normalised": "[0, 1]", "qwen2-vl": "[0, 1000]", "pixels": "[0, width/height]"}[frame]
+        if any(c < -CLAMP_TOLERANCE or c > 1 + CLAMP_TOLERANCE for c in raw):
+            raise self.error(field, f"coordinates in {unit} (a wrong coordinate frame?)", list(coords))
+        box = Box(*raw)
+        if any(c < 0 or c > 1 for c in raw):
+            box = box.clamp()
+            meta["clamped"] = True
+            meta["raw_box"] = list(coords)
+            self.report.clamped.append(sample_id)
+        if box.is_degenerate:
+            if self.degenerate == "error":
+                raise self.error(field, "x1 < x2 and y1 < y2", list(coords))
+            if self.degenerate == "skip":
+                raise SkipRecord(f"degenerate box {list(coords)} in field '{field}'")
+            meta["degenerate"] = True
+            self.report.degenerate.append(sample_id)
+        return box, meta
+
+    def ref_boxes(self, text: str) -> list[Box]:
+        """Reference boxes quoted as ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` (0-1000 frame)."""
+        frame = get_frame("qwen2-vl")
+        return [frame.from_model(c) for c in parse_box_tokens(text)]
+
+    def pixel_size(self, image: str, field: str, image_root: str | os.PathLike | None) -> tuple[int, int]:
+        """(width, height) from the record's ``width``/``height`` or else the image file's header."""
+        if isinstance(self.raw, dict) and "width" in self.raw and "height" in self.raw:
+            w = self.get("width", expected="a positive int (pixels)", types=(int, float))
+            h = self.get("height", expected="a positive int (pixels)", types=(int, float))
+            if w <= 0 or h <= 0:
+                raise self.error("width/height", "positive pixel sizes", (w, h))
+            return int(w), int(h)
+        try:
+            return image_size(image, image_root, where=f"{self.where}: field '{field}'")
+        except ImageNotFoundError as err:
+            raise SampleError(str(err)) from err
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def resolve_all(paths: Iterable[str], image_root: str | os.PathLike | None) -> list[str]:
+    """Paths joined to ``image_root`` when it is given (kept as written otherwise)."""
+    return [resolve_image_path(p, image_root) if image_root is not None else p for p in paths]
+
+
+def run_reader(
+    path: str | os.PathLike,
+    fmt: str,
+    parse: Callable[[Record], Iterable[GroundingSample]],
+    skip_invalid: bool = False,
+    degenerate: str = "keep",
+) -> SampleList:
+    """Run ``parse`` over every record of ``path`` and apply the error/skip policy.
+
+    Returns a :class:`SampleList` whose ``report`` says what was read, skipped, clamped and flagged;
+    the one-line summary is logged (warning level when anything was skipped or fixed).
+    """
+    if degenerate not in DEGENERATE_POLICIES:
+        raise ValueError(f"degenerate must be one of {DEGENERATE_POLICIES}, got {degenerate!r}")
+    path = os.fspath(path)
+    records = load_records(path)
+    report = ReadReport(path=path, format=fmt, records=len(records))
+    out = SampleList()
+    for index, raw in enumerate(records):
+        rec = Record(path, index, raw, report, degenerate)
+        n_clamped, n_degenerate = len(report.clamped), len(report.degenerate)
+        try:
+            if isinstance(raw, SampleError):
+                raise raw
+            samples = list(parse(rec))
+            for s in samples:
+                s.source, s.index = path, index
+                validate_sample(s)
+        except (SkipRecord, SampleError) as why:
+            if isinstance(why, SampleError) and not skip_invalid:
+                raise
+            # Undo the flags of a record that is not kept, so the report lists only kept samples.
+            del report.clamped[n_clamped:], report.degenerate[n_degenerate:]
+            report.skipped.append((index, rec.id, str(why)))
+            continue
+        out.extend(samples)
+    report.samples = len(out)
+    out.report = report
+    level = logging.WARNING if (report.skipped or report.clamped or report.degenerate) else logging.INFO
+    logger.log(level, report.summary())
+    return out
+
+
+def make_sample(rec: Record, **fields: Any) -> GroundingSample:
+    """A :class:`GroundingSample` stamped with the record's file and index."""
+    return GroundingSample(source=rec.path, index=rec.index, **fields)

@@ -1,0 +1,108 @@
+"""MGrounding-630k (Migician's training set): sharegpt-style multi-image grounding conversations.
+
+Record: ``id``, ``images`` (paths), ``conversations`` = [{from: human, value}, {from: gpt, value}, ...],
+``type`` (the task). The human turn holds one ``<image>`` placeholder per image; the answer is one
+``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` in the Qwen2-VL 0-1000 frame (referred phrases may be
+wrapped in ``<|object_ref_start|>…<|object_ref_end|>``).
+
+One sample per record, from its first human/gpt pair; further turns are counted in the report
+(``extra_turns_ignored``). An answer with no box or several boxes is malformed. The target image is
+the question's last image mention (as in MIG-Bench), else the last image (``default:last``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from univg.boxes import parse_box_tokens
+from univg.data.readers.common import (
+    Record,
+    make_sample,
+    resolve_all,
+    run_reader,
+    strip_image_placeholders,
+    target_from_question,
+)
+from univg.data.schema import GroundingSample, SampleList
+
+_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def conversation_turns(rec: Record, *names: str) -> list[tuple[str, str, str]]:
+    """[(role, text, field name)] of a ``conversations`` (from/value) or ``messages`` (role/content) list."""
+    turns = rec.get(*names, expected="a list of chat turns", types=list)
+    field = rec.name_of(*names)
+    out = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise rec.error(f"{field}[{i}]", "an object with from/value or role/content", turn)
+        role = turn.get("from", turn.get("role"))
+        text = turn.get("value", turn.get("content"))
+        if role not in _ROLES:
+            raise rec.error(f"{field}[{i}].from", f"one of {sorted(_ROLES)}", role)
+        if not isinstance(text, str):
+            raise rec.error(f"{field}[{i}].value", "a string", text)
+        key = "value" if "value" in turn else "content"
+        out.append((_ROLES[role], text, f"{field}[{i}].{key}"))
+    return out
+
+
+def first_exchange(rec: Record, *names: str) -> tuple[tuple[str, str], tuple[str, str], int]:
+    """((user text, field), (assistant text, field), number of turns after them)."""
+    turns = [t for t in conversation_turns(rec, *names) if t[0] != "system"]
+    field = rec.name_of(*names)
+    if len(turns) < 2 or turns[0][0] != "user" or turns[1][0] != "assistant":
+        raise rec.error(
+            field, "a user (human) turn followed by an assistant (gpt) turn", [t[0] for t in turns]
+        )
+    return (turns[0][1], turns[0][2]), (turns[1][1], turns[1][2]), len(turns) - 2
+
+
+def check_placeholders(rec: Record, count: int, n_images: int, field: str) -> None:
+    """Placeholders, when present, must match the images one to one."""
+    if count and count != n_images:
+        raise rec.error(field, f"{n_images} <image> placeholders (one per image)", f"{count}")
+
+
+def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingSample]:
+    images = rec.str_list("images", "image")
+    (user, user_field), (answer, answer_field), extra = first_exchange(rec, "conversations", "messages")
+    if extra:
+        rec.report.note("extra_turns_ignored", extra)
+    question, count = strip_image_placeholders(user)
+    check_placeholders(rec, count, len(images), user_field)
+    boxes = parse_box_tokens(answer)
+    if len(boxes) != 1:
+        raise rec.error(answer_field, "exactly one <|box_start|>(x1,y1),(x2,y2)<|box_end|> (0-1000)", answer)
+    box, meta = rec.box(boxes[0], answer_field, rec.id, frame="qwen2-vl")
+    found = target_from_question(question)
+    target, rule = found if found is not None else (len(images) - 1, "default:last")
+    if not 0 <= target < len(images):
+        target, rule = len(images) - 1, "default:last"
+        rec.report.note("target_mention_out_of_range")
+    meta["answer_text"] = answer
+    task = rec.get("type", "task", expected="a task name", types=str, default="mgrounding")
+    return [
+        make_sample(
+            rec,
+            id=rec.id,
+            task=task,
+            images=resolve_all(images, image_root),
+            target_index=target,
+            question=question.strip(),
+            box=box,
+            ref_boxes=rec.ref_boxes(question),
+            target_rule=rule,
+            meta=meta,
+        )
+    ]
+
+
+def read_mgrounding(
+    path: str | os.PathLike,
+    image_root: str | os.PathLike | None = None,
+    skip_invalid: bool = False,
+    degenerate: str = "keep",
+) -> SampleList:
+    """Read an MGrounding-630k JSON/JSONL file: one sample per record, report attached."""
+    return run_reader(path, "mgrounding", lambda rec: _parse(rec, image_root), skip_invalid, degenerate)
