@@ -12,11 +12,12 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from univg.tokenizer import resolve_checkpoint
 
 # Config values of the public checkpoints (Qwen/Qwen2-VL-2B-Instruct, Qwen/Qwen2-VL-7B-Instruct).
 _VISION_675M = dict(
@@ -220,16 +221,11 @@ def load_pretrained(
     """``from_pretrained`` on a local path or hub id, with optional bitsandbytes quantisation."""
     from transformers import Qwen2VLForConditionalGeneration
 
-    path = str(checkpoint)
-    looks_local = path.startswith((".", "/", "~")) or os.sep in path and len(path.split("/")) != 2
-    if looks_local and not Path(path).expanduser().exists():
-        raise FileNotFoundError(f"backbone checkpoint {path} does not exist")
+    path = resolve_checkpoint(checkpoint)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     if quantization is not None:
         kwargs["quantization_config"] = quantization_config(quantization, dtype)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(
-        str(Path(path).expanduser()) if looks_local else path, **kwargs
-    )
+    model = Qwen2VLForConditionalGeneration.from_pretrained(path, **kwargs)
     if quantization == "4bit":
         _disable_cpu_avx512bf16_repack(model)
     return model

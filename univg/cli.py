@@ -1,0 +1,50 @@
+"""``python -m univg {fit,validate,test,predict}``: LightningCLI over univg's modules and data.
+
+Models and data are chosen by ``class_path`` in YAML (subclass mode); the resolved config is saved
+beside every run's TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import lightning as L
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from univg.modules.base import GroundingModule
+
+# Where runs go unless a config says otherwise: runs/<name>/version_N/.
+TRAINER_DEFAULTS = {
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": "runs", "name": "default"},
+    },
+}
+
+
+class UniVGCLI(LightningCLI):
+    """LightningCLI with univg's defaults (TensorBoard under ``runs/``, config saved per run)."""
+
+
+def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
+    """Entry point (also ``univg`` on the PATH). ``run=False`` instantiates without running."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return UniVGCLI(
+        model_class=GroundingModule,
+        datamodule_class=L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+__all__ = ["main", "UniVGCLI", "TensorBoardLogger"]
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

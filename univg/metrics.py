@@ -1,0 +1,125 @@
+"""Grounding metrics: Acc@0.5 per task, mean IoU, parse rates; the MIG-Bench column layout.
+
+All boxes here are in the model frame (integers in [0, 1000) for Qwen2-VL); IoU is frame-free.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import torch
+from torchmetrics import Metric
+
+#: MIG-Bench task name -> paper column (Table 1 order). AVG is the unweighted mean of these 10.
+MIG_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("diff", "Static"),
+    ("view_diff", "Robust"),
+    ("common_object", "Common"),
+    ("object_tracking", "OT"),
+    ("multi_view", "MV"),
+    ("region", "Region"),
+    ("refer_grounding", "Refer"),
+    ("group_grounding", "GG"),
+    ("reasoning", "Reason"),
+    ("correspondence", "Co-Re"),
+)
+MIG_TASKS: tuple[str, ...] = tuple(t for t, _ in MIG_COLUMNS)
+
+
+def task_id(task: str) -> int:
+    """A stable id for a task name, the same on every process (for gathering across ranks)."""
+    return zlib.crc32(task.encode()) & 0x7FFFFFFF
+
+
+class GroundingMetrics(Metric):
+    """Accumulates per-sample IoU, task and parse outcome; ``compute`` gives per-task accuracy.
+
+    ``update(ious, tasks, strict_parsed, compat_ious=None, compat_parsed=None)``: ``ious`` [B] with
+    the strict parser's IoU (0 where unparsable), ``tasks`` B names, ``strict_parsed`` [B] bool;
+    optionally the compatible parser's IoU/parse flags. Works across processes (``cat`` reduction).
+
+    >>> m = GroundingMetrics()
+    >>> m.update(torch.tensor([0.9, 0.2, 0.6]), ["a", "a", "b"], torch.tensor([True, True, True]))
+    >>> r = m.compute()
+    >>> round(r["acc@0.5/a"], 3), r["acc@0.5/b"], round(r["acc@0.5"], 3), round(r["avg"], 3)
+    (0.5, 1.0, 0.667, 0.75)
+    """
+
+    full_state_update = False
+
+    def __init__(self, thresholds: Sequence[float] = (0.3, 0.5, 0.7), **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.thresholds = tuple(thresholds)
+        self.names: dict[int, str] = {}
+        for name in ("iou", "task", "strict_ok", "compat_iou", "compat_ok"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        ious: torch.Tensor,
+        tasks: Sequence[str],
+        strict_parsed: torch.Tensor,
+        compat_ious: torch.Tensor | None = None,
+        compat_parsed: torch.Tensor | None = None,
+    ) -> None:
+        ids = []
+        for t in tasks:
+            i = task_id(t)
+            self.names[i] = t
+            ids.append(i)
+        ious = torch.nan_to_num(ious.detach().float(), nan=0.0).to(self.device)
+        self.iou.append(ious)
+        self.task.append(torch.tensor(ids, dtype=torch.long, device=self.device))
+        self.strict_ok.append(strict_parsed.detach().bool().to(self.device))
+        self.compat_iou.append(
+            (compat_ious if compat_ious is not None else ious).detach().float().to(self.device)
+        )
+        self.compat_ok.append(
+            (compat_parsed if compat_parsed is not None else strict_parsed).detach().bool().to(self.device)
+        )
+
+    @staticmethod
+    def _cat(x: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        if isinstance(x, torch.Tensor):
+            return x
+        return torch.cat(x) if len(x) else torch.zeros(0)
+
+    def compute(self) -> dict[str, float]:
+        iou, task = self._cat(self.iou).float(), self._cat(self.task).long()
+        strict_ok, compat_ok = self._cat(self.strict_ok).bool(), self._cat(self.compat_ok).bool()
+        compat_iou = self._cat(self.compat_iou).float()
+        n = int(iou.numel())
+        out: dict[str, float] = {"count": float(n)}
+        if n == 0:
+            return out
+        for th in self.thresholds:
+            out[f"acc@{th}"] = float((iou >= th).float().mean())
+        out["miou"] = float(iou.mean())
+        out["parse_rate/strict"] = float(strict_ok.float().mean())
+        out["parse_rate/compatible"] = float(compat_ok.float().mean())
+        out["acc@0.5/compatible"] = float((compat_iou >= 0.5).float().mean())
+        per_task = []
+        for tid in sorted(set(task.tolist()), key=lambda i: self.names.get(i, str(i))):
+            name = self.names.get(tid, f"task-{tid}")
+            sel = task == tid
+            acc = float((iou[sel] >= 0.5).float().mean())
+            per_task.append(acc)
+            out[f"acc@0.5/{name}"] = acc
+            out[f"miou/{name}"] = float(iou[sel].mean())
+            out[f"count/{name}"] = float(sel.sum())
+        # Unweighted mean over the tasks present (the paper's AVG over MIG-Bench's 10 columns).
+        out["avg"] = sum(per_task) / len(per_task)
+        return out
+
+
+def mig_avg(per_task_acc: dict[str, float]) -> float:
+    """Unweighted mean of the 10 MIG-Bench column accuracies; raises if one is missing.
+
+    >>> mig_avg({t: 0.5 for t in MIG_TASKS})
+    0.5
+    """
+    missing = [t for t in MIG_TASKS if t not in per_task_acc]
+    if missing:
+        raise KeyError(f"MIG-Bench AVG needs all 10 tasks; missing {missing}")
+    return sum(per_task_acc[t] for t in MIG_TASKS) / len(MIG_TASKS)

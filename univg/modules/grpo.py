@@ -1,0 +1,421 @@
+"""Stage 2: GRPO with difficulty-aware weighting (GRPO-Difficulty), and pure RL from the base model.
+
+One optimiser step = ``prompts_per_step`` prompts (16 by default) whatever the micro-batch size:
+each training batch is rolled out (G completions per prompt, scored, advantages and phi per group)
+and buffered; when the buffer holds a step's prompts the module runs ``num_iterations`` (mu)
+optimiser steps over it, accumulating gradients across the buffered micro-batches. With mu = 1
+the ratio is 1 and pi_old = pi_theta detached (no extra pass).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from univg.difficulty import PHI_NAMES, difficulty_shares, normalise_weights, phi
+from univg.grpo import (
+    LOSS_TYPES,
+    SCALES,
+    GRPOLossTerms,
+    group_advantages,
+    group_miou,
+    grpo_loss_terms,
+    zero_variance_groups,
+)
+from univg.modules.base import GroundingModule
+from univg.rewards import compute_rewards, reward_stats
+from univg.rollout import Rollout, completion_logprobs, generate, model_inputs
+
+ACCURACY = "accuracy"  # the reward whose group mean is mIoU (DESIGN.md section 4)
+
+
+@dataclass
+class ScoredRollout:
+    """A rollout with everything the loss needs, computed once without gradient."""
+
+    rollout: Rollout
+    rewards: dict[str, torch.Tensor]  # name -> [N]; "total" the weighted sum
+    advantages: torch.Tensor  # [N]
+    miou: torch.Tensor  # [num_prompts]
+    weights: torch.Tensor  # [N] phi of each completion's group
+    old_logp: torch.Tensor | None  # [N, C] when num_iterations > 1
+    ref_logp: torch.Tensor | None  # [N, C] when beta > 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class GRPOModule(GroundingModule):
+    """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. DESIGN.md section 4 is the spec.
+
+    Args:
+        group_size: G completions per prompt.
+        temperature, top_p, top_k: sampling (top_k 0 = off; the paper samples the full vocabulary).
+        max_completion_length: max new tokens per completion.
+        beta: KL coefficient (k3 estimator to the reference); 0 skips the reference pass.
+        eps_low, eps_high: clipping range of the ratio.
+        num_iterations: mu, optimiser steps per rollout batch (> 1 keeps a real pi_old).
+        phi: difficulty weight "none" (plain GRPO), "exp" (paper default), "square", "neglog".
+        phi_eps: epsilon of neglog.
+        normalize_phi: rescale phi to mean 1 over the step's groups.
+        loss_type: "grpo", "bnpo" or "dr_grpo".
+        scale_rewards: advantage scaling "group", "batch" or "none".
+        drop_zero_variance: drop groups whose rewards are all equal (A = 0) from the loss.
+        rewards: reward name -> weight (``univg.rewards`` registry).
+        prompts_per_step: prompts per optimiser step across all processes (gradient accumulation).
+        logprob_chunk_size: rows per log-prob forward (bounds the [rows, C, V] logits); None = all.
+        log_completions_every: log a sample of completions as text every N optimiser steps (0 = off).
+    """
+
+    def __init__(
+        self,
+        lr: float = 1e-6,
+        group_size: int = 8,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_completion_length: int = 256,
+        beta: float = 0.04,
+        eps_low: float = 0.2,
+        eps_high: float = 0.2,
+        num_iterations: int = 1,
+        phi: str = "exp",
+        phi_eps: float = 0.02,
+        normalize_phi: bool = False,
+        loss_type: str = "grpo",
+        scale_rewards: str = "group",
+        drop_zero_variance: bool = False,
+        rewards: dict[str, float] | None = None,
+        prompts_per_step: int = 16,
+        logprob_chunk_size: int | None = None,
+        log_completions_every: int = 50,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(lr=lr, **kwargs)
+        if phi not in PHI_NAMES:
+            raise ValueError(f"unknown phi {phi!r}; choose one of {PHI_NAMES}")
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+        if scale_rewards not in SCALES:
+            raise ValueError(f"unknown scale_rewards {scale_rewards!r}; choose one of {SCALES}")
+        if group_size < 2:
+            raise ValueError(f"group_size must be >= 2 for group-normalised advantages, got {group_size}")
+        if num_iterations < 1:
+            raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
+        self.automatic_optimization = False
+        self.group_size = group_size
+        self.temperature = temperature
+        self.top_p = top_p
+        self.top_k = top_k
+        self.max_completion_length = max_completion_length
+        self.beta = beta
+        self.eps_low = eps_low
+        self.eps_high = eps_high
+        self.num_iterations = num_iterations
+        self.phi_name = phi
+        self.phi_eps = phi_eps
+        self.normalize_phi = normalize_phi
+        self.loss_type = loss_type
+        self.scale_rewards = scale_rewards
+        self.drop_zero_variance = drop_zero_variance
+        self.reward_weights = dict(rewards) if rewards else {ACCURACY: 1.0, "format": 1.0}
+        self.prompts_per_step = prompts_per_step
+        self.logprob_chunk_size = logprob_chunk_size
+        self.log_completions_every = log_completions_every
+        self.ref_model: torch.nn.Module | None = None
+        self._buffer: list[ScoredRollout] = []
+        self._times: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------- model
+    @property
+    def uses_lora(self) -> bool:
+        return self.backbone.lora is not None
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        # The reference is the initial policy. With LoRA it is the base model with adapters off
+        # (no second copy); otherwise a frozen copy, kept in the checkpoint so resume is exact.
+        if self.beta > 0 and not self.uses_lora and self.ref_model is None:
+            self.ref_model = copy.deepcopy(self.model).eval()
+            self.ref_model.requires_grad_(False)
+
+    @contextmanager
+    def reference(self):
+        """The reference policy as a context: adapters disabled (LoRA) or the frozen copy."""
+        if self.uses_lora:
+            with self.model.disable_adapter():
+                yield self.model
+        else:
+            yield self.ref_model
+
+    def train(self, mode: bool = True) -> GRPOModule:
+        super().train(mode)
+        if self.ref_model is not None:
+            self.ref_model.eval()  # never in train mode (dropout), never updated
+        return self
+
+    # ----------------------------------------------------------------------------- rollout
+    def micro_batches_per_step(self, batch_size: int) -> int:
+        world = self.trainer.world_size if self._trainer is not None else 1
+        per_step = batch_size * world
+        if self.prompts_per_step % per_step:
+            raise ValueError(
+                f"prompts_per_step={self.prompts_per_step} must be a multiple of the prompts per micro-batch "
+                f"across processes ({batch_size} x {world} = {per_step})"
+            )
+        return self.prompts_per_step // per_step
+
+    @torch.no_grad()
+    def score(self, batch: dict[str, Any]) -> ScoredRollout:
+        """Sample G completions per prompt and compute rewards, advantages, phi, old/ref log-probs."""
+        g = self.group_size
+        t0 = time.perf_counter()
+        roll = generate(
+            self.model,
+            model_inputs(batch),
+            self.tokenizer,
+            group_size=g,
+            max_new_tokens=self.max_completion_length,
+            do_sample=True,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+        )
+        t1 = time.perf_counter()
+        boxes = batch["boxes"].repeat_interleave(g, dim=0).tolist()  # [N, 4] model frame
+        rewards = compute_rewards(self.reward_weights, roll.texts, boxes, frame=self.frame)
+        acc = (
+            rewards[ACCURACY]
+            if ACCURACY in rewards
+            else compute_rewards({ACCURACY: 1.0}, roll.texts, boxes)[ACCURACY]
+        )
+        total = rewards["total"]  # [N]
+        advantages = group_advantages(total, g, self.scale_rewards)  # [N]
+        miou = group_miou(acc, g)  # [num_prompts], per group, never over the micro-batch
+        w_group = phi(self.phi_name, miou, self.phi_eps)  # [num_prompts], no gradient
+        stats = reward_stats(roll.texts, boxes, frame=self.frame)
+        zero_var = zero_variance_groups(total, g)  # [num_prompts]
+        stats["zero_variance_frac"] = float(zero_var.float().mean())
+        stats["truncated"] = float(roll.truncated.float().sum())
+        if self.drop_zero_variance and bool(zero_var.any()):
+            keep = ~zero_var
+            stats["dropped_groups"] = float(zero_var.sum())
+            roll, rewards, advantages, miou_kept, w_group = _select_groups(
+                roll, rewards, advantages, miou, w_group, keep
+            )
+        else:
+            miou_kept = miou
+        weights = w_group.repeat_interleave(g)  # [N]
+        device = roll.completion_ids.device
+        ref_logp = old_logp = None
+        if roll.completion_ids.shape[0] and (self.beta > 0 or self.num_iterations > 1):
+            chunk = self.logprob_chunk_size
+            if self.num_iterations > 1:
+                old_logp = completion_logprobs(
+                    self.model,
+                    roll.prompt,
+                    roll.completion_ids,
+                    roll.completion_mask,
+                    g,
+                    chunk,
+                    self.temperature,
+                )
+            if self.beta > 0:
+                with self.reference() as ref:
+                    ref_logp = completion_logprobs(
+                        ref,
+                        roll.prompt,
+                        roll.completion_ids,
+                        roll.completion_mask,
+                        g,
+                        chunk,
+                        self.temperature,
+                    )
+        t2 = time.perf_counter()
+        self._times["generation"] = self._times.get("generation", 0.0) + t1 - t0
+        self._times["scoring"] = self._times.get("scoring", 0.0) + t2 - t1
+        stats["miou_all"] = miou  # kept as a tensor for the histogram
+        return ScoredRollout(
+            roll, rewards, advantages.to(device), miou_kept, weights.to(device), old_logp, ref_logp, stats
+        )
+
+    def loss_terms(self, scored: ScoredRollout, weights: torch.Tensor | None = None) -> GRPOLossTerms:
+        """The GRPO(-Difficulty) loss of one scored micro-batch under the current policy."""
+        r = scored.rollout
+        logp = completion_logprobs(
+            self.model,
+            r.prompt,
+            r.completion_ids,
+            r.completion_mask,
+            self.group_size,
+            self.logprob_chunk_size,
+            self.temperature,
+        )  # [N, C]
+        return grpo_loss_terms(
+            logp,
+            scored.old_logp,
+            scored.ref_logp,
+            scored.advantages,
+            scored.weights if weights is None else weights,
+            r.completion_mask,
+            beta=self.beta,
+            eps_low=self.eps_low,
+            eps_high=self.eps_high,
+            loss_type=self.loss_type,
+            max_len=self.max_completion_length,
+        )
+
+    # ----------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        per_step = self.micro_batches_per_step(int(batch["input_ids"].shape[0]))
+        self._buffer.append(self.score(batch))
+        if len(self._buffer) >= per_step:
+            self.optimise(self._buffer)
+            self._buffer = []
+
+    def on_train_epoch_end(self) -> None:
+        if self._buffer:  # a last partial step: train on it rather than drop its prompts
+            self.print(f"univg: last optimiser step of the epoch uses {len(self._buffer)} micro-batch(es)")
+            self.optimise(self._buffer)
+            self._buffer = []
+
+    def optimise(self, buffer: list[ScoredRollout]) -> None:
+        """``num_iterations`` optimiser steps over the buffered rollouts (gradient accumulation)."""
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        weights = None
+        if self.normalize_phi:
+            allw = normalise_weights(torch.cat([s.weights for s in buffer]))
+            weights = list(torch.split(allw, [len(s.weights) for s in buffer]))
+        t0 = time.perf_counter()
+        for _ in range(self.num_iterations):
+            logs: dict[str, float] = {}
+            n_seq = sum(int(s.rollout.completion_ids.shape[0]) for s in buffer)
+            for k, s in enumerate(buffer):
+                n = int(s.rollout.completion_ids.shape[0])
+                if n == 0:
+                    continue
+                terms = self.loss_terms(s, None if weights is None else weights[k])
+                # each micro-batch's loss is a mean over its sequences: weight by its share
+                self.manual_backward(terms.loss * (n / max(1, n_seq)))
+                for key, v in terms.as_dict().items():
+                    logs[key] = logs.get(key, 0.0) + float(v) * n / max(1, n_seq)
+            if self.max_grad_norm > 0:
+                params = [p for p in self.model.parameters() if p.grad is not None]
+                if params:
+                    logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if sched is not None:
+                sched.step()
+        self._times["backward"] = time.perf_counter() - t0
+        self._log_step(buffer, logs, opt)
+
+    def _log_step(self, buffer: list[ScoredRollout], logs: dict[str, float], opt: Any) -> None:
+        rewards = {k: torch.cat([s.rewards[k] for s in buffer]) for k in buffer[0].rewards}
+        miou = torch.cat([s.stats["miou_all"] for s in buffer])
+        weights = torch.cat([phi(self.phi_name, s.stats["miou_all"], self.phi_eps) for s in buffer])
+        lengths = torch.cat([s.rollout.completion_mask.sum(1).float() for s in buffer])
+        prompt_tokens = sum(int(s.rollout.prompt["attention_mask"].sum()) * self.group_size for s in buffer)
+        step_time = sum(self._times.values())
+        out: dict[str, float] = {f"train/{k}": v for k, v in logs.items()}
+        for k, v in rewards.items():
+            out[f"reward/{k}_mean"] = float(v.mean())
+            out[f"reward/{k}_std"] = float(v.std()) if v.numel() > 1 else 0.0
+        out.update({f"difficulty/{k}": v for k, v in difficulty_shares(miou).items()})
+        out["difficulty/miou_mean"] = float(miou.mean())
+        out["difficulty/phi_mean"] = float(weights.mean())
+        for key in ("zero_variance_frac",):
+            out[f"train/{key}"] = sum(s.stats[key] for s in buffer) / len(buffer)
+        for key in ("unparsable", "truncated", "swapped", "clamped", "dropped_groups"):
+            out[f"completions/{key}"] = sum(s.stats.get(key, 0.0) for s in buffer)
+        out["completions/length_mean"] = float(lengths.mean())
+        out["completions/count"] = float(lengths.numel())
+        out["perf/seconds_per_step"] = step_time
+        for k, v in self._times.items():
+            out[f"perf/{k}_seconds"] = v
+        out["perf/tokens_per_second"] = (prompt_tokens + float(lengths.sum())) / max(step_time, 1e-9)
+        out["perf/completions_per_second"] = float(lengths.numel()) / max(step_time, 1e-9)
+        if torch.cuda.is_available():
+            out["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        else:
+            import resource
+
+            out["perf/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        out["train/lr"] = float(opt.param_groups[0]["lr"])
+        self.log_dict(out, on_step=True, prog_bar=False, batch_size=len(miou))
+        self.log("reward", out["reward/total_mean"], prog_bar=True, on_step=True, batch_size=len(miou))
+        self.last_step_logs = out
+        self._times = {}
+        exp = getattr(self.logger, "experiment", None) if self._trainer is not None else None
+        if exp is not None and hasattr(exp, "add_histogram"):
+            exp.add_histogram("difficulty/miou", miou, self.global_step)
+            every = self.log_completions_every
+            if every and self.global_step % every == 0:
+                r = buffer[0].rollout
+                text = "\n\n".join(
+                    f"**reward {float(buffer[0].rewards['total'][i]):.2f}** `{t[:500]}`"
+                    for i, t in enumerate(r.texts[: self.group_size])
+                )
+                exp.add_text("completions", text, self.global_step)
+
+    # ----------------------------------------------------------------------------- resume
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The sampler's RNG, so a resumed run draws the same completions as an uninterrupted one.
+        checkpoint["univg_rng"] = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["univg_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("univg_rng")
+        if rng is not None:
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _select_groups(
+    roll: Rollout,
+    rewards: dict[str, torch.Tensor],
+    advantages: torch.Tensor,
+    miou: torch.Tensor,
+    w_group: torch.Tensor,
+    keep: torch.Tensor,
+) -> tuple[Rollout, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep only the prompts (groups) where ``keep`` [num_prompts] is true."""
+    g = roll.group_size
+    rows = keep.repeat_interleave(g)  # [N]
+    prompt = select_prompt_rows(roll.prompt, keep)
+    new = Rollout(
+        prompt,
+        roll.completion_ids[rows],
+        roll.completion_mask[rows],
+        [t for t, k in zip(roll.texts, rows.tolist()) if k],
+        roll.truncated[rows],
+        g,
+    )
+    return new, {k: v[rows] for k, v in rewards.items()}, advantages[rows], miou[keep], w_group[keep]
+
+
+def select_prompt_rows(prompt: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The model inputs of the prompts where ``keep`` [B] is true (rows and their images)."""
+    from univg.rollout import images_per_prompt
+
+    out = {k: v[keep] for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
+    if "pixel_values" in prompt:
+        counts = images_per_prompt(prompt["input_ids"])
+        grid = prompt["image_grid_thw"]
+        patches = grid.prod(1).tolist()
+        img_keep, pix_keep = [], []
+        i = 0
+        for b, c in enumerate(counts):
+            for _ in range(c):
+                img_keep.append(bool(keep[b]))
+                pix_keep.extend([bool(keep[b])] * int(patches[i]))
+                i += 1
+        out["pixel_values"] = prompt["pixel_values"][torch.tensor(pix_keep, dtype=torch.bool)]
+        out["image_grid_thw"] = grid[torch.tensor(img_keep, dtype=torch.bool)]
+    return out
