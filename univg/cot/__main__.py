@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from univg.cot.builder import BuildConfig, CotBuilder, pick_review, write_output
+from univg.cot.builder import BuildConfig, CotBuilder, pick_review, relative_images, write_output
 from univg.cot.cache import ResponseCache
 from univg.cot.client import ChatClient
 
@@ -78,9 +78,11 @@ def _build(args: argparse.Namespace) -> int:
     if args.review_sample > 0 and not args.review_out:
         raise SystemExit("--review-sample needs --review-out")
     out = Path(args.out)
-    samples = list(read_samples(args.input, args.format, image_root=args.image_root))
+    samples = read_samples(args.input, args.format, image_root=args.image_root)
     if args.limit is not None:
         samples = samples[: args.limit]
+    # Readers join paths to the image root; the builder (and the built file) keep them relative.
+    samples = [relative_images(s, args.image_root) for s in samples]
     teacher = ChatClient(
         args.teacher_url, args.teacher_model, os.environ.get(args.api_key_env),
         timeout=args.timeout, retries=args.retries, backoff=args.backoff,

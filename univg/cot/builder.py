@@ -33,7 +33,7 @@ from univg.cot.cache import ResponseCache, cache_key
 from univg.cot.checks import CHAIN_REASONS, ChainCheck, check_chain
 from univg.cot.client import ChatClient, TeacherRequestError
 from univg.cot.prompts import ChatPrompt, judge_prompt, parse_judge_choice, sample_images, teacher_prompt
-from univg.data.schema import GroundingSample
+from univg.data import GroundingSample, write_cot_sft
 
 #: Sample-level rejection reasons.
 SAMPLE_REASONS = ("bad_ground_truth", "image_error", "request_error", "no_valid_chain")
@@ -386,10 +386,37 @@ def pick_review(results: Sequence[SampleResult], fraction: float, seed: int = 0)
     return [r for i, r in enumerate(accepted) if i in chosen]
 
 
-def write_output(results: Sequence[SampleResult], path: str | os.PathLike[str]) -> list[GroundingSample]:
-    """Write the accepted samples in the stage-1 CoT format (``univg.data.write_cot_sft``)."""
-    from univg.data import write_cot_sft
+def write_output(
+    results: Sequence[SampleResult],
+    path: str | os.PathLike[str],
+    image_dir: str | os.PathLike[str] | None = None,
+) -> int:
+    """Write the accepted samples in the stage-1 CoT format (``univg.data.write_cot_sft``): the
+    chosen reasoning and the ground-truth box. In-memory images are saved under ``image_dir``.
+    Returns the number written."""
+    return write_cot_sft([r.output_sample() for r in results if r.accepted], path, image_dir=image_dir)
 
-    samples = [r.output_sample() for r in results if r.accepted]
-    write_cot_sft(samples, path)
-    return samples
+
+def relative_images(sample: GroundingSample, image_root: str | os.PathLike[str] | None) -> GroundingSample:
+    """The sample with image paths made relative to ``image_root`` again (readers join them to it).
+
+    Keeps the built file's paths as the input wrote them (so the same ``image_root`` serves
+    training) and keeps cache keys valid when the image folder moves. Paths outside the root and
+    in-memory images are left as they are.
+
+    >>> from univg.boxes import Box
+    >>> s = GroundingSample("a", "t", ["/data/imgs/x.jpg", "/elsewhere/y.jpg"], 0, "q", Box(0, 0, 1, 1))
+    >>> relative_images(s, "/data").images
+    ['imgs/x.jpg', '/elsewhere/y.jpg']
+    """
+    if image_root is None:
+        return sample
+    root = os.path.abspath(image_root)
+    images = []
+    for ref in sample.images:
+        if isinstance(ref, str):
+            absolute = os.path.abspath(ref)
+            if os.path.commonpath([absolute, root]) == root:
+                ref = os.path.relpath(absolute, root)
+        images.append(ref)
+    return dataclasses.replace(sample, images=images)

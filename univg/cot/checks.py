@@ -2,7 +2,8 @@
 
 In order (the first failure is the reason counted):
 
-1. ``format``: the format reward is 1 (``<think>...</think><answer>(x1, y1), (x2, y2)</answer>``).
+1. ``format``: the format reward is 1 (``<think>...</think><answer>(x1, y1), (x2, y2)</answer>``)
+   and the reasoning holds no stray ``<think>``/``<answer>`` tag.
 2. ``iou``: the answer box (0-1000 Qwen2-VL frame) has IoU >= threshold with the ground truth.
 3. ``shallow_reasoning``: with every number removed, the reasoning still has ``min_words`` words,
    so a chain that only restates the coordinates ("The box is (1, 2), (3, 4).") is dropped.
@@ -21,7 +22,10 @@ from univg.rewards import format_reward
 #: Chain-level rejection reasons, in the order they are checked.
 CHAIN_REASONS = ("format", "iou", "shallow_reasoning", "leaks_answer")
 
-_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+# The reasoning is what the format regex's lazy ``<think>(.*?)</think>\s*<answer>`` captures; a tag
+# left inside it (a nested or repeated think block) would end up verbatim in the SFT target.
+_THINK_RE = re.compile(r"<think>(.*?)</think>\s*<answer>", re.DOTALL)
+_TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 # Letters only (any script): digits, punctuation and coordinate brackets are not words.
 _WORD_RE = re.compile(r"[^\W\d_]+")
 _LEAK_RE = re.compile(
@@ -75,13 +79,15 @@ def check_chain(text: str, gt: IntBox, iou_threshold: float = 0.5, min_words: in
     'shallow_reasoning'
     >>> check_chain("The box is (1, 2), (3, 4).", (1, 2, 3, 4)).reason
     'format'
+    >>> check_chain("<think>a</think><think>" + good[7:], (100, 500, 300, 700)).reason
+    'format'
     """
-    match = _THINK_RE.search(text) if isinstance(text, str) else None
+    match = _THINK_RE.match(text) if isinstance(text, str) else None
     reasoning = match.group(1).strip() if match else ""
     words = reasoning_words(reasoning)
     box = parse_answer(text, strict=True)
     iou = box_iou(box, gt) if box is not None else 0.0
-    if format_reward([text])[0] != 1.0:
+    if format_reward([text])[0] != 1.0 or any(tag in reasoning for tag in _TAGS):
         reason: str | None = "format"
     elif iou < iou_threshold:
         reason = "iou"
