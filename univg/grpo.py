@@ -50,6 +50,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
 
     ``scale``: "group" divides by the group's unbiased std (TRL's default), "batch" by the whole
     batch's unbiased std, "none" does not divide (Dr. GRPO). The mean is always the group's.
+    A group whose rewards are all equal gets exactly 0.
 
     >>> group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), group_size=2)  # 0.5 / (0.7071 + 1e-4)
     tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
@@ -62,6 +63,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     if not torch.isfinite(grouped).all():
         raise ValueError(f"rewards must be finite, got {rewards.tolist()}")
     centred = grouped - grouped.mean(dim=1, keepdim=True)  # [P, G]
+    # A group of identical rewards gets exactly A = 0. Rounding in the float32 mean (e.g. 3 x 1.7) leaves
+    # ~1e-7, which the group scale would blow up to ~1e-3 (TRL keeps that noise; we do not).
+    centred = centred.masked_fill((grouped == grouped[:, :1]).all(dim=1, keepdim=True), 0.0)
     if scale == "group":
         centred = centred / (_unbiased_std(grouped, dim=1).unsqueeze(1) + STD_EPS)
     elif scale == "batch":
