@@ -46,5 +46,7 @@ format: $(VENV)/.installed ## Apply ruff format and autofixes
 debug: $(VENV)/.installed ## Tiny fit on synthetic data (well under a minute on 2 CPU cores)
 	$(PY) -m univg fit --config configs/debug.yaml
 
+-include make/*.mk
+
 clean: ## Remove runs/ and caches
 	rm -rf runs lightning_logs .pytest_cache .ruff_cache

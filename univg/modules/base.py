@@ -32,6 +32,31 @@ def warmup_cosine(step: int, total: int, warmup: int, schedule: str = "cosine") 
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load the ``model.*`` weights of a univg Lightning checkpoint into ``model`` (strict).
+
+    Only the policy is taken (a GRPO checkpoint's ``ref_model.*`` is ignored): the caller's
+    reference model, if any, is then a copy of these weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"init_checkpoint {path} does not exist (expected a .ckpt file of a univg run)"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state)
+    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    if not weights:
+        raise ValueError(f"init_checkpoint {path} holds no 'model.*' weights (keys: {list(state)[:5]} ...)")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # tied lm_head / embedding may be stored once; anything else missing is an error
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(
+            f"init_checkpoint {path} does not match the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
 class GroundingModule(L.LightningModule):
     """Backbone wrapper + AdamW/cosine + greedy-generation evaluation (Acc@0.5 per task).
 
@@ -45,6 +70,9 @@ class GroundingModule(L.LightningModule):
         max_new_tokens: generation budget at evaluation.
         predictions_dir: where evaluation predictions (JSONL) go; default the logger's directory.
         strict_parse: score with the strict parser (last ``<answer>`` block); both are always logged.
+        init_checkpoint: start from the weights of a univg Lightning checkpoint (e.g. the stage-1
+            run's ``last.ckpt``); optimiser state and step counters start fresh. For Hugging Face
+            directories use ``backbone.checkpoint`` instead.
     """
 
     def __init__(
@@ -58,6 +86,7 @@ class GroundingModule(L.LightningModule):
         max_new_tokens: int = 256,
         predictions_dir: str | None = None,
         strict_parse: bool = True,
+        init_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
         if schedule not in ("cosine", "constant"):
@@ -71,6 +100,7 @@ class GroundingModule(L.LightningModule):
         self.max_new_tokens = max_new_tokens
         self.predictions_dir = predictions_dir
         self.strict_parse = strict_parse
+        self.init_checkpoint = init_checkpoint
         self.model: torch.nn.Module | None = None
         self._tokenizer: Any = None
         self.metrics = torch.nn.ModuleDict({"val": GroundingMetrics(), "test": GroundingMetrics()})
@@ -82,6 +112,12 @@ class GroundingModule(L.LightningModule):
         """Build the backbone here (not in ``__init__``) so FSDP can shard it as it is made."""
         if self.model is None:
             self.model = self.backbone.build()
+            if self.init_checkpoint is not None:
+                load_model_weights(self.model, self.init_checkpoint)
+        if getattr(self, "_device_mesh", None) is not None:
+            from univg.distributed import shard_module  # FSDP2 under ModelParallelStrategy
+
+            shard_module(self)
 
     @property
     def tokenizer(self) -> Any:
