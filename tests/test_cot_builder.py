@@ -230,13 +230,19 @@ def test_judge_can_be_a_different_endpoint_and_model(image_root):
     with FakeOpenAIServer(teacher_side) as t_server, FakeOpenAIServer(judge_side) as j_server:
         teacher = ChatClient(t_server.base_url, "teacher-x", timeout=1)
         judge = ChatClient(j_server.base_url, "judge-y", timeout=1)
-        builder = CotBuilder(
-            teacher, BuildConfig(image_root=str(image_root), judge_images=False), judge=judge
-        )
+        extra = {"max_tokens": None, "top_p": 0.5}
+        config = BuildConfig(image_root=str(image_root), judge_images=False, extra_params=extra)
+        builder = CotBuilder(teacher, config, judge=judge)
         (result,), report = builder.build(make_samples(["good"]), progress=False)
     assert teacher_side.calls == {("good", "chain"): 3} and judge_side.calls == {("good", "judge"): 1}
     assert j_server.hits[0]["model"] == "judge-y" and request_images(j_server.hits[0]) == []
     assert result.chosen == 1 and report.requests == 4
+    assert [
+        (h["temperature"], h["top_p"], "max_tokens" in h) for h in (t_server.hits[0], j_server.hits[0])
+    ] == [
+        (1.0, 0.5, False),
+        (0.0, 0.5, False),
+    ]
 
 
 def test_bad_ground_truth_and_missing_image_are_rejected_without_paying(image_root):

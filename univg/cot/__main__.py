@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds (doubles)")
     b.add_argument("--temperature", type=float, default=1.0)
     b.add_argument("--max-tokens", type=int, default=1024)
+    b.add_argument(
+        "--extra-params",
+        type=json.loads,
+        default={},
+        help='JSON merged into every request body, null removes a field: \'{"max_tokens": null, "top_p": 0.9}\'',
+    )
     b.add_argument("--iou-threshold", type=float, default=0.5)
     b.add_argument(
         "--min-words", type=int, default=15, help="words the reasoning needs once numbers are removed"
@@ -104,6 +110,7 @@ def _build(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
         judge_images=not args.no_judge_images,
         image_root=args.image_root,
+        extra_params=args.extra_params,
     )
     cache = None if args.no_cache else ResponseCache(args.cache or out.with_suffix(".cache"))
     builder = CotBuilder(teacher, config, judge=judge, cache=cache)

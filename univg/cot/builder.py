@@ -55,6 +55,18 @@ class BuildConfig:
     judge_max_tokens: int = 64
     judge_images: bool = True
     image_root: str | None = None
+    #: Merged into every request body (e.g. ``{"top_p": 0.9}`` or ``{"max_completion_tokens": 1024}``);
+    #: a ``None`` value removes a field (e.g. ``{"max_tokens": None}`` for servers that reject it).
+    extra_params: dict[str, Any] = field(default_factory=dict)
+
+    def params(self, temperature: float, max_tokens: int) -> dict[str, Any]:
+        """The sampling fields of one request body.
+
+        >>> BuildConfig(extra_params={"max_tokens": None, "top_p": 0.9}).params(1.0, 64)
+        {'temperature': 1.0, 'top_p': 0.9}
+        """
+        merged = {"temperature": temperature, "max_tokens": max_tokens, **self.extra_params}
+        return {k: v for k, v in merged.items() if v is not None}
 
     def __post_init__(self) -> None:
         if self.chains < 1:
@@ -249,7 +261,7 @@ class CotBuilder:
             return result
         answer_text = format_answer(answer)
         images = sample_images(sample, cfg.image_root)
-        params = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
+        params = cfg.params(cfg.temperature, cfg.max_tokens)
         prompt = teacher_prompt(sample, answer_text, images, params)
         for index in range(cfg.chains):
             try:
@@ -271,7 +283,7 @@ class CotBuilder:
         if len(passed) == 1:
             result.chosen, result.selection = passed[0].index, "single"
             return result
-        judge_params = {"temperature": cfg.judge_temperature, "max_tokens": cfg.judge_max_tokens}
+        judge_params = cfg.params(cfg.judge_temperature, cfg.judge_max_tokens)
         reasonings = [c.check.reasoning for c in passed if c.check is not None]
         jprompt = judge_prompt(
             sample, answer_text, reasonings, images if cfg.judge_images else [], judge_params
