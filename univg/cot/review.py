@@ -48,7 +48,7 @@ def review_item(result: SampleResult, output: str | os.PathLike[str] | None) -> 
         "selection": result.selection,
         "reasoning": result.reasoning,
         "assistant": f"<think>{result.reasoning}</think><answer>{format_answer(result.answer)}</answer>",
-        "output": os.fspath(output) if output is not None else None,
+        "output": os.path.abspath(output) if output is not None else None,
     }
 
 
