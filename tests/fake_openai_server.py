@@ -167,3 +167,21 @@ class ScriptedTeacher:
             self.calls[(tag, kind)] = n + 1
         replies = self.script[tag][kind]
         return replies[min(n, len(replies) - 1)]
+
+
+def write_mig_bench(path: Any, images: list[str], questions: list[str], answer: list[float]) -> Any:
+    """Write a MIG-Bench-format input (one ``common_object`` record per question) to ``path``."""
+    records = [
+        {
+            "task": "common_object",
+            "images": images,
+            "question": question,
+            "answer": answer,
+            "additional_info": "",
+            "need_format": True,
+        }
+        for question in questions
+    ]
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(records, handle)
+    return path

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from fake_openai_server import FakeOpenAIServer, Reply, ScriptedTeacher, request_images, request_text
+from fake_openai_server import (
+    FakeOpenAIServer,
+    Reply,
+    ScriptedTeacher,
+    request_images,
+    request_text,
+    write_mig_bench,
+)
 from PIL import Image
 
 from univg.boxes import Box
@@ -276,20 +283,12 @@ def _mig_input(tmp_path, image_root, tags):
     (image_root / "MIG-Bench").mkdir()
     for name in ("a.png", "b.png"):
         (image_root / name).rename(image_root / "MIG-Bench" / name)
-    records = [
-        {
-            "task": "common_object",
-            "images": ["./MIG-Bench/a.png", "./MIG-Bench/b.png"],
-            "question": f"These images share one object in common. Recognize and locate this object in the 2th image. [s:{tag}]",
-            "answer": [0.1, 0.2, 0.5, 0.6],
-            "additional_info": "",
-            "need_format": True,
-        }
+    questions = [
+        f"These images share one object in common. Recognize and locate this object in the 2th image. [s:{tag}]"
         for tag in tags
     ]
-    path = tmp_path / "mig.json"
-    path.write_text(json.dumps(records))
-    return path
+    images = ["./MIG-Bench/a.png", "./MIG-Bench/b.png"]
+    return write_mig_bench(tmp_path / "mig.json", images, questions, [0.1, 0.2, 0.5, 0.6])
 
 
 def test_cli_build_limit_then_resume(image_root, tmp_path, capsys):

@@ -8,7 +8,7 @@ import json
 import re
 
 import pytest
-from fake_openai_server import FakeOpenAIServer, Reply, ScriptedTeacher
+from fake_openai_server import FakeOpenAIServer, Reply, ScriptedTeacher, write_mig_bench
 from PIL import Image
 
 from univg.boxes import Box
@@ -143,19 +143,11 @@ def test_apply_review_rejects_bad_marks(built, tmp_path, marks, message):
 
 def test_cli_build_with_review_then_import(built, tmp_path, capsys):
     _, _, root = built
-    records = [
-        {
-            "task": "common_object",
-            "images": ["w.png", "v.png"],
-            "question": f"These images share one object in common. Locate this object in the 2th image. [s:r{i}]",
-            "answer": [0.2, 0.2, 0.6, 0.6],
-            "additional_info": "",
-            "need_format": True,
-        }
+    questions = [
+        f"These images share one object in common. Locate this object in the 2th image. [s:r{i}]"
         for i in range(6)
     ]
-    mig = tmp_path / "mig.json"
-    mig.write_text(json.dumps(records))
+    mig = write_mig_bench(tmp_path / "mig.json", ["w.png", "v.png"], questions, [0.2, 0.2, 0.6, 0.6])
     script = {
         f"r{i}": {"chain": [chain(f"r{i}", "(200, 200), (600, 600)")], "judge": [Reply("<best>1</best>")]}
         for i in range(6)
