@@ -190,7 +190,7 @@ class GRPOModule(GroundingModule):
         acc = (
             rewards[ACCURACY]
             if ACCURACY in rewards
-            else compute_rewards({ACCURACY: 1.0}, roll.texts, boxes)[ACCURACY]
+            else compute_rewards({ACCURACY: 1.0}, roll.texts, boxes, frame=self.frame)[ACCURACY]
         )
         total = rewards["total"]  # [N]
         advantages = group_advantages(total, g, self.scale_rewards)  # [N]

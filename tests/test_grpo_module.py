@@ -1,0 +1,169 @@
+"""Stage-2 GRPO module: the loss is the core-maths loss, phi per group, reference frozen, resume."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from univg.backbone import BackboneSpec, LoRASpec
+from univg.data import GroundingCollator
+from univg.data.synthetic import generate_samples
+from univg.grpo import group_advantages, grpo_loss
+from univg.modules import GRPOModule
+from univg.rollout import Rollout, completion_logprobs, completion_mask
+
+
+@pytest.fixture(scope="module")
+def prompt_batch(processor):
+    samples = generate_samples(2, tasks=["single"], image_size=56, seed=0)
+    return GroundingCollator(processor, mode="generate")(samples)
+
+
+def _module(**kw) -> GRPOModule:
+    torch.manual_seed(0)
+    kw.setdefault("group_size", 4)
+    kw.setdefault("max_completion_length", 12)
+    m = GRPOModule(backbone=kw.pop("backbone", BackboneSpec(preset="tiny")), **kw)
+    m.configure_model()
+    return m
+
+
+def scripted(texts_per_prompt, tokenizer):
+    """A fake ``generate`` returning the given completions (tokenised) for each prompt."""
+
+    def fake(model, inputs, tok, group_size=1, **kw):
+        texts = [t for group in texts_per_prompt for t in group]
+        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [151645] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [151643] * (width - len(r)) for r in rows])
+        mask = completion_mask(ids)
+        return Rollout(dict(inputs), ids, mask, texts, torch.zeros(len(texts), dtype=torch.bool), group_size)
+
+    return fake
+
+
+def _answer(box):
+    return f"<think>here</think><answer>({box[0]}, {box[1]}), ({box[2]}, {box[3]})</answer>"
+
+
+def test_phi_is_per_group_in_a_batch_of_two_groups(prompt_batch, tokenizer, monkeypatch):
+    m = _module(phi="exp", beta=0.0)
+    gt = prompt_batch["boxes"].tolist()
+    # prompt 0: all four exact (mIoU 1, reward variance 0); prompt 1: two exact, two garbage (mIoU 0.5)
+    texts = [[_answer(gt[0])] * 4, [_answer(gt[1]), "junk", _answer(gt[1]), "<answer>oops"]]
+    monkeypatch.setattr("univg.modules.grpo.generate", scripted(texts, tokenizer))
+    s = m.score(prompt_batch)
+    assert s.miou.tolist() == pytest.approx([1.0, 0.5])
+    assert s.weights.tolist() == pytest.approx([1.0] * 4 + [math.exp(0.5)] * 4)
+    # release bug: mIoU over the whole micro-batch would give 0.75 and one weight exp(0.25) for all
+    assert not torch.allclose(s.weights, torch.full((8,), math.exp(0.25)))
+    # rewards: accuracy + format; garbage scores 0 and is counted, never raises
+    assert s.rewards["total"].tolist() == pytest.approx([2.0] * 4 + [2.0, 0.0, 2.0, 0.0])
+    assert s.stats["unparsable"] == 2.0
+    assert s.advantages[:4].abs().max() == 0.0  # all-equal group: zero advantage
+    expected = group_advantages(s.rewards["total"], 4)
+    assert torch.allclose(s.advantages, expected)
+    assert s.stats["zero_variance_frac"] == 0.5
+
+
+def test_step_loss_equals_core_maths_loss(prompt_batch, tokenizer, monkeypatch):
+    m = _module(phi="square", beta=0.04)
+    gt = prompt_batch["boxes"].tolist()
+    half = [gt[0][0], gt[0][1], (gt[0][0] + gt[0][2]) // 2, gt[0][3]]
+    texts = [[_answer(gt[0]), _answer(half), "x", _answer(half)], ["y", _answer(gt[1]), "z", "w"]]
+    monkeypatch.setattr("univg.modules.grpo.generate", scripted(texts, tokenizer))
+    s = m.score(prompt_batch)
+    terms = m.loss_terms(s)
+    r = s.rollout
+    # independent recomputation: policy log-probs with a full-vocabulary forward
+    logp = completion_logprobs(m.model, r.prompt, r.completion_ids, r.completion_mask, 4)
+    ref = completion_logprobs(m.ref_model, r.prompt, r.completion_ids, r.completion_mask, 4)
+    miou = s.rewards["accuracy"].view(2, 4).mean(1)
+    w = ((1 - miou) ** 2).repeat_interleave(4)
+    expected = grpo_loss(
+        logp, None, ref, group_advantages(s.rewards["total"], 4), w, r.completion_mask.float(), beta=0.04
+    )
+    assert torch.allclose(terms.loss, expected, atol=1e-6)
+    assert torch.allclose(s.weights, w)
+    assert float(terms.kl) == pytest.approx(0.0, abs=1e-6)  # policy == reference before any step
+
+
+def test_reference_never_changes_and_policy_does(prompt_batch, tokenizer, monkeypatch):
+    m = _module(phi="exp", beta=0.04, prompts_per_step=2, lr=1e-2, warmup_ratio=0.0)
+    gt = prompt_batch["boxes"].tolist()
+    texts = [[_answer(gt[0]), "a", "b", _answer(gt[0])], ["c", _answer(gt[1]), "d", "e"]]
+    monkeypatch.setattr("univg.modules.grpo.generate", scripted(texts, tokenizer))
+    ref0 = {n: p.detach().clone() for n, p in m.ref_model.named_parameters()}
+    pol0 = {n: p.detach().clone() for n, p in m.model.named_parameters()}
+    opt = torch.optim.AdamW([p for p in m.model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss = m.loss_terms(m.score(prompt_batch)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(p, ref0[n]) for n, p in m.ref_model.named_parameters())
+    assert not all(torch.equal(p, pol0[n]) for n, p in m.model.named_parameters())
+    assert not any(p.requires_grad for p in m.ref_model.parameters())
+
+
+def test_beta_zero_skips_the_reference_pass(prompt_batch, tokenizer, monkeypatch):
+    m = _module(beta=0.0)
+    assert m.ref_model is None
+    calls = []
+    import univg.modules.grpo as mod
+
+    real = mod.completion_logprobs
+    monkeypatch.setattr(mod, "completion_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(mod, "generate", scripted([["a"] * 4, ["b"] * 4], tokenizer))
+    s = m.score(prompt_batch)
+    assert s.ref_logp is None and s.old_logp is None and calls == []
+    m.loss_terms(s)
+    assert len(calls) == 1  # only the policy pass
+
+
+def test_lora_reference_is_the_base_model_without_a_copy(prompt_batch, tokenizer, monkeypatch):
+    m = _module(beta=0.04, backbone=BackboneSpec(preset="tiny", lora=LoRASpec(r=4)))
+    assert m.ref_model is None
+    for n, p in m.model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p)
+    monkeypatch.setattr("univg.modules.grpo.generate", scripted([["a", "b", "c", "d"], ["e"] * 4], tokenizer))
+    s = m.score(prompt_batch)
+    r = s.rollout
+    with m.model.disable_adapter():
+        base = completion_logprobs(m.model, r.prompt, r.completion_ids, r.completion_mask, 4)
+    assert torch.allclose(s.ref_logp, base)
+    policy = completion_logprobs(m.model, r.prompt, r.completion_ids, r.completion_mask, 4)
+    assert not torch.allclose(policy, base)
+
+
+def test_num_iterations_keeps_a_real_old_policy(prompt_batch, tokenizer, monkeypatch):
+    m = _module(beta=0.0, num_iterations=2)
+    monkeypatch.setattr(
+        "univg.modules.grpo.generate", scripted([["a", "bb", "c", "d"], ["e"] * 4], tokenizer)
+    )
+    s = m.score(prompt_batch)
+    assert s.old_logp is not None and s.old_logp.shape == s.rollout.completion_ids.shape
+
+
+def test_drop_zero_variance_groups(prompt_batch, tokenizer, monkeypatch):
+    m = _module(beta=0.0, drop_zero_variance=True)
+    gt = prompt_batch["boxes"].tolist()
+    texts = [["junk"] * 4, [_answer(gt[1]), "x", "y", "z"]]
+    monkeypatch.setattr("univg.modules.grpo.generate", scripted(texts, tokenizer))
+    s = m.score(prompt_batch)
+    assert s.rollout.num_prompts == 1 and s.rollout.completion_ids.shape[0] == 4
+    assert s.stats["dropped_groups"] == 1.0
+    assert s.rollout.prompt["image_grid_thw"].shape[0] == 1
+    m.loss_terms(s)  # the kept group still trains
+
+
+def test_bad_options_are_clear_errors():
+    with pytest.raises(ValueError, match="phi"):
+        GRPOModule(phi="cube")
+    with pytest.raises(ValueError, match="loss_type"):
+        GRPOModule(loss_type="ppo")
+    with pytest.raises(ValueError, match="group_size"):
+        GRPOModule(group_size=1)
