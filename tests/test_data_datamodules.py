@@ -1,0 +1,115 @@
+"""Lightning data modules: per-dataset defaults, batches from files and synthetic data, YAML use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from univg.data import (
+    GroundingDataModule,
+    LISADataModule,
+    MIGBenchDataModule,
+    RefCOCODataModule,
+    Stage2RLDataModule,
+    SyntheticDataModule,
+    VOSDataModule,
+)
+from univg.data.images import resolve_image_path
+
+MIG = Path("/work/shared/data/mig_bench/MIG_data.json")
+if not MIG.is_file():
+    MIG = Path(__file__).resolve().parents[2] / "shared" / "data" / "mig_bench" / "MIG_data.json"
+
+
+def test_defaults_per_dataset():
+    assert (LISADataModule().max_pixels, LISADataModule().prompt_template) == (640_000, "lisa")
+    assert (VOSDataModule().max_pixels, VOSDataModule().prompt_template) == (640_000, "vos")
+    assert (MIGBenchDataModule().max_pixels, MIGBenchDataModule().prompt_template) == (401_408, "reasoning")
+    assert RefCOCODataModule().prompt_template == "refcoco_single"
+    assert Stage2RLDataModule().train_mode == "generate" and MIGBenchDataModule().train_mode == "train"
+    assert LISADataModule(max_pixels=1000, prompt_template="plain").max_pixels == 1000
+    with pytest.raises(ValueError, match="reads format 'lisa', not 'vos'"):
+        LISADataModule(format="vos")
+    with pytest.raises(ValueError, match="needs `format`"):
+        GroundingDataModule(train_file="x.json")
+    with pytest.raises(ValueError, match="train_mode must be one of"):
+        GroundingDataModule(train_mode="rollout")
+
+
+def test_mig_bench_test_batch(processor, tmp_path, capsys):
+    dm = MIGBenchDataModule(test_file=str(MIG), image_root=str(tmp_path), eval_batch_size=2, limit=2)
+    dm._processor = processor
+    dm.setup("test")
+    assert "test: mig_bench" in capsys.readouterr().out
+    for s in dm.test_samples:
+        for ref in s.images:
+            path = Path(resolve_image_path(ref, tmp_path))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                Image.new("RGB", (84, 56)).save(path)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["ids"] == ["MIG_data-0", "MIG_data-1"] and "labels" not in batch
+    assert batch["boxes"].tolist()[0] == [321, 96, 999, 724]
+    assert batch["attention_mask"][:, -1].all()  # generate mode: left padded
+
+
+def test_synthetic_module_seeded(processor):
+    def first_ids(seed):
+        dm = SyntheticDataModule(
+            num_train=8, num_val=4, tasks=["single"], image_size=56, batch_size=4, seed=seed
+        )
+        dm._processor = processor
+        dm.setup("fit")
+        return dm, next(iter(dm.train_dataloader()))
+
+    dm, batch = first_ids(0)
+    assert len(dm.train_samples) == 8 and len(dm.val_samples) == 4
+    assert not {s.id for s in dm.train_samples} & {s.id for s in dm.val_samples}
+    assert "labels" in batch and batch["input_ids"].shape[0] == 4
+    assert "<think>" in processor.tokenizer.decode(
+        batch["labels"][0][batch["labels"][0] != -100]
+    )  # auto -> cot
+    assert first_ids(0)[1]["ids"] == batch["ids"]  # same seed, same shuffle
+    val = next(iter(dm.val_dataloader()))
+    assert "labels" not in val and val["ids"] == [s.id for s in dm.val_samples]  # eval: in order
+
+
+def test_stage2_rl_module_prompt_only_train_batches(processor, tmp_path):
+    Image.new("RGB", (56, 56)).save(tmp_path / "a.jpg")
+    rec = {"question": "<image>the left one", "answer": [0, 0, 500, 500], "images": ["a.jpg"]}
+    (tmp_path / "s2.json").write_text(json.dumps([rec, dict(rec, question="<image>the right one")]))
+    dm = Stage2RLDataModule(train_file=str(tmp_path / "s2.json"), image_root=str(tmp_path), batch_size=2)
+    dm._processor = processor
+    batch = next(iter(dm.train_dataloader()))
+    assert "labels" not in batch and batch["attention_mask"][:, -1].all()
+    assert sorted(batch["tasks"]) == ["multi_image", "multi_image"]
+
+
+def test_yaml_class_path():
+    from jsonargparse import ArgumentParser
+    from lightning import LightningDataModule
+
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(LightningDataModule, "data")
+    cfg = parser.parse_object(
+        {
+            "data": {
+                "class_path": "univg.data.LISADataModule",
+                "init_args": {"test_file": "lisa.json", "batch_size": 3},
+            }
+        }
+    )
+    dm = parser.instantiate_classes(cfg).data
+    assert isinstance(dm, LISADataModule) and dm.batch_size == 3 and dm.max_pixels == 640_000
+    cfg = parser.parse_object(
+        {
+            "data": {
+                "class_path": "univg.data.MixtureDataModule",
+                "init_args": {"sources": [{"format": "cot_sft", "path": "a.json", "count": 2}], "seed": 4},
+            }
+        }
+    )
+    assert parser.instantiate_classes(cfg).data.seed == 4

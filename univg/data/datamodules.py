@@ -1,0 +1,312 @@
+"""Lightning data modules, usable from YAML (``data.class_path: univg.data.MIGBenchDataModule``).
+
+:class:`GroundingDataModule` reads files with a registered reader, keeps the samples in memory
+(images stay paths until a batch needs them) and collates with :class:`GroundingCollator`.
+One subclass per dataset fixes the format and sensible defaults (prompt template, pixel limits);
+:class:`SyntheticDataModule` generates in-memory samples; :class:`~univg.data.mixture.MixtureDataModule`
+draws a seeded mixture of sources.
+
+``train_mode`` is ``"train"`` for SFT (labels) or ``"generate"`` for GRPO (prompt-only batches,
+left padded); ``eval_mode`` is the same choice for validation/test/predict (default ``"generate"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from univg.data.collate import MODES, GroundingCollator
+from univg.data.readers import read_samples
+from univg.data.schema import GroundingSample
+from univg.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
+
+SPLITS = ("train", "val", "test")
+
+
+class SampleDataset(Dataset):
+    """A map-style dataset over an in-memory list of samples."""
+
+    def __init__(self, samples: Sequence[GroundingSample]) -> None:
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> GroundingSample:
+        return self.samples[i]
+
+
+class GroundingDataModule(L.LightningDataModule):
+    """Train/val/test files of one format -> collated batches.
+
+    ``format`` names the reader (see :data:`univg.data.READERS`); subclasses fix it. ``None`` for
+    ``prompt_template``/``max_pixels`` means the class default (``DEFAULT_TEMPLATE``,
+    ``DEFAULT_MAX_PIXELS``). ``limit`` keeps the first N samples of each split (smoke runs).
+    ``seed`` drives the train shuffle. Reader reports are printed as one line per file.
+    """
+
+    FORMAT: ClassVar[str | None] = None
+    DEFAULT_TEMPLATE: ClassVar[str] = "reasoning"
+    DEFAULT_MAX_PIXELS: ClassVar[int] = TRAIN_MAX_PIXELS
+    DEFAULT_TRAIN_MODE: ClassVar[str] = "train"
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        image_root: str | None = None,
+        format: str | None = None,
+        prompt_template: str | None = None,
+        target_format: str = "cot",
+        train_mode: str | None = None,
+        eval_mode: str = "generate",
+        batch_size: int = 1,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int | None = None,
+        processor_path: str | None = None,
+        skip_invalid: bool = False,
+        limit: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        max_length: int | None = None,
+        frame: str = "qwen2-vl",
+    ) -> None:
+        super().__init__()
+        if self.FORMAT is not None and format not in (None, self.FORMAT):
+            raise ValueError(f"{type(self).__name__} reads format {self.FORMAT!r}, not {format!r}")
+        self.format = self.FORMAT or format
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        if self.format is None and any(self.files.values()):
+            raise ValueError("GroundingDataModule needs `format` (one of univg.data.READERS) to read files")
+        self.train_mode = train_mode or self.DEFAULT_TRAIN_MODE
+        for name, mode in (("train_mode", self.train_mode), ("eval_mode", eval_mode)):
+            if mode not in MODES:
+                raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
+        self.eval_mode = eval_mode
+        self.image_root = image_root
+        self.prompt_template = prompt_template or self.DEFAULT_TEMPLATE
+        self.target_format = target_format
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels or self.DEFAULT_MAX_PIXELS
+        self.processor_path = processor_path
+        self.skip_invalid = skip_invalid
+        self.limit = limit
+        self.seed = seed
+        self.shuffle = shuffle
+        self.max_length = max_length
+        self.frame = frame
+        self.samples: dict[str, list[GroundingSample] | None] = dict.fromkeys(SPLITS)
+        self._processor: Any = None
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    def read_split(self, split: str) -> list[GroundingSample] | None:
+        """The samples of ``split`` (``None`` when it has no file). Subclasses override this."""
+        path = self.files[split]
+        if path is None:
+            return None
+        samples = read_samples(path, self.format, image_root=self.image_root, skip_invalid=self.skip_invalid)
+        if samples.report is not None:
+            print(f"[univg.data] {split}: {samples.report.summary()}")
+        return samples
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in SPLITS:
+            if self.samples[split] is None:
+                samples = self.read_split(split)
+                if samples is not None and self.limit is not None:
+                    samples = samples[: self.limit]
+                self.samples[split] = samples
+
+    @property
+    def train_samples(self) -> list[GroundingSample]:
+        return self._need("train")
+
+    @property
+    def val_samples(self) -> list[GroundingSample]:
+        return self._need("val")
+
+    @property
+    def test_samples(self) -> list[GroundingSample]:
+        return self._need("test")
+
+    def _need(self, split: str) -> list[GroundingSample]:
+        if self.samples[split] is None:
+            self.setup()
+        samples = self.samples[split]
+        if samples is None:
+            raise ValueError(f"{type(self).__name__}: no {split} data configured")
+        return samples
+
+    # ---- batches ---------------------------------------------------------------------------------
+
+    @property
+    def processor(self) -> Any:
+        if self._processor is None:
+            self._processor = load_processor(self.processor_path, self.min_pixels, self.max_pixels)
+        return self._processor
+
+    def collator(self, mode: str) -> GroundingCollator:
+        return GroundingCollator(
+            self.processor,
+            mode=mode,
+            prompt_template=self.prompt_template,
+            target_format=self.target_format,
+            image_root=self.image_root,
+            frame=self.frame,
+            max_length=self.max_length,
+        )
+
+    def _loader(self, split: str, mode: str, batch_size: int, shuffle: bool) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            SampleDataset(self._need(split)),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            num_workers=self.num_workers,
+            collate_fn=self.collator(mode),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", self.train_mode, self.batch_size, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", self.eval_mode, self.eval_batch_size, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", self.eval_mode, self.eval_batch_size, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", "generate", self.eval_batch_size, False)
+
+
+class MIGBenchDataModule(GroundingDataModule):
+    """MIG-Bench (``MIG_data.json`` or the revised file); usually ``test_file`` only."""
+
+    FORMAT = "mig_bench"
+
+
+class MGroundingDataModule(GroundingDataModule):
+    """MGrounding-630k conversations (coordinates-only targets: use ``target_format: answer``)."""
+
+    FORMAT = "mgrounding"
+
+
+class CoTSFTDataModule(GroundingDataModule):
+    """Stage-1 CoT-SFT files; each sample keeps the prompt template its file was written with."""
+
+    FORMAT = "cot_sft"
+
+
+class Stage2RLDataModule(GroundingDataModule):
+    """Stage-2 RL prompts; ``train_mode`` defaults to ``generate`` (GRPO rollouts)."""
+
+    FORMAT = "stage2_rl"
+    DEFAULT_TRAIN_MODE = "generate"
+
+
+class RefCOCODataModule(GroundingDataModule):
+    """RefCOCO/+/g (VLM-R1 REC format), single-image prompt by default."""
+
+    FORMAT = "refcoco"
+    DEFAULT_TEMPLATE = "refcoco_single"
+
+
+class LISADataModule(GroundingDataModule):
+    """LISA-Grounding zero-shot eval (max_pixels 640,000 as the release)."""
+
+    FORMAT = "lisa"
+    DEFAULT_TEMPLATE = "lisa"
+    DEFAULT_MAX_PIXELS = LISA_MAX_PIXELS
+
+
+class LLMSegDataModule(GroundingDataModule):
+    """LLMSeg-Grounding zero-shot eval (max_pixels 640,000 as the release)."""
+
+    FORMAT = "llmseg"
+    DEFAULT_TEMPLATE = "llmseg"
+    DEFAULT_MAX_PIXELS = LISA_MAX_PIXELS
+
+
+class VOSDataModule(GroundingDataModule):
+    """ReasonVOS / ReVOS zero-shot eval: 6 frames, ground on the third (max_pixels 640,000)."""
+
+    FORMAT = "vos"
+    DEFAULT_TEMPLATE = "vos"
+    DEFAULT_MAX_PIXELS = LISA_MAX_PIXELS
+
+
+class SyntheticDataModule(GroundingDataModule):
+    """Seeded in-memory synthetic grounding (:func:`univg.data.synthetic.generate_samples`).
+
+    Train, val and test use seeds ``seed``, ``seed + 1``, ``seed + 2`` so they never share samples.
+    ``synthetic`` passes further keyword arguments to the generator. Targets default to ``auto``
+    (the generator writes a short reasoning chain for every sample).
+    """
+
+    def __init__(
+        self,
+        num_train: int = 64,
+        num_val: int = 16,
+        num_test: int = 0,
+        tasks: list[str] | None = None,
+        image_size: int = 112,
+        synthetic: dict[str, Any] | None = None,
+        prompt_template: str | None = None,
+        target_format: str = "auto",
+        train_mode: str | None = None,
+        eval_mode: str = "generate",
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int | None = None,
+        processor_path: str | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        max_length: int | None = None,
+        frame: str = "qwen2-vl",
+    ) -> None:
+        super().__init__(
+            prompt_template=prompt_template,
+            target_format=target_format,
+            train_mode=train_mode,
+            eval_mode=eval_mode,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            min_pixels=min_pixels,
+            max_pixels=max_pixels,
+            processor_path=processor_path,
+            seed=seed,
+            shuffle=shuffle,
+            max_length=max_length,
+            frame=frame,
+        )
+        self.counts = {"train": num_train, "val": num_val, "test": num_test}
+        self.tasks = tasks
+        self.image_size = image_size
+        self.synthetic = dict(synthetic or {})
+
+    def read_split(self, split: str) -> list[GroundingSample] | None:
+        from univg.data.synthetic import generate_samples
+
+        n = self.counts[split]
+        if not n:
+            return None
+        offset = SPLITS.index(split)
+        return generate_samples(
+            n, tasks=self.tasks, image_size=self.image_size, seed=self.seed + offset, **self.synthetic
+        )
