@@ -77,12 +77,17 @@ def test_synthetic_module_seeded(processor):
     assert "labels" not in val and val["ids"] == [s.id for s in dm.val_samples]  # eval: in order
 
 
-def test_stage2_rl_module_prompt_only_train_batches(processor, tmp_path):
-    Image.new("RGB", (56, 56)).save(tmp_path / "a.jpg")
+def test_stage2_rl_module_prompt_only_train_batches(processor, tmp_path, monkeypatch):
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (56, 56)).save(tmp_path / "imgs" / "a.jpg")
     rec = {"question": "<image>the left one", "answer": [0, 0, 500, 500], "images": ["a.jpg"]}
     (tmp_path / "s2.json").write_text(json.dumps([rec, dict(rec, question="<image>the right one")]))
-    dm = Stage2RLDataModule(train_file=str(tmp_path / "s2.json"), image_root=str(tmp_path), batch_size=2)
+    monkeypatch.chdir(tmp_path)  # a relative image_root is joined once, at read time
+    dm = Stage2RLDataModule(train_file="s2.json", image_root="imgs", batch_size=2)
     dm._processor = processor
+    dm.setup("fit")
+    assert dm.train_samples[0].images == [str(tmp_path / "imgs" / "a.jpg")]
+    monkeypatch.chdir("/")
     batch = next(iter(dm.train_dataloader()))
     assert "labels" not in batch and batch["attention_mask"][:, -1].all()
     assert sorted(batch["tasks"]) == ["multi_image", "multi_image"]

@@ -162,7 +162,7 @@ class GroundingDataModule(L.LightningDataModule):
             mode=mode,
             prompt_template=self.prompt_template,
             target_format=self.target_format,
-            image_root=self.image_root,
+            image_root=None,  # the readers already joined image_root into absolute paths
             frame=self.frame,
             max_length=self.max_length,
         )

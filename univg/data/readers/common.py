@@ -280,8 +280,14 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def resolve_all(paths: Iterable[str], image_root: str | os.PathLike | None) -> list[str]:
-    """Paths joined to ``image_root`` when it is given (kept as written otherwise)."""
-    return [resolve_image_path(p, image_root) if image_root is not None else p for p in paths]
+    """Absolute paths under ``image_root`` when it is given (kept as written otherwise).
+
+    Absolute, so that a later change of working directory, or a collator that joins its own
+    image root to relative paths, cannot move them.
+    """
+    if image_root is None:
+        return list(paths)
+    return [os.path.abspath(resolve_image_path(p, image_root)) for p in paths]
 
 
 def run_reader(
