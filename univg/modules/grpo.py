@@ -302,7 +302,7 @@ class GRPOModule(GroundingModule):
                 # each micro-batch's loss is a mean over its sequences: weight by its share
                 self.manual_backward(terms.loss * (n / max(1, n_seq)))
                 for key, v in terms.as_dict().items():
-                    logs[key] = logs.get(key, 0.0) + float(v) * n / max(1, n_seq)
+                    logs[key] = logs.get(key, 0.0) + float(v.detach()) * n / max(1, n_seq)
             if self.max_grad_norm > 0:
                 params = [p for p in self.model.parameters() if p.grad is not None]
                 if params:
