@@ -6,7 +6,8 @@ All boxes here are in the model frame (integers in [0, 1000) for Qwen2-VL); IoU 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torchmetrics import Metric
@@ -123,3 +124,63 @@ def mig_avg(per_task_acc: dict[str, float]) -> float:
     if missing:
         raise KeyError(f"MIG-Bench AVG needs all 10 tasks; missing {missing}")
     return sum(per_task_acc[t] for t in MIG_TASKS) / len(MIG_TASKS)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation over prediction records (the JSONL rows written by GroundingModule)
+# ------------------------------------------------------------------------------------------------
+
+
+def dedupe_records(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """Keep the first record of each ``id``; returns (records, number of duplicates removed).
+
+    Distributed evaluation pads the last batches by repeating samples, and a resumed run may meet
+    records twice: every sample counts exactly once.
+
+    >>> recs, dropped = dedupe_records([{"id": "a"}, {"id": "b"}, {"id": "a"}])
+    >>> [r["id"] for r in recs], dropped
+    (['a', 'b'], 1)
+    """
+    seen: set[str] = set()
+    out, dropped = [], 0
+    for r in records:
+        if r["id"] in seen:
+            dropped += 1
+            continue
+        seen.add(r["id"])
+        out.append(r)
+    return out, dropped
+
+
+def metrics_from_records(
+    records: Sequence[dict[str, Any]], strict: bool = True, thresholds: Sequence[float] = (0.3, 0.5, 0.7)
+) -> dict[str, float]:
+    """:meth:`GroundingMetrics.compute` over prediction records (one evaluation, no process sync).
+
+    Each record needs ``task``, ``iou``/``pred`` (strict parser) and ``iou_compatible``/
+    ``pred_compatible``; ``strict=False`` scores the compatible parse as the primary number.
+
+    >>> recs = [
+    ...     {"task": "a", "iou": 0.9, "pred": [1, 1, 2, 2], "iou_compatible": 0.9, "pred_compatible": [1, 1, 2, 2]},
+    ...     {"task": "a", "iou": 0.0, "pred": None, "iou_compatible": 0.6, "pred_compatible": [1, 1, 2, 2]},
+    ...     {"task": "b", "iou": 0.4, "pred": [1, 1, 2, 2], "iou_compatible": 0.4, "pred_compatible": [1, 1, 2, 2]},
+    ... ]
+    >>> m = metrics_from_records(recs)
+    >>> m["acc@0.5/a"], m["acc@0.5/b"], m["avg"], m["parse_rate/strict"], round(m["acc@0.5/compatible"], 3)
+    (0.5, 0.0, 0.25, 0.6666666666666666, 0.667)
+    """
+    metric = GroundingMetrics(thresholds=thresholds, sync_on_compute=False)
+    if not records:
+        return metric.compute()
+    key, ckey = ("iou", "pred") if strict else ("iou_compatible", "pred_compatible")
+    metric.update(
+        torch.tensor([float(r[key]) for r in records]),
+        [r["task"] for r in records],
+        torch.tensor([r[ckey] is not None for r in records]),
+        torch.tensor([float(r["iou_compatible"]) for r in records]),
+        torch.tensor([r["pred_compatible"] is not None for r in records]),
+    )
+    out = metric.compute()
+    # the strict parse rate is reported as such whichever parser is primary
+    out["parse_rate/strict"] = sum(r["pred"] is not None for r in records) / len(records)
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -13,7 +12,22 @@ import torch
 
 from univg.backbone import BackboneSpec, count_parameters
 from univg.boxes import box_iou, parse_answer
-from univg.metrics import GroundingMetrics
+from univg.evaluation import (
+    append_jsonl,
+    count_reasons,
+    extract_reasoning,
+    gather_objects,
+    infer_benchmark,
+    read_jsonl,
+    reader_skips,
+    resume_files,
+    run_key,
+    sample_notes,
+    screen_samples,
+    shard_path,
+    write_jsonl,
+)
+from univg.metrics import dedupe_records, metrics_from_records
 from univg.rollout import generate, model_inputs
 from univg.tokenizer import load_tokenizer
 
@@ -73,6 +87,15 @@ class GroundingModule(L.LightningModule):
         init_checkpoint: start from the weights of a univg Lightning checkpoint (e.g. the stage-1
             run's ``last.ckpt``); optimiser state and step counters start fresh. For Hugging Face
             directories use ``backbone.checkpoint`` instead.
+        benchmark: name of the evaluated benchmark in results and tables (a key of
+            ``univg.reports.BENCHMARKS``, e.g. "mig_bench", "refcoco+/testA", "lisa/val"); default
+            inferred from the data module's class and file name.
+        run_name: the row name of this run in tables; default the logger's experiment name.
+        num_pictures: predictions drawn as PNG (and logged to TensorBoard) per evaluation epoch.
+        resume_predictions: a predictions JSONL file, or the directory of an interrupted run, whose
+            finished samples are not evaluated again (a validate/test run also resumes from its own
+            predictions directory automatically); records of another model are ignored.
+        pictures_dir: where pictures go; default ``<predictions dir>/pictures_<stage>``.
     """
 
     def __init__(
@@ -87,6 +110,11 @@ class GroundingModule(L.LightningModule):
         predictions_dir: str | None = None,
         strict_parse: bool = True,
         init_checkpoint: str | None = None,
+        benchmark: str | None = None,
+        run_name: str | None = None,
+        num_pictures: int = 8,
+        resume_predictions: str | None = None,
+        pictures_dir: str | None = None,
     ) -> None:
         super().__init__()
         if schedule not in ("cosine", "constant"):
@@ -103,9 +131,16 @@ class GroundingModule(L.LightningModule):
         self.init_checkpoint = init_checkpoint
         self.model: torch.nn.Module | None = None
         self._tokenizer: Any = None
-        self.metrics = torch.nn.ModuleDict({"val": GroundingMetrics(), "test": GroundingMetrics()})
-        self._predictions: dict[str, list[dict]] = {"val": [], "test": []}
+        self.benchmark = benchmark
+        self.run_name = run_name
+        self.num_pictures = num_pictures
+        self.resume_predictions = resume_predictions
+        self.pictures_dir = pictures_dir
+        self._predictions: dict[str, list[dict]] = {"val": [], "test": [], "predict": []}
+        self._eval: dict[str, dict[str, Any]] = {}  # per stage: resumed records, bad records, notes
+        self._pictures: dict[str, list[Any]] = {"val": [], "test": [], "predict": []}
         self.last_eval: dict[str, dict[str, float]] = {}
+        self.last_results: dict[str, dict[str, Any]] = {}
 
     # ----------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -153,6 +188,12 @@ class GroundingModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # ----------------------------------------------------------------------------- evaluation
+    # Evaluation writes, per validate/test run, into the predictions directory (default the logger's):
+    # predictions_<stage>.jsonl (one row per sample, gathered over processes, each id once),
+    # results_<stage>.json/.md/.csv (metrics, the paper's table layout, skipped-record counts) and
+    # pictures_<stage>/*.png. While an epoch runs each process appends its rows to a shard
+    # (predictions_<stage>.rank<r>.part.jsonl) so that an interrupted run resumes where it stopped.
+
     def score_completions(self, texts: list[str], boxes: torch.Tensor) -> dict[str, Any]:
         """Strict and compatible parses and IoUs of completions against model-frame boxes [B, 4]."""
         gt = boxes.tolist()
@@ -162,33 +203,95 @@ class GroundingModule(L.LightningModule):
         iou_c = [box_iou(p, g) if p is not None else 0.0 for p, g in zip(compat, gt)]
         return {"strict": strict, "compat": compat, "iou_strict": iou_s, "iou_compat": iou_c, "gt": gt}
 
-    def evaluation_step(self, batch: dict[str, Any], stage: str) -> dict[str, Any]:
+    def generate_completions(self, batch: dict[str, Any]) -> tuple[list[str], list[bool]]:
+        """Greedy completions of a generate-mode batch: (B texts, B truncated flags)."""
         roll = generate(self.model, model_inputs(batch), self.tokenizer, max_new_tokens=self.max_new_tokens)
-        s = self.score_completions(roll.texts, batch["boxes"])
-        primary = s["iou_strict"] if self.strict_parse else s["iou_compat"]
-        parsed = [p is not None for p in (s["strict"] if self.strict_parse else s["compat"])]
-        self.metrics[stage].update(
-            torch.tensor(primary),
-            batch["tasks"],
-            torch.tensor(parsed),
-            torch.tensor(s["iou_compat"]),
-            torch.tensor([p is not None for p in s["compat"]]),
-        )
-        for i, text in enumerate(roll.texts):
-            self._predictions[stage].append(
-                {
-                    "id": batch["ids"][i],
-                    "task": batch["tasks"][i],
-                    "completion": text,
-                    "pred": list(s["strict"][i]) if s["strict"][i] is not None else None,
-                    "pred_compatible": list(s["compat"][i]) if s["compat"][i] is not None else None,
-                    "gt": s["gt"][i],
-                    "iou": s["iou_strict"][i],
-                    "iou_compatible": s["iou_compat"][i],
-                    "truncated": bool(roll.truncated[i]),
-                }
-            )
-        return s
+        return roll.texts, [bool(t) for t in roll.truncated.tolist()]
+
+    def _target_frame_sizes(self, batch: dict[str, Any]) -> list[tuple[int, int] | None]:
+        """(width, height) in pixels of each sample's *resized* target image (pixel frames need it)."""
+        samples, grid = batch.get("samples"), batch.get("image_grid_thw")
+        if samples is None or grid is None:
+            return [None] * len(batch["ids"])
+        vision = getattr(getattr(self.model, "config", None), "vision_config", None)
+        patch = int(getattr(vision, "patch_size", 14))
+        out, cursor = [], 0
+        for s in samples:
+            g = grid[cursor + s.target_index]  # [t, h, w] in patches
+            out.append((int(g[2]) * patch, int(g[1]) * patch))
+            cursor += len(s.images)
+        return out
+
+    def prediction_records(
+        self, batch: dict[str, Any], texts: list[str], truncated: list[bool], stage: str
+    ) -> list[dict[str, Any]]:
+        """One JSON-able row per sample: completion, reasoning, parses and IoUs (model frame), the
+        predicted box in pixels of the original target image (``pred_box_px``) and the run key."""
+        from univg.data.images import image_size
+
+        s = self.score_completions(texts, batch["boxes"])
+        samples = batch.get("samples")
+        sizes = self._target_frame_sizes(batch)
+        key = self._eval.get(stage, {}).get("run_key")
+        image_root = getattr(self._datamodule(), "image_root", None)
+        records = []
+        for i, text in enumerate(texts):
+            primary = s["strict"][i] if self.strict_parse else s["compat"][i]
+            rec: dict[str, Any] = {
+                "id": batch["ids"][i],
+                "task": batch["tasks"][i],
+                "completion": text,
+                "reasoning": extract_reasoning(text),
+                "pred": list(s["strict"][i]) if s["strict"][i] is not None else None,
+                "pred_compatible": list(s["compat"][i]) if s["compat"][i] is not None else None,
+                "gt": s["gt"][i],
+                "iou": s["iou_strict"][i],
+                "iou_compatible": s["iou_compat"][i],
+                "truncated": bool(truncated[i]),
+                "frame_size": list(sizes[i]) if sizes[i] is not None else None,
+                "run_key": key,
+            }
+            sample = samples[i] if samples is not None else None
+            if sample is not None:
+                rec["target_index"] = sample.target_index
+                rec["question"] = sample.question
+                if sample.meta.get("no_gt"):  # user images: no ground truth to score against
+                    rec.update(gt=None, iou=None, iou_compatible=None, no_gt=True)
+                try:
+                    width, height = image_size(sample.images[sample.target_index], image_root)
+                except OSError:
+                    width = height = None
+                rec["image_size"] = [width, height] if width else None
+                if primary is not None and width:
+                    fw, fh = sizes[i] if sizes[i] is not None else (None, None)
+                    box = self.frame.from_model(primary, fw, fh)
+                    x1, y1, x2, y2 = box.as_tuple()
+                    rec["pred_box_px"] = [
+                        round(x1 * width),
+                        round(y1 * height),
+                        round(x2 * width),
+                        round(y2 * height),
+                    ]
+                else:
+                    rec["pred_box_px"] = None
+            records.append(rec)
+        return records
+
+    def evaluation_step(self, batch: dict[str, Any], stage: str) -> list[dict[str, Any]]:
+        """Generate, score and record one batch; rows of samples finished by a resumed run are skipped."""
+        done = self._eval.get(stage, {}).get("done_ids", set())
+        if done and all(i in done for i in batch["ids"]):
+            return []
+        texts, truncated = self.generate_completions(batch)
+        records = [r for r in self.prediction_records(batch, texts, truncated, stage) if r["id"] not in done]
+        self._predictions[stage].extend(records)
+        sanity = self._trainer is not None and self.trainer.sanity_checking
+        path = self._eval.get(stage, {}).get("path")
+        if path is not None and not sanity:
+            append_jsonl(shard_path(path, self.global_rank), records)
+        if not sanity:
+            self._draw(stage, batch, records)
+        return records
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.evaluation_step(batch, "val")
@@ -196,13 +299,193 @@ class GroundingModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.evaluation_step(batch, "test")
 
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Answer user images: print the reasoning and the box in pixels of the target image, save
+        the drawn picture (``record["picture"]``); returns the prediction rows."""
+        texts, truncated = self.generate_completions(batch)
+        records = self.prediction_records(batch, texts, truncated, "predict")
+        self._draw("predict", batch, records, limit=None)
+        for r in records:
+            self.print(format_prediction(r))
+        return records
+
+    # ---- where things go --------------------------------------------------------------------------
+    def _datamodule(self) -> Any:
+        return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+
+    def _output_dir(self) -> Path | None:
+        """The predictions directory (a collective call under DDP: ``trainer.log_dir`` broadcasts)."""
+        root = self.predictions_dir
+        if root is None and self._trainer is not None and self.trainer.log_dir is not None:
+            root = self.trainer.log_dir
+        return Path(root) if root is not None else None
+
+    def prediction_path(self, stage: str) -> Path | None:
+        """``predictions_<stage>.jsonl`` (validate/test), ``predictions_val_step<N>.jsonl`` while fitting."""
+        root = self._output_dir()
+        if root is None:
+            return None
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        name = (
+            f"predictions_{stage}_step{self.global_step}.jsonl" if fitting else f"predictions_{stage}.jsonl"
+        )
+        return root / name
+
+    def _run_label(self) -> str:
+        if self.run_name:
+            return self.run_name
+        logger = self.logger if self._trainer is not None else None
+        if logger is not None and getattr(logger, "name", None):
+            return str(logger.name)
+        path = self._eval.get("test", {}).get("path") or self._eval.get("val", {}).get("path")
+        return Path(path).parent.name if path else "run"
+
+    # ---- set-up: screening, resume ----------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Screen the evaluation split (bad records out and counted) and, for validate/test, resume."""
+        if self._trainer is None:
+            return
+        fn = str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn))
+        split, key = {"fit": ("val", "val"), "validate": ("val", "val"), "test": ("test", "test")}.get(
+            fn, ("test", "predict")
+        )
+        dm = self._datamodule()
+        ev: dict[str, Any] = {"bad": [], "notes": {}, "resumed": [], "done_ids": set(), "finalised": False}
+        ev["benchmark"] = self.benchmark or infer_benchmark(dm, key)
+        ev["run_key"] = run_key(
+            preset=self.backbone.preset,
+            checkpoint=self.backbone.checkpoint,
+            overrides=self.backbone.overrides,
+            lora=str(self.backbone.lora),
+            init_checkpoint=self.init_checkpoint,
+            ckpt_path=str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
+            max_new_tokens=self.max_new_tokens,
+            benchmark=ev["benchmark"],
+        )
+        self._eval[key] = ev
+        if key == "predict":
+            ev["dir"] = self._output_dir()
+            return
+        ev["path"] = self.prediction_path(key) if fn != "fit" else None
+        samples = getattr(dm, "samples", {}).get(split) if dm is not None else None
+        if samples is None:
+            return
+        kept, bad = screen_samples(samples, getattr(dm, "image_root", None))
+        ev["bad"] = reader_skips(samples) + bad
+        ev["notes"] = sample_notes(kept)
+        if fn != "fit":
+            files = resume_files(ev["path"], self.resume_predictions, key)
+            if files:
+                records, unreadable = read_jsonl(files)
+                ids = {s.id for s in kept}
+                mine = [r for r in records if r.get("run_key") == ev["run_key"] and r["id"] in ids]
+                ev["resumed"], _ = dedupe_records(mine)
+                ev["done_ids"] = {r["id"] for r in ev["resumed"]}
+                ev["notes"]["resumed"] = len(ev["resumed"])
+                other = sum(r.get("run_key") != ev["run_key"] for r in records)
+                if other:
+                    ev["notes"]["resume_ignored_other_model"] = other
+                    self.print(
+                        f"univg: ignored {other} earlier predictions of another model/benchmark in {files}"
+                    )
+                if unreadable:
+                    ev["notes"]["unreadable_prediction_lines"] = unreadable
+                kept = [s for s in kept if s.id not in ev["done_ids"]]
+        if len(kept) != len(samples):
+            # borrow the data module's list for this run; teardown puts the original back
+            ev["original_samples"] = (split, samples)
+            dm.samples[split] = kept
+            ev["all_resumed"] = not kept
+
+    def teardown(self, stage: str) -> None:
+        for key, ev in list(self._eval.items()):
+            if key != "predict" and ev.get("all_resumed") and not ev.get("finalised"):
+                # every sample came from the resumed file: Lightning skipped the loop, write results now
+                self._finalise(key, log=False)
+            original = ev.pop("original_samples", None)
+            if original is not None and self._datamodule() is not None:
+                self._datamodule().samples[original[0]] = original[1]
+
+    # ---- epochs -----------------------------------------------------------------------------------
+    def _begin_evaluation(self, stage: str) -> None:
+        ev = self._eval.setdefault(stage, {"bad": [], "notes": {}, "resumed": [], "done_ids": set()})
+        ev["finalised"] = False
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if fitting or "path" not in ev:  # while fitting: a new file per validation step
+            sanity = self._trainer is not None and self.trainer.sanity_checking
+            ev["path"] = None if sanity else self.prediction_path(stage)
+        self._predictions[stage] = []
+        self._pictures[stage] = []
+
+    def on_validation_epoch_start(self) -> None:
+        self._begin_evaluation("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._begin_evaluation("test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._eval.setdefault("predict", {})["dir"] = self._output_dir()
+        self._pictures["predict"] = []
+
     def _end_evaluation(self, stage: str) -> None:
-        result = self.metrics[stage].compute()
-        self.metrics[stage].reset()
-        self.last_eval[stage] = result
-        for k, v in result.items():
-            self.log(f"{stage}/{k}", v, sync_dist=False, rank_zero_only=True)
-        self._write_predictions(stage)
+        if self._trainer is not None and self.trainer.sanity_checking:
+            self._predictions[stage] = []
+            return
+        self._finalise(stage, log=True)
+
+    def _finalise(self, stage: str, log: bool) -> None:
+        """Gather every process's rows, merge the resumed ones, de-duplicate by id (DistributedSampler
+        repeats samples to even out the ranks), compute metrics once, write the files on rank 0."""
+        ev = self._eval.setdefault(stage, {"bad": [], "notes": {}, "resumed": []})
+        local, self._predictions[stage] = self._predictions[stage], []
+        gathered = gather_objects(local)
+        records, duplicates = dedupe_records(
+            list(ev.get("resumed", [])) + [r for part in gathered for r in part]
+        )
+        metrics = metrics_from_records(records, strict=self.strict_parse)
+        self.last_eval[stage] = metrics
+        if log:
+            for k, v in metrics.items():
+                self.log(f"{stage}/{k}", v, sync_dist=False, rank_zero_only=True)
+        path = ev.get("path")
+        result = {
+            "run": self._run_label(),
+            "benchmark": ev.get("benchmark") or self.benchmark or "unknown",
+            "stage": stage,
+            "step": int(self.global_step) if self._trainer is not None else 0,
+            "metrics": metrics,
+            "skipped": count_reasons(ev.get("bad", [])),
+            "notes": dict(ev.get("notes", {}), duplicates_removed=duplicates),
+            "bad_records": ev.get("bad", [])[:1000],
+            "predictions": str(path) if path is not None else None,
+            "strict_parse": self.strict_parse,
+            "model": {
+                "preset": self.backbone.preset,
+                "checkpoint": self.backbone.checkpoint,
+                "init_checkpoint": self.init_checkpoint,
+            },
+        }
+        self.last_results[stage] = result
+        rank0 = self._trainer is None or self.trainer.is_global_zero
+        if path is not None and rank0:
+            from univg.reports import write_run_results
+            from univg.visualize import log_pictures
+
+            write_jsonl(path, records)
+            write_run_results(result, Path(path).parent)
+            if self._pictures[stage] and self._trainer is not None:
+                log_pictures(self.logger, f"{stage}/pictures", self._pictures[stage], self.global_step)
+        if (
+            self._trainer is not None
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        ):
+            self.trainer.strategy.barrier("univg-eval-written")
+        if path is not None:
+            shard = shard_path(path, self.global_rank if self._trainer is not None else 0)
+            if shard.exists():
+                shard.unlink()
+        ev["finalised"] = True
 
     def on_validation_epoch_end(self) -> None:
         self._end_evaluation("val")
@@ -210,23 +493,70 @@ class GroundingModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._end_evaluation("test")
 
-    def prediction_path(self, stage: str) -> Path | None:
-        root = self.predictions_dir
-        if root is None and self._trainer is not None and self.trainer.log_dir is not None:
-            root = self.trainer.log_dir
-        if root is None:
-            return None
-        rank = self.global_rank if self._trainer is not None else 0
-        suffix = f".rank{rank}" if self._trainer is not None and self.trainer.world_size > 1 else ""
-        step = self.global_step if self._trainer is not None else 0
-        return Path(root) / f"predictions_{stage}_step{step}{suffix}.jsonl"
-
-    def _write_predictions(self, stage: str) -> None:
-        records, self._predictions[stage] = self._predictions[stage], []
-        path = self.prediction_path(stage)
-        if path is None or not records:
+    # ---- pictures ---------------------------------------------------------------------------------
+    def _draw(
+        self, stage: str, batch: dict[str, Any], records: list[dict[str, Any]], limit: int | None = -1
+    ) -> None:
+        """Draw the first ``num_pictures`` rows of an epoch on rank 0 (all rows when ``limit`` is None)."""
+        limit = self.num_pictures if limit == -1 else limit
+        if (limit is not None and len(self._pictures[stage]) >= limit) or (
+            self._trainer is not None and not self.trainer.is_global_zero and stage != "predict"
+        ):
             return
-        os.makedirs(path.parent, exist_ok=True)
-        with open(path, "w") as f:
-            for r in records:
-                f.write(json.dumps(r) + "\n")
+        from univg.data.images import load_image
+        from univg.visualize import safe_name, save_prediction_picture
+
+        ev = self._eval.get(stage, {})
+        if self.pictures_dir is not None:
+            root = Path(self.pictures_dir)
+        elif ev.get("path") is not None:
+            root = Path(ev["path"]).parent / f"pictures_{stage}"
+        elif ev.get("dir") is not None:
+            root = Path(ev["dir"]) / f"pictures_{stage}"
+        else:
+            return
+        samples = {s.id: s for s in batch.get("samples") or []}
+        image_root = getattr(self._datamodule(), "image_root", None)
+        for rec in records:
+            if limit is not None and len(self._pictures[stage]) >= limit:
+                break
+            sample = samples.get(rec["id"])
+            if sample is None:
+                continue
+            try:
+                image = load_image(sample, sample.target_index, image_root)
+            except OSError:
+                continue
+            path = root / f"{safe_name(rec['id'])}.png"
+            self._pictures[stage].append(save_prediction_picture(path, image, rec, self.frame))
+            rec["picture"] = str(path)
+
+
+def format_prediction(record: dict[str, Any]) -> str:
+    """What ``predict`` prints for one answer: reasoning, model-frame answer, pixel box, picture.
+
+    >>> print(format_prediction({"id": "u0", "reasoning": "the red one", "pred": [10, 20, 30, 40],
+    ...     "pred_compatible": [10, 20, 30, 40], "target_index": 1, "image_size": [640, 480],
+    ...     "pred_box_px": [6, 10, 19, 19], "picture": "p.png"}))
+    [univg predict] u0
+      reasoning: the red one
+      answer (model frame): (10, 20), (30, 40)
+      box (pixels of image 1, 640 x 480): [6, 10, 19, 19]
+      picture: p.png
+    """
+    pred = record.get("pred") or record.get("pred_compatible")
+    size = record.get("image_size") or ["?", "?"]
+    lines = [
+        f"[univg predict] {record['id']}",
+        f"  reasoning: {record.get('reasoning') or '(none)'}",
+        "  answer (model frame): "
+        + (
+            f"({pred[0]}, {pred[1]}), ({pred[2]}, {pred[3]})"
+            if pred
+            else f"unparsable: {record.get('completion', '')!r}"
+        ),
+        f"  box (pixels of image {record.get('target_index', 0)}, {size[0]} x {size[1]}): {record.get('pred_box_px')}",
+    ]
+    if record.get("picture"):
+        lines.append(f"  picture: {record['picture']}")
+    return "\n".join(lines)

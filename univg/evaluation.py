@@ -1,0 +1,270 @@
+"""Evaluation plumbing shared by :class:`~univg.modules.base.GroundingModule` and the reports.
+
+- screening: samples that cannot be evaluated (missing image, broken box, record the reader
+  skipped) are taken out *and counted by reason*, so a table's footer can say what was left out;
+- prediction files: JSONL rows, appended per batch to a per-rank shard so an interrupted run can
+  resume, merged into one file at the end of the epoch;
+- gathering across processes (``all_gather_object``) and naming the benchmark of a data module.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from univg.data.images import resolve_image_path
+from univg.data.schema import GroundingSample, SampleError, validate_sample
+
+#: Reasons a record is not evaluated (keys of ``results["skipped"]``).
+MISSING_IMAGE = "missing image"
+BROKEN_BOX = "broken box"
+BAD_RECORD = "unreadable record"
+
+_BOX_FIELDS = ("box", "answer", "bbox", "boxes", "bbox_list", "solution", "normalized_solution")
+_FIELD_RE = re.compile(r"field '([^']+)'")
+_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+# ----------------------------------------------------------------------------- screening
+def classify_reason(reason: str) -> str:
+    """Map a reader's or validator's message to one of the footer's reasons.
+
+    >>> classify_reason("degenerate box [1, 2, 1, 5] in field 'answer'")
+    'broken box'
+    >>> classify_reason("x.json:record 3 (id a): field 'images[1]': expected a non-empty path")
+    'missing image'
+    >>> classify_reason("x.json:record 3: field 'question': expected a non-empty string")
+    'unreadable record'
+    """
+    if "degenerate box" in reason:
+        return BROKEN_BOX
+    m = _FIELD_RE.search(reason)
+    field = m.group(1) if m else ""
+    base = field.split("[")[0].split(".")[0]
+    if base in _BOX_FIELDS or "box" in base:
+        return BROKEN_BOX
+    if "image" in base or "frame" in base or "not found" in reason:
+        return MISSING_IMAGE
+    return BAD_RECORD
+
+
+def screen_samples(
+    samples: Sequence[GroundingSample], image_root: str | os.PathLike | None = None
+) -> tuple[list[GroundingSample], list[dict[str, Any]]]:
+    """(evaluable samples, bad records). A bad record is ``{id, task, reason, detail}``.
+
+    Checks the schema (:func:`~univg.data.schema.validate_sample`: a broken or unflagged degenerate
+    box, a bad target index) and that every image path exists (in-memory images always do). Only
+    file existence is checked here, not decoding: that stays lazy in the collator.
+    """
+    kept, bad = [], []
+    for s in samples:
+        try:
+            validate_sample(s)
+        except SampleError as err:
+            bad.append({"id": s.id, "task": s.task, "reason": classify_reason(str(err)), "detail": str(err)})
+            continue
+        missing = [
+            (i, resolve_image_path(ref, image_root))
+            for i, ref in enumerate(s.images)
+            if isinstance(ref, str) and not os.path.isfile(resolve_image_path(ref, image_root))
+        ]
+        if missing:
+            i, path = missing[0]
+            detail = f"{s.where()}: images[{i}] not found: {path}" + (
+                f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+            )
+            bad.append({"id": s.id, "task": s.task, "reason": MISSING_IMAGE, "detail": detail})
+            continue
+        kept.append(s)
+    return kept, bad
+
+
+def reader_skips(samples: Any) -> list[dict[str, Any]]:
+    """Records the reader skipped (``skip_invalid=True``), from the list's ``ReadReport``, as bad records."""
+    report = getattr(samples, "report", None)
+    if report is None:
+        return []
+    return [
+        {
+            "id": rid,
+            "task": "",
+            "reason": classify_reason(why),
+            "detail": f"{report.path}:record {idx}: {why}",
+        }
+        for idx, rid, why in report.skipped
+    ]
+
+
+def count_reasons(bad: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """``{reason: count}`` in a stable (sorted) order.
+
+    >>> count_reasons([{"reason": "missing image"}, {"reason": "broken box"}, {"reason": "missing image"}])
+    {'broken box': 1, 'missing image': 2}
+    """
+    return dict(sorted(Counter(b["reason"] for b in bad).items()))
+
+
+def sample_notes(samples: Iterable[GroundingSample]) -> dict[str, int]:
+    """Counts of kept-but-flagged ground truths: degenerate (cannot be hit at IoU 0.5) and clamped."""
+    notes = Counter()
+    for s in samples:
+        if s.meta.get("degenerate"):
+            notes["degenerate_gt_kept"] += 1
+        if s.meta.get("clamped"):
+            notes["clamped_gt"] += 1
+    return dict(notes)
+
+
+# ----------------------------------------------------------------------------- prediction files
+def extract_reasoning(text: str) -> str | None:
+    """The text of the last ``<think>`` block, stripped; ``None`` when there is none.
+
+    >>> extract_reasoning("<think> red is left </think><answer>(1, 2), (3, 4)</answer>")
+    'red is left'
+    >>> extract_reasoning("(1, 2), (3, 4)") is None
+    True
+    """
+    blocks = _THINK_RE.findall(text)
+    return blocks[-1].strip() if blocks else None
+
+
+def run_key(**parts: Any) -> str:
+    """A short stable hash of what produced a prediction (model, checkpoint, budget, benchmark).
+
+    A resumed evaluation only reuses records with the same key, so predictions of another model
+    left in the same directory are never mixed in.
+
+    >>> run_key(a=1, b="x") == run_key(b="x", a=1)
+    True
+    """
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Append records (one JSON object a line) and flush, so an interruption loses at most a line."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+        f.flush()
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
+    """Write records atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(paths: Iterable[str | os.PathLike]) -> tuple[list[dict[str, Any]], int]:
+    """(records, unreadable lines) of JSONL files; a line cut by an interruption is counted, not fatal."""
+    out, bad = [], 0
+    for p in paths:
+        with open(p) as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    bad += 1
+                    continue
+                if isinstance(rec, dict) and "id" in rec:
+                    out.append(rec)
+                else:
+                    bad += 1
+    return out, bad
+
+
+def shard_path(final: str | os.PathLike, rank: int) -> Path:
+    """Where rank ``rank`` appends its records while an epoch runs: ``<stem>.rank<r>.part.jsonl``."""
+    final = Path(final)
+    return final.with_name(f"{final.stem}.rank{rank}.part.jsonl")
+
+
+def resume_files(final: str | os.PathLike | None, extra: str | os.PathLike | None, stage: str) -> list[str]:
+    """Prediction files to resume from: ``final`` and its shards, plus ``extra`` (a file, or a
+    directory whose ``predictions_<stage>*.jsonl`` files are taken)."""
+    files: list[str] = []
+    if final is not None:
+        final = Path(final)
+        files += [str(final)] if final.is_file() else []
+        files += sorted(glob.glob(str(final.with_name(f"{final.stem}.rank*.part.jsonl"))))
+    if extra is not None:
+        extra = Path(extra)
+        if extra.is_dir():
+            files += sorted(glob.glob(str(extra / f"predictions_{stage}*.jsonl")))
+        elif extra.is_file():
+            files.append(str(extra))
+        else:
+            raise FileNotFoundError(
+                f"resume_predictions {extra} does not exist (expected a predictions JSONL file or a run directory)"
+            )
+    return list(dict.fromkeys(files))
+
+
+# ----------------------------------------------------------------------------- processes
+def gather_objects(obj: Any) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` when not distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+# ----------------------------------------------------------------------------- benchmark names
+_REFCOCO_RE = re.compile(r"(refcoco(?:\+|p|plus|g)?)[_\-/]?(val|testa|testb|test)", re.IGNORECASE)
+
+
+def infer_benchmark(datamodule: Any, stage: str) -> str:
+    """The benchmark key of a data module (``reports.BENCHMARKS``), from its class and file name.
+
+    >>> class RefCOCODataModule:
+    ...     files = {"test": "data/rec/refcocop_testA.json"}
+    >>> infer_benchmark(RefCOCODataModule(), "test")
+    'refcoco+/testA'
+    """
+    if datamodule is None:
+        return "unknown"
+    cls = type(datamodule).__name__
+    files = getattr(datamodule, "files", {}) or {}
+    name = os.path.basename(str(files.get("val" if stage == "val" else "test") or "")).lower()
+    if cls == "MIGBenchDataModule":
+        return "mig_bench_revised" if "revised" in name else "mig_bench"
+    if cls == "RefCOCODataModule":
+        m = _REFCOCO_RE.search(name)
+        if m:
+            ds = m.group(1).lower().replace("plus", "+").replace("refcocop", "refcoco+")
+            split = {"testa": "testA", "testb": "testB"}.get(m.group(2).lower(), m.group(2).lower())
+            return f"{ds}/{split}"
+        return "refcoco"
+    if cls == "LISADataModule":
+        for split in ("val", "test"):
+            if split in name:
+                return f"lisa/{split}"
+        return "lisa"
+    if cls == "LLMSegDataModule":
+        return "llmseg"
+    if cls == "VOSDataModule":
+        if "revos" in name:
+            return "revos"
+        return "reasonvos" if "reason" in name else "vos"
+    if cls == "SyntheticDataModule":
+        return "synthetic"
+    return cls.removesuffix("DataModule").lower() or "unknown"
