@@ -230,3 +230,19 @@ def test_thousand_samples_in_a_few_seconds():
     samples = generate_samples(1000, seed=0)
     assert len(samples) == 1000
     assert time.perf_counter() - start < 5.0
+
+
+def test_short_reasoning_names_target_image_and_location():
+    full = generate_samples(11, tasks=TASKS, seed=2)
+    short = generate_samples(11, tasks=TASKS, seed=2, reasoning_style="short")
+    assert [s.box for s in full] == [s.box for s in short]  # same scenes, other text
+    single = short[0]
+    assert single.reasoning == "The orange ellipse is in the upper right."
+    x1, y1, x2, y2 = single.box.as_tuple()
+    assert (x1 + x2) / 2 >= 2 / 3 and (y1 + y2) / 2 < 1 / 3  # the box centre is in the upper-right third
+    for s in short[1:]:
+        colour, shape = s.meta["target"]
+        assert f"{colour} {shape}" in s.reasoning and f"image {s.target_index + 1}" in s.reasoning
+        assert len(s.reasoning.split()) <= 12
+    with pytest.raises(ValueError, match="reasoning_style"):
+        generate_samples(1, reasoning_style="long")

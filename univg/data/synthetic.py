@@ -64,6 +64,7 @@ SHAPES: tuple[str, ...] = ("rectangle", "ellipse", "triangle")
 #: Outline colour of reference marks ("marked with a white bounding box"); not a palette colour.
 MARK_COLOUR = (255, 255, 255)
 BACKGROUNDS: tuple[str, ...] = ("plain", "gradient", "grid")
+REASONING_STYLES: tuple[str, ...] = ("full", "short")
 
 #: Images per sample when ``num_images`` does not say (the most common MIG-Bench counts, trimmed).
 DEFAULT_NUM_IMAGES: dict[str, int] = {
@@ -580,6 +581,17 @@ def _correspondence(rng, scene, n_img, k) -> _Built:
     )
 
 
+def _short_reasoning(task: str, built: _Built) -> str:
+    """About ten tokens: which object, in which image, roughly where (the CPU demo's CoT)."""
+    where = _where(built.box)
+    name = built.target.name if built.target else "region"
+    if task == "single":
+        return f"The {name} is {where}."
+    if task == "region":
+        return f"Region {built.meta['region'] + 1}: the {name}, {where} of image 1."
+    return f"The {name} in image {built.target_index + 1} is {where}."
+
+
 _BUILDERS = {
     "single": _single,
     "diff": _diff,
@@ -617,6 +629,7 @@ def generate_samples(
     background: str = "plain",
     object_size: tuple[float, float] = (0.15, 0.35),
     task_weights: Sequence[float] | None = None,
+    reasoning_style: str = "full",
 ) -> list[GroundingSample]:
     """``n`` seeded synthetic grounding samples with in-memory images.
 
@@ -636,6 +649,9 @@ def generate_samples(
         background: "plain" (grey), "gradient" (position-encoding colour ramps) or "grid".
         object_size: object side range as fractions of ``image_size``.
         task_weights: optional sampling weights aligned with ``tasks``.
+        reasoning_style: "full" (two template sentences that explain the task's logic) or
+            "short" (target, its image and coarse location only, about ten tokens: keeps CoT-SFT
+            sequences cheap for the CPU demo).
 
     Returns:
         ``GroundingSample`` list; ``box`` normalised xyxy in ``images[target_index]``;
@@ -648,6 +664,10 @@ def generate_samples(
         raise ValueError(f"synthetic: unknown task types {unknown}; choose from {TASKS}")
     if background not in BACKGROUNDS:
         raise ValueError(f"synthetic: unknown background {background!r}; choose one of {BACKGROUNDS}")
+    if reasoning_style not in REASONING_STYLES:
+        raise ValueError(
+            f"synthetic: unknown reasoning_style {reasoning_style!r}; choose one of {REASONING_STYLES}"
+        )
     if task_weights is not None and len(task_weights) != len(tasks):
         raise ValueError(f"synthetic: {len(task_weights)} task_weights for {len(tasks)} tasks")
     samples = []
@@ -683,7 +703,7 @@ def generate_samples(
                 target_index=built.target_index,
                 question=built.question,
                 box=built.box,
-                reasoning=built.reasoning,
+                reasoning=built.reasoning if reasoning_style == "full" else _short_reasoning(task, built),
                 ref_boxes=built.ref_boxes or [],
                 source="synthetic",
                 index=i,
