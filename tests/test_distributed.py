@@ -1,0 +1,238 @@
+"""Two CPU processes (gloo): DDP replicas agree; FSDP2 shards, matches DDP, saves and resumes.
+
+Each scenario runs this file as a ``torchrun`` worker (``python -m torch.distributed.run
+--nproc_per_node 2 tests/test_distributed.py MODE OUT``): Lightning's launchers re-run the
+calling script, which under pytest would be pytest itself. Workers write one JSON per rank (and
+rank 0 the final full parameters); the tests compare those.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve()
+ROOT = HERE.parent.parent
+STEPS = 2  # optimiser steps of the first run; the resume run adds one
+
+
+# ------------------------------------------------------------------------------------------ worker
+def _flat_params(model: torch.nn.Module) -> torch.Tensor:
+    """All parameters (full tensors, also under FSDP) as one fp32 vector, in name order."""
+    parts = []
+    for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        t = p.full_tensor() if hasattr(p, "full_tensor") else p
+        parts.append(t.detach().float().reshape(-1).cpu())
+    return torch.cat(parts)
+
+
+def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchrun children
+    import lightning as L
+    import torch.distributed as dist
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from univg.backbone import BackboneSpec
+    from univg.data import SyntheticDataModule
+    from univg.distributed import FSDP2Strategy, is_sharded, rank_state_bytes, shard_report
+    from univg.modules import GRPOModule, SFTModule
+    from univg.rollout import generate, model_inputs
+
+    torch.set_num_threads(1)
+    rank = int(os.environ["RANK"])
+    record: dict = {"rank": rank, "losses": []}
+
+    class Recorder(Callback):
+        def on_train_start(self, trainer, pl_module):
+            record["start_step"] = trainer.global_step
+            record["sharded"] = is_sharded(pl_module.model)
+            record["shards"] = shard_report(pl_module.model)
+            if getattr(pl_module, "ref_model", None) is not None:
+                record["ref_sharded"] = is_sharded(pl_module.ref_model)
+                record["ref_shards"] = shard_report(pl_module.ref_model)
+            flat = _flat_params(pl_module.model)
+            record["start_checksum"] = float(flat.double().sum())
+            if mode == "resume":
+                saved = torch.load(out / "fsdp_final_params.pt")
+                record["start_matches_saved"] = bool(torch.equal(flat, saved))
+                opt = trainer.optimizers[0]
+                steps = [float(s["step"]) for s in opt.state.values() if "step" in s]
+                record["optimizer_steps"] = sorted(set(steps))
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if outputs is not None and "loss" in outputs:
+                record["losses"].append(float(outputs["loss"]))
+
+        def on_train_end(self, trainer, pl_module):
+            record["state_bytes"] = rank_state_bytes(pl_module.model, trainer.optimizers[0])
+            flat = _flat_params(pl_module.model)
+            gathered = [torch.zeros_like(flat) for _ in range(dist.get_world_size())]
+            dist.all_gather(gathered, flat)
+            record["max_rank_diff"] = float((gathered[0] - gathered[1]).abs().max())
+            if rank == 0:
+                torch.save(flat, out / f"{mode}_final_params.pt")
+            if mode == "grpo":
+                # ranks ask for different lengths: without synced generation the all-gathers would
+                # not pair up and this would hang
+                data = trainer.datamodule
+                batch = data.collator("generate")(data.samples["val"][:1])
+                roll = generate(
+                    pl_module.model, model_inputs(batch), pl_module.tokenizer, max_new_tokens=2 + 3 * rank
+                )
+                record["generated_lengths"] = roll.completion_ids.shape[1]
+                record["grpo_logs"] = {
+                    k: float(v) for k, v in getattr(pl_module, "last_step_logs", {}).items()
+                }
+
+    L.seed_everything(0)
+    backbone = BackboneSpec(preset="tiny")
+    if mode == "grpo":
+        module = GRPOModule(
+            backbone=backbone,
+            lr=1e-3,
+            group_size=2,
+            max_completion_length=6,
+            max_new_tokens=4,
+            beta=0.04,
+            prompts_per_step=2,
+            log_completions_every=0,
+        )
+        data = SyntheticDataModule(num_train=4, num_val=2, tasks=["single"], image_size=56, batch_size=1)
+    else:
+        module = SFTModule(
+            backbone=backbone, lr=1e-3, max_grad_norm=1.0, warmup_ratio=0.0, schedule="constant"
+        )
+        data = SyntheticDataModule(
+            num_train=4 * STEPS + 4, num_val=2, tasks=["single"], image_size=56, batch_size=2, shuffle=False
+        )
+    if mode == "ddp":
+        strategy = DDPStrategy(process_group_backend="gloo")
+    else:
+        strategy = FSDP2Strategy(process_group_backend="gloo")
+    callbacks = [Recorder()]
+    ckpt_dir = out / "ckpt"
+    if mode == "fsdp":
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1))
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=strategy,
+        max_steps=STEPS + 1 if mode == "resume" else (1 if mode == "grpo" else STEPS),
+        logger=False,
+        enable_checkpointing=mode == "fsdp",
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1 if mode == "grpo" else 0,
+        callbacks=callbacks,
+        default_root_dir=str(out),
+    )
+    ckpt = str(ckpt_dir / "last.ckpt") if mode == "resume" else None
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    if mode == "grpo":
+        record["val"] = module.last_eval.get("val", {})
+    with open(out / f"{mode}_rank{rank}.json", "w") as f:
+        json.dump(record, f)
+
+
+# ------------------------------------------------------------------------------------------ tests
+def _run(mode: str, out: Path) -> list[dict]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE),
+        mode,
+        str(out),
+    ]
+    proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{mode} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return [json.loads((out / f"{mode}_rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """DDP, then FSDP2 (saving a sharded checkpoint), then FSDP2 resumed from it."""
+    out = tmp_path_factory.mktemp("dist")
+    return {mode: _run(mode, out) for mode in ("ddp", "fsdp", "resume")} | {"out": out}
+
+
+@pytest.mark.slow
+def test_ddp_replicas_are_identical_after_training(runs):
+    ddp = runs["ddp"]
+    assert all(len(r["losses"]) == STEPS for r in ddp)
+    assert ddp[0]["losses"] != ddp[1]["losses"]  # each rank saw its own batches ...
+    assert ddp[0]["max_rank_diff"] == 0.0  # ... and the all-reduced update kept them in lockstep
+    assert not ddp[0]["sharded"]
+
+
+@pytest.mark.slow
+def test_fsdp_shards_every_parameter_across_ranks(runs):
+    fsdp = runs["fsdp"]
+    assert fsdp[0]["sharded"] and fsdp[1]["sharded"]
+    names = fsdp[0]["shards"].keys()
+    assert len(names) > 20
+    for name in names:
+        (l0, full), (l1, full1) = fsdp[0]["shards"][name], fsdp[1]["shards"][name]
+        assert full == full1
+        # dim-0 sharding: each rank holds a part, together exactly the whole
+        assert l0 + l1 == full, name
+        if full > 1:
+            assert 0 < l0 < full, name
+    # the tied 151,936 x 64 embedding is split in two halves
+    emb = [n for n in names if n.endswith("embed_tokens.weight")][0]
+    assert fsdp[0]["shards"][emb] == [75968 * 64, 151936 * 64]
+    # what each rank stores (params + grads + 2 Adam moments) is half of the trainable model
+    b0, b1 = fsdp[0]["state_bytes"], fsdp[1]["state_bytes"]
+    total = sum(full for _, full in fsdp[0]["shards"].values()) * 4
+    assert b0["parameters"] + b1["parameters"] == total
+
+
+@pytest.mark.slow
+def test_fsdp_step_matches_ddp(runs):
+    ddp, fsdp = runs["ddp"], runs["fsdp"]
+    for r in (0, 1):
+        # step 1: same init, same batch; step 2: after the same update
+        assert fsdp[r]["losses"] == pytest.approx(ddp[r]["losses"], rel=1e-5, abs=1e-6)
+    assert fsdp[0]["max_rank_diff"] == 0.0  # the gathered full parameters agree across ranks
+    a = torch.load(runs["out"] / "ddp_final_params.pt")
+    b = torch.load(runs["out"] / "fsdp_final_params.pt")
+    assert float((a - b).abs().max()) < 1e-5
+
+
+@pytest.mark.slow
+def test_fsdp_sharded_checkpoint_resumes(runs):
+    ckpt = runs["out"] / "ckpt" / "last.ckpt"
+    assert ckpt.is_dir()  # one shard file per rank plus metadata
+    assert len(list(ckpt.glob("*.distcp"))) == 2 and (ckpt / "meta.pt").is_file()
+    resume = runs["resume"]
+    for r in resume:
+        assert r["start_step"] == STEPS
+        assert r["start_matches_saved"]  # weights exactly as saved
+        assert r["optimizer_steps"] == [float(STEPS)]  # AdamW moments and step counts restored
+        assert len(r["losses"]) == 1  # then trains the one remaining step
+
+
+@pytest.mark.slow
+def test_grpo_under_fsdp_shards_reference_and_generates_in_sync(tmp_path):
+    ranks = _run("grpo", tmp_path)
+    for r in ranks:
+        assert r["sharded"] and r["ref_sharded"]
+        assert all(0 < local < full for local, full in r["ref_shards"].values() if full > 1)
+        assert "train/loss" in r["grpo_logs"] and r["grpo_logs"]["train/kl"] >= 0.0
+        assert r["val"]["count"] == 1.0  # greedy evaluation ran on each rank's prompt
+    assert [r["generated_lengths"] for r in ranks] == [2, 5]
+
+
+if __name__ == "__main__":  # torchrun worker
+    _worker(sys.argv[1], Path(sys.argv[2]))

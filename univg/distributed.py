@@ -1,0 +1,245 @@
+"""Sharded data parallelism (FSDP2) for univg's modules, on CPU (gloo) and GPU (NCCL) alike.
+
+Lightning's ``ModelParallelStrategy`` sets ``module._device_mesh`` and calls ``configure_model``;
+:meth:`univg.modules.base.GroundingModule.configure_model` builds the backbone and then calls
+:func:`shard_module`, which applies FSDP2 ``fully_shard`` to each vision block, each decoder layer
+and the root (``univg.backbone.fsdp_units``), to the policy and to the GRPO reference alike.
+:class:`FSDP2Strategy` is ``ModelParallelStrategy`` with the FSDP knobs a YAML can set (mixed
+precision, resharding, CPU offload) and pure data parallelism by default::
+
+    trainer:
+      strategy:
+        class_path: univg.distributed.FSDP2Strategy
+        init_args: {param_dtype: bfloat16, reduce_dtype: float32}
+
+Activation checkpointing is the backbone's own switch (``backbone.gradient_checkpointing``, non-reentrant):
+it recomputes each decoder layer inside that layer's FSDP unit, so the all-gather is redone on
+recompute and nothing else changes.
+
+Generation under FSDP: every forward of a sharded unit all-gathers its parameters, so all ranks
+must run the same number of forwards even when their completions end at different lengths.
+:func:`shard_model` marks the Hugging Face model as FSDP-managed, and ``transformers``' ``generate``
+then runs with ``synced_gpus`` (ranks that are done keep stepping until every rank is done);
+``generate`` is also registered as an FSDP forward method, so the root's parameters (embedding,
+head, final norm) are gathered for the whole call. Trap: a rank whose batch has no image skips the
+vision tower while another rank runs it, and the all-gathers no longer pair up; univg's grounding
+batches always carry images.
+
+All ranks must build the same initial weights before sharding (each keeps its own slice of its
+own copy): a checkpoint does this by itself; a random-init preset needs ``seed_everything``,
+which every univg config sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
+
+from univg.backbone import DTYPES, fsdp_units
+
+#: Attribute ``transformers.distributed.fsdp.is_fsdp_managed_module`` reads (generate -> synced_gpus).
+HF_FSDP_FLAG = "_is_fsdp_managed_module"
+
+
+@dataclass(frozen=True)
+class FSDPSettings:
+    """How :func:`shard_model` calls ``fully_shard``.
+
+    Args:
+        param_dtype: dtype parameters are all-gathered and computed in ("bfloat16"); None keeps
+            the stored dtype (no mixed precision).
+        reduce_dtype: dtype gradients are reduce-scattered in ("float32" keeps bf16 training exact
+            in the reduction); None follows ``param_dtype``.
+        reshard_after_forward: free gathered parameters after each unit's forward (ZeRO-3); False
+            keeps them until backward (ZeRO-2 like: more memory, fewer all-gathers).
+        cpu_offload: keep sharded parameters, gradients and optimiser state in host memory.
+    """
+
+    param_dtype: str | None = None
+    reduce_dtype: str | None = None
+    reshard_after_forward: bool = True
+    cpu_offload: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("param_dtype", "reduce_dtype"):
+            value = getattr(self, name)
+            if value is not None and value not in DTYPES:
+                raise ValueError(f"FSDP {name} must be null or one of {sorted(DTYPES)}, got {value!r}")
+
+    def fully_shard_kwargs(self) -> dict[str, Any]:
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
+
+        kwargs: dict[str, Any] = {"reshard_after_forward": self.reshard_after_forward}
+        if self.param_dtype is not None or self.reduce_dtype is not None:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=DTYPES[self.param_dtype] if self.param_dtype else None,
+                reduce_dtype=DTYPES[self.reduce_dtype] if self.reduce_dtype else None,
+            )
+        if self.cpu_offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+        return kwargs
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """``ModelParallelStrategy`` for pure sharded data parallelism with univg's FSDP settings.
+
+    ``data_parallel_size="auto"`` shards over every process (all GPUs of all nodes), unlike the
+    parent's default (one shard group per node); tensor parallelism is not implemented (1).
+    ``save_distributed_checkpoint`` True writes one shard per rank (a ``.ckpt`` folder); resume
+    with ``ckpt_path`` pointing at that folder.
+    """
+
+    def __init__(
+        self,
+        data_parallel_size: Literal["auto"] | int = "auto",
+        tensor_parallel_size: int = 1,
+        save_distributed_checkpoint: bool = True,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = None,
+        reshard_after_forward: bool = True,
+        cpu_offload: bool = False,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = timedelta(minutes=30),
+    ) -> None:
+        if tensor_parallel_size != 1:
+            raise ValueError(
+                f"univg implements FSDP only: tensor_parallel_size must be 1, got {tensor_parallel_size}"
+            )
+        super().__init__(
+            data_parallel_size=data_parallel_size,
+            tensor_parallel_size=tensor_parallel_size,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
+        self.fsdp = FSDPSettings(param_dtype, reduce_dtype, reshard_after_forward, cpu_offload)
+
+    def setup_environment(self) -> None:
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+def settings_of(module: nn.Module) -> FSDPSettings:
+    """The FSDP settings of the module's trainer strategy (defaults for a plain ModelParallelStrategy)."""
+    trainer = getattr(module, "_trainer", None)
+    strategy = getattr(trainer, "strategy", None) if trainer is not None else None
+    return getattr(strategy, "fsdp", None) or FSDPSettings()
+
+
+def data_parallel_mesh(mesh: Any) -> Any:
+    """The data-parallel sub-mesh of Lightning's 2-D (data, tensor) mesh."""
+    names = getattr(mesh, "mesh_dim_names", None) or ()
+    if "tensor_parallel" in names and mesh["tensor_parallel"].size() != 1:
+        raise ValueError(
+            f"univg implements FSDP only: tensor_parallel_size must be 1, got {mesh['tensor_parallel'].size()}"
+        )
+    return mesh["data_parallel"] if "data_parallel" in names else mesh
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def shard_model(model: nn.Module, mesh: Any, settings: FSDPSettings | None = None) -> nn.Module:
+    """``fully_shard`` each vision block, each decoder layer, then the root (in place; idempotent).
+
+    The root unit holds what is left: embedding (tied with the head in the 2B preset), final norm,
+    head, patch embedding and merger. Returns ``model`` (now also an ``FSDPModule``).
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    if is_sharded(model):
+        return model
+    kwargs = (settings or FSDPSettings()).fully_shard_kwargs()
+    for unit in fsdp_units(model):
+        fully_shard(unit, mesh=mesh, **kwargs)
+    fully_shard(model, mesh=mesh, **kwargs)
+    # generate(): root parameters gathered for the call, and synced_gpus across ranks (module docstring)
+    register_fsdp_forward_method(model, "generate")
+    setattr(model, HF_FSDP_FLAG, True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    setattr(base, HF_FSDP_FLAG, True)
+    return model
+
+
+def shard_module(module: nn.Module) -> None:
+    """Shard a univg LightningModule's policy (and GRPO reference) over its device mesh.
+
+    Called from ``configure_model`` when Lightning's ``ModelParallelStrategy`` has set
+    ``module._device_mesh``. A GRPO module with ``beta > 0`` and no LoRA gets its frozen reference
+    copy made here, before sharding, so the reference is sharded like the policy (copying an
+    already sharded model would copy process-group state).
+    """
+    mesh = data_parallel_mesh(module._device_mesh)
+    settings = settings_of(module)
+    needs_reference = (
+        hasattr(module, "ref_model")
+        and getattr(module, "ref_model", None) is None
+        and float(getattr(module, "beta", 0.0)) > 0
+        and not getattr(module, "uses_lora", False)
+    )
+    if needs_reference and not is_sharded(module.model):
+        import copy
+
+        module.ref_model = copy.deepcopy(module.model).eval()
+        module.ref_model.requires_grad_(False)
+    shard_model(module.model, mesh, settings)
+    if getattr(module, "ref_model", None) is not None:
+        shard_model(module.ref_model, mesh, settings)
+
+
+def local_numel(tensor: torch.Tensor) -> int:
+    """Elements this rank stores: a DTensor's local shard, or the whole plain tensor."""
+    local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    return int(local.numel())
+
+
+def shard_report(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Parameter name -> (elements on this rank, elements in the full parameter)."""
+    return {name: (local_numel(p), int(p.numel())) for name, p in model.named_parameters()}
+
+
+def rank_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Bytes this rank holds for parameters, gradients and optimiser state (sharded storage only)."""
+
+    def nbytes(t: torch.Tensor) -> int:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        return int(local.numel() * local.element_size())
+
+    seen: set[int] = set()
+    out = {"parameters": 0, "gradients": 0, "optimizer": 0}
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        out["parameters"] += nbytes(p)
+        if p.grad is not None:
+            out["gradients"] += nbytes(p.grad)
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            for v in state.values():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    out["optimizer"] += nbytes(v)
+    return out
+
+
+__all__ = [
+    "FSDP2Strategy",
+    "FSDPSettings",
+    "data_parallel_mesh",
+    "is_sharded",
+    "local_numel",
+    "rank_state_bytes",
+    "settings_of",
+    "shard_model",
+    "shard_module",
+    "shard_report",
+]
