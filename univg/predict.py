@@ -1,0 +1,140 @@
+"""Ground an instruction in your own images: print the reasoning and the box, save the picture.
+
+    python -m univg.predict --images a.jpg b.jpg --instruction "Find the dog of image 1 in the second image." \\
+        --checkpoint GD-ML/UniVG-R1 --out predictions/
+
+prints the model's reasoning, its answer in the model frame and the box in pixels of the target
+image, and saves ``<out>/pictures_predict/user-0.png`` with the box drawn. The same through the
+Lightning CLI (any module config, e.g. a trained run's):
+
+    python -m univg predict --config configs/eval/predict.yaml \\
+        --data.init_args.images '[a.jpg, b.jpg]' --data.init_args.instruction "..."
+
+The target image (the one the box is in) is ``--target-index`` (0-based), else the last image the
+instruction names ("in the second image", "image-2"), else the only or the last image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from univg.boxes import Box
+from univg.data.datamodules import GroundingDataModule
+from univg.data.readers.common import image_mentions
+from univg.data.schema import GroundingSample
+
+
+def target_index_for(instruction: str, n_images: int, target_index: int | None = None) -> int:
+    """Which image the box is asked in (0-based).
+
+    >>> target_index_for("locate it in the second image", 3), target_index_for("where?", 3), target_index_for("x", 3, -1)
+    (1, 2, 2)
+    """
+    if target_index is not None:
+        if not -n_images <= target_index < n_images:
+            raise ValueError(f"target_index {target_index} is out of range for {n_images} images")
+        return target_index % n_images
+    named = [i for i, _ in image_mentions(instruction) if 0 <= i < n_images]
+    return named[-1] if named else n_images - 1
+
+
+def user_sample(
+    images: Sequence[str], instruction: str, target_index: int | None = None, sample_id: str = "user-0"
+) -> GroundingSample:
+    """A sample without ground truth (``meta["no_gt"]``; its box is a placeholder never scored)."""
+    if not images:
+        raise ValueError("predict needs at least one image")
+    missing = [p for p in images if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"image(s) not found: {missing}")
+    idx = target_index_for(instruction, len(images), target_index)
+    return GroundingSample(
+        id=sample_id,
+        task="user",
+        images=[os.path.abspath(p) for p in images],
+        target_index=idx,
+        question=instruction,
+        box=Box(0.0, 0.0, 1.0, 1.0),
+        source="<user>",
+        index=0,
+        target_rule="user" if target_index is not None else "instruction-or-last",
+        meta={"no_gt": True},
+    )
+
+
+class UserImagesDataModule(GroundingDataModule):
+    """One user question over ``images`` for ``Trainer.predict`` (read as the test split)."""
+
+    def __init__(
+        self,
+        images: list[str],
+        instruction: str,
+        target_index: int | None = None,
+        prompt_template: str = "reasoning",
+        min_pixels: int | None = None,
+        max_pixels: int | None = None,
+        processor_path: str | None = None,
+        frame: str = "qwen2-vl",
+    ) -> None:
+        kw: dict[str, Any] = {} if min_pixels is None else {"min_pixels": min_pixels}
+        super().__init__(
+            prompt_template=prompt_template,
+            max_pixels=max_pixels,
+            processor_path=processor_path,
+            frame=frame,
+            **kw,
+        )
+        self.user = (list(images), instruction, target_index)
+
+    def read_split(self, split: str) -> list[GroundingSample] | None:
+        if split != "test":
+            return None
+        return [user_sample(*self.user)]
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """``python -m univg.predict``; returns the prediction rows (also printed)."""
+    import lightning as L
+
+    from univg.backbone import BackboneSpec
+    from univg.modules.base import GroundingModule
+
+    p = argparse.ArgumentParser(prog="python -m univg.predict", description=__doc__.splitlines()[0])
+    p.add_argument("--images", nargs="+", required=True, help="image files, in order")
+    p.add_argument("--instruction", required=True)
+    p.add_argument("--target-index", type=int, default=None, help="0-based image the box is in")
+    p.add_argument("--preset", default="qwen2-vl-7b", help="backbone preset (size and coordinate frame)")
+    p.add_argument("--checkpoint", default=None, help="Hugging Face directory or hub id of the weights")
+    p.add_argument("--init-checkpoint", default=None, help="a univg Lightning .ckpt instead")
+    p.add_argument("--template", default="reasoning", help="prompt template (univg.prompts.PROMPTS)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--out", default="predictions", help="pictures go to <out>/pictures_predict/")
+    args = p.parse_args(argv)
+    module = GroundingModule(
+        backbone=BackboneSpec(preset=args.preset, checkpoint=args.checkpoint, dtype=args.dtype),
+        init_checkpoint=args.init_checkpoint,
+        max_new_tokens=args.max_new_tokens,
+        pictures_dir=os.path.join(args.out, "pictures_predict"),
+    )
+    data = UserImagesDataModule(
+        args.images,
+        args.instruction,
+        args.target_index,
+        prompt_template=args.template,
+        max_pixels=args.max_pixels,
+        processor_path=args.checkpoint,
+    )
+    trainer = L.Trainer(
+        accelerator="auto", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    batches = trainer.predict(module, datamodule=data) or []
+    return [r for batch in batches for r in batch]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
