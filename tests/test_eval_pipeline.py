@@ -14,6 +14,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image
 
 from univg.backbone import BackboneSpec
 from univg.boxes import Box
@@ -104,6 +105,12 @@ def trainer(root: Path, name: str = "scripted") -> L.Trainer:
         enable_model_summary=False,
         enable_checkpointing=False,
     )
+
+
+# the released annotations (DESIGN.md section 6), beside the repository in ../shared
+MIG_FILE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mig_bench" / "MIG_data.json")
+if not Path(MIG_FILE).exists():
+    MIG_FILE = "/work/shared/data/mig_bench/MIG_data.json"
 
 
 def run_dir(root: Path, name: str = "scripted") -> Path:
@@ -284,3 +291,48 @@ def test_tiny_model_cli_end_to_end(tmp_path, monkeypatch):
         assert result["metrics"][f"acc@0.5/{t}"] == pytest.approx(acc)
     assert result["metrics"]["avg"] == pytest.approx(sum(accs.values()) / len(accs))
     assert len(list((out / "pictures_test").glob("*.png"))) == 4
+
+
+def test_real_mig_bench_annotations_with_some_images_missing(tmp_path, processor):
+    """The released MIG_data.json (first 20 records) with the images of the first 15 made."""
+    from univg.data import MIGBenchDataModule, read_mig_bench
+
+    records = read_mig_bench(MIG_FILE)[:20]
+    made = {ref for s in records[:15] for ref in s.images}  # some records share images
+    for ref in made:
+        path = tmp_path / "data" / ref
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (56, 56), (20, 20, 20)).save(path)
+    missing = {s.id for s in records if not set(s.images) <= made}
+    n_bad = len(missing)
+    assert 1 <= n_bad <= 5
+    dm = MIGBenchDataModule(
+        test_file=MIG_FILE, image_root=str(tmp_path / "data"), limit=20, eval_batch_size=5
+    )
+    dm._processor = processor
+    module = ScriptedModule(num_pictures=1)
+    module.generate_completions = lambda batch: (
+        ["<answer>(0, 0), (999, 999)</answer>"] * len(batch["ids"]),
+        [False] * len(batch["ids"]),
+    )
+    trainer(tmp_path).test(module, datamodule=dm)
+    result = json.loads((run_dir(tmp_path) / "results_test.json").read_text())
+    assert result["benchmark"] == "mig_bench"
+    assert result["metrics"]["count"] == 20 - n_bad and result["skipped"] == {"missing image": n_bad}
+    assert {b["id"] for b in result["bad_records"]} == missing
+    # MIG_data-7 is one of the 5 degenerate boxes of the release: kept, flagged, cannot be hit
+    assert result["notes"]["degenerate_gt_kept"] == 1
+    md = (run_dir(tmp_path) / "results_test.md").read_text()
+    assert (
+        f"{20 - n_bad} samples evaluated; not evaluated {n_bad} of 20 records (missing image {n_bad})" in md
+    )
+
+
+def test_all_records_bad_still_writes_results(tmp_path, processor):
+    from univg.data import MIGBenchDataModule
+
+    dm = MIGBenchDataModule(test_file=MIG_FILE, image_root=str(tmp_path / "nothing"), limit=4)
+    dm._processor = processor
+    trainer(tmp_path).test(ScriptedModule(num_pictures=0), datamodule=dm)
+    result = json.loads((run_dir(tmp_path) / "results_test.json").read_text())
+    assert result["metrics"] == {"count": 0.0} and result["skipped"] == {"missing image": 4}

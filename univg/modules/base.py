@@ -27,7 +27,7 @@ from univg.evaluation import (
     shard_path,
     write_jsonl,
 )
-from univg.metrics import dedupe_records, metrics_from_records
+from univg.metrics import GroundingMetrics, dedupe_records, metrics_from_records
 from univg.rollout import generate, model_inputs
 from univg.tokenizer import load_tokenizer
 
@@ -136,6 +136,11 @@ class GroundingModule(L.LightningModule):
         self.num_pictures = num_pictures
         self.resume_predictions = resume_predictions
         self.pictures_dir = pictures_dir
+        # Running per-process metrics of the current epoch (the results are computed from the gathered,
+        # de-duplicated prediction rows at epoch end; these are for callers that inspect a step).
+        self.metrics = torch.nn.ModuleDict(
+            {"val": GroundingMetrics(sync_on_compute=False), "test": GroundingMetrics(sync_on_compute=False)}
+        )
         self._predictions: dict[str, list[dict]] = {"val": [], "test": [], "predict": []}
         self._eval: dict[str, dict[str, Any]] = {}  # per stage: resumed records, bad records, notes
         self._pictures: dict[str, list[Any]] = {"val": [], "test": [], "predict": []}
@@ -285,6 +290,16 @@ class GroundingModule(L.LightningModule):
         texts, truncated = self.generate_completions(batch)
         records = [r for r in self.prediction_records(batch, texts, truncated, stage) if r["id"] not in done]
         self._predictions[stage].extend(records)
+        if records:
+            key = "iou" if self.strict_parse else "iou_compatible"
+            parsed = "pred" if self.strict_parse else "pred_compatible"
+            self.metrics[stage].update(
+                torch.tensor([r[key] for r in records]),
+                [r["task"] for r in records],
+                torch.tensor([r[parsed] is not None for r in records]),
+                torch.tensor([r["iou_compatible"] for r in records]),
+                torch.tensor([r["pred_compatible"] is not None for r in records]),
+            )
         sanity = self._trainer is not None and self.trainer.sanity_checking
         path = self._eval.get(stage, {}).get("path")
         if path is not None and not sanity:
@@ -395,12 +410,12 @@ class GroundingModule(L.LightningModule):
             # borrow the data module's list for this run; teardown puts the original back
             ev["original_samples"] = (split, samples)
             dm.samples[split] = kept
-            ev["all_resumed"] = not kept
+        # nothing left (all resumed, or all bad records): Lightning skips the loop; teardown writes results
+        ev["nothing_to_run"] = fn != "fit" and not kept
 
     def teardown(self, stage: str) -> None:
         for key, ev in list(self._eval.items()):
-            if key != "predict" and ev.get("all_resumed") and not ev.get("finalised"):
-                # every sample came from the resumed file: Lightning skipped the loop, write results now
+            if key != "predict" and ev.get("nothing_to_run") and not ev.get("finalised"):
                 self._finalise(key, log=False)
             original = ev.pop("original_samples", None)
             if original is not None and self._datamodule() is not None:
@@ -416,6 +431,7 @@ class GroundingModule(L.LightningModule):
             ev["path"] = None if sanity else self.prediction_path(stage)
         self._predictions[stage] = []
         self._pictures[stage] = []
+        self.metrics[stage].reset()
 
     def on_validation_epoch_start(self) -> None:
         self._begin_evaluation("val")
