@@ -106,7 +106,7 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
         data = SyntheticDataModule(num_train=4, num_val=2, tasks=["single"], image_size=56, batch_size=1)
     else:
         module = SFTModule(
-            backbone=backbone, lr=1e-3, max_grad_norm=1.0, warmup_ratio=0.0, schedule="constant"
+            backbone=backbone, lr=1e-3, max_grad_norm=0.0, warmup_ratio=0.0, schedule="constant"
         )
         data = SyntheticDataModule(
             num_train=4 * STEPS + 4, num_val=2, tasks=["single"], image_size=56, batch_size=2, shuffle=False
@@ -131,6 +131,8 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
         num_sanity_val_steps=0,
         limit_val_batches=1 if mode == "grpo" else 0,
         callbacks=callbacks,
+        # as configs/sft.yaml: clipping by the trainer (over DTensor gradients under FSDP2)
+        gradient_clip_val=None if mode == "grpo" else 1.0,
         default_root_dir=str(out),
     )
     ckpt = str(ckpt_dir / "last.ckpt") if mode == "resume" else None

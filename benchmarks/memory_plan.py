@@ -1,0 +1,223 @@
+"""Memory plan per rank under FSDP2: Qwen2-VL-2B and -7B on 8 GPUs, and the tiny preset measured.
+
+    python benchmarks/memory_plan.py                  # plan for 2B and 7B, then measure tiny on 2 CPU ranks
+    python benchmarks/memory_plan.py --gpus 16 --seq-len 4096 --no-measure
+
+Parameter counts come from the presets built on the meta device (no weights allocated). The plan
+assumes what configs/fsdp/*.yaml set: fp32 master weights, gradients and AdamW moments, all sharded
+over the ranks (the frozen vision tower has no gradient or optimiser state); bf16 all-gathers of
+one unit at a time (plus one prefetched); activation checkpointing per decoder layer (each layer's
+bf16 input kept, one layer's internals live during recompute); logits only where the loss needs
+them (SFT: the answer tokens; GRPO: completion tokens of ``logprob_chunk_size`` rows at a time).
+Activation figures are estimates (element counts of the tensors autograd saves), not measurements;
+the tiny model's sharded state is measured on 2 CPU processes and checked against the same formula.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+GIB = 2**30
+
+
+@dataclass
+class Shape:
+    total: int  # all parameters (tied once)
+    vision: int  # vision tower incl. merger (frozen)
+    root: int  # parameters outside every decoder layer and vision block (the root FSDP unit)
+    layer: int  # one decoder layer
+    hidden: int
+    kv_hidden: int
+    intermediate: int
+    layers: int
+    vocab: int
+
+
+def shape_of(preset: str) -> Shape:
+    """Parameter counts of a preset from a meta-device build."""
+    from univg.backbone import BackboneSpec, build_from_config, count_parameters, fsdp_units, vision_tower
+
+    spec = BackboneSpec(preset=preset)
+    cfg = spec.config()
+    model = build_from_config(cfg, device="meta")
+    units = fsdp_units(model)
+    in_units = sum(count_parameters(u) for u in units)
+    text = cfg.text_config
+    dec = [u for u in units if type(u).__name__ == "Qwen2VLDecoderLayer"]
+    head_dim = text.hidden_size // text.num_attention_heads
+    return Shape(
+        total=count_parameters(model),
+        vision=count_parameters(vision_tower(model)),
+        root=count_parameters(model) - in_units,
+        layer=count_parameters(dec[0]),
+        hidden=text.hidden_size,
+        kv_hidden=text.num_key_value_heads * head_dim,
+        intermediate=text.intermediate_size,
+        layers=text.num_hidden_layers,
+        vocab=text.vocab_size,
+    )
+
+
+def sharded_state(
+    s: Shape, ranks: int, param_bytes: int = 4, grad_bytes: int = 4, adam_bytes: int = 8
+) -> dict[str, float]:
+    """Bytes per rank of the sharded fp32 state: weights, gradients (trainable only), AdamW moments."""
+    trainable = s.total - s.vision
+    return {
+        "parameters": param_bytes * s.total / ranks,
+        "gradients": grad_bytes * trainable / ranks,
+        "optimizer": adam_bytes * trainable / ranks,
+    }
+
+
+def transient(s: Shape, tokens: int, logit_tokens: int, checkpointing: bool = True) -> dict[str, float]:
+    """Bytes per rank that are not sharded: gathered bf16 units, activations, logits (estimates)."""
+    gathered = 2 * s.root + 2 * 2 * s.layer  # root unit + current and prefetched layer, bf16
+    grad_unsharded = 4 * 2 * s.layer  # a layer's fp32 gradients before reduce-scatter (x2 overlap)
+    # elements autograd keeps per token inside one decoder layer (norms, q/k/v/o inputs, attention
+    # output, MLP gate/up/act/down inputs), bf16
+    per_layer_token = 8 * s.hidden + 2 * s.kv_hidden + 4 * s.intermediate
+    if checkpointing:
+        acts = 2 * tokens * (s.hidden * s.layers + per_layer_token)
+    else:
+        acts = 2 * tokens * per_layer_token * s.layers
+    logits = 2 * 4 * logit_tokens * s.vocab  # fp32 logits and their gradient
+    return {"gathered_params": gathered + grad_unsharded, "activations": acts, "logits": logits}
+
+
+def plan_rows(
+    preset: str, ranks: int, sft_tokens: int, answer_tokens: int, grpo_rows: int, prompt: int, completion: int
+) -> list[tuple[str, dict[str, float]]]:
+    s = shape_of(preset)
+    state = sharded_state(s, ranks)
+    sft = transient(s, sft_tokens, answer_tokens)
+    grpo = transient(s, grpo_rows * (prompt + completion), grpo_rows * completion)
+    return [(f"{preset} SFT", {**state, **sft}), (f"{preset} GRPO", {**state, **grpo})], s
+
+
+def print_plan(args: argparse.Namespace) -> None:
+    print(
+        f"FSDP2 memory plan per rank: {args.gpus} ranks, fp32 master/grad/AdamW sharded, bf16 compute, "
+        f"activation checkpointing\nSFT: micro-batch 1 x {args.seq_len} tokens, {args.answer_tokens} answer tokens; "
+        f"GRPO: {args.logprob_rows} rows x ({args.prompt_len} prompt + {args.completion_len} completion) per log-prob pass\n"
+    )
+    cols = ["parameters", "gradients", "optimizer", "gathered_params", "activations", "logits"]
+    print(f"{'run':<22}" + "".join(f"{c:>16}" for c in cols) + f"{'total GiB':>12}")
+    for preset in ("qwen2-vl-2b", "qwen2-vl-7b"):
+        rows, s = plan_rows(
+            preset,
+            args.gpus,
+            args.seq_len,
+            args.answer_tokens,
+            args.logprob_rows,
+            args.prompt_len,
+            args.completion_len,
+        )
+        print(
+            f"# {preset}: {s.total:,} parameters ({s.vision:,} vision, frozen; root unit {s.root:,}; {s.layers} layers of {s.layer:,})"
+        )
+        for name, row in rows:
+            print(
+                f"{name:<22}"
+                + "".join(f"{row[c] / GIB:>16.2f}" for c in cols)
+                + f"{sum(row.values()) / GIB:>12.2f}"
+            )
+    print(
+        "\n(GiB per rank; add the CUDA context and allocator slack, ~2-4 GiB, and the GRPO reference model: "
+        "a second sharded fp32 copy, parameters column again, when beta > 0 without LoRA.)"
+    )
+
+
+# ------------------------------------------------------------------------------------------ measure
+def measure_worker(out: str) -> None:  # pragma: no cover - runs under torchrun
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from univg.backbone import BackboneSpec
+    from univg.data import SyntheticDataModule
+    from univg.distributed import FSDP2Strategy, rank_state_bytes
+    from univg.modules import SFTModule
+
+    torch.set_num_threads(1)
+
+    class Measure(Callback):
+        def on_train_end(self, trainer, pl_module):
+            rec = rank_state_bytes(pl_module.model, trainer.optimizers[0])
+            with open(Path(out) / f"rank{trainer.global_rank}.json", "w") as f:
+                json.dump(rec, f)
+
+    L.seed_everything(0)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy=FSDP2Strategy(process_group_backend="gloo"),
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[Measure()],
+    )
+    data = SyntheticDataModule(num_train=8, num_val=0, tasks=["single"], image_size=56, batch_size=2)
+    trainer.fit(SFTModule(backbone=BackboneSpec(preset="tiny")), datamodule=data)
+
+
+def measure_tiny() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            __file__,
+            "--measure-worker",
+            tmp,
+        ]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(proc.stderr[-3000:])
+            raise SystemExit("tiny measurement failed")
+        ranks = [json.loads((Path(tmp) / f"rank{r}.json").read_text()) for r in (0, 1)]
+    plan = sharded_state(shape_of("tiny"), 2)
+    print("\nTiny preset, FSDP2 on 2 CPU processes (gloo), after one SFT step: sharded state per rank (MiB)")
+    print(f"{'':<14}{'planned':>10}{'rank 0':>10}{'rank 1':>10}")
+    for k in ("parameters", "gradients", "optimizer"):
+        print(f"{k:<14}{plan[k] / 2**20:>10.2f}{ranks[0][k] / 2**20:>10.2f}{ranks[1][k] / 2**20:>10.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument(
+        "--seq-len", type=int, default=2560, help="SFT tokens per micro-batch (4 images x 512 + text)"
+    )
+    p.add_argument("--answer-tokens", type=int, default=256)
+    p.add_argument("--logprob-rows", type=int, default=8, help="GRPO logprob_chunk_size")
+    p.add_argument("--prompt-len", type=int, default=2304)
+    p.add_argument("--completion-len", type=int, default=256)
+    p.add_argument("--no-measure", action="store_true", help="skip the 2-process tiny measurement")
+    p.add_argument("--measure-worker", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.measure_worker:
+        measure_worker(args.measure_worker)
+        return
+    print_plan(args)
+    if not args.no_measure:
+        measure_tiny()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Every YAML in configs/ and experiments/ loads through the CLI (``--print_config``), unknown keys fail.
+
+Stage configs load alone; overlays (configs/fsdp/, experiments/) load the way they are used: the
+grid's compositions are read from ``make -n`` itself (both scales), so a test covers exactly the
+commands ``make table4`` etc. would run. Parsing does not build models or read data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from univg.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+GRID_TARGETS = ("table4", "table5", "table6", "size", "ablation-phi")
+
+# overlays in configs/fsdp/ -> the stage configs they are documented with
+FSDP_BASES = {
+    "7b_8gpu.yaml": ["configs/cot_sft.yaml", "configs/grpo_diff.yaml"],
+    "2b_8gpu.yaml": ["configs/cot_sft.yaml", "configs/grpo.yaml"],
+    "7b_2node.yaml": ["configs/grpo_diff.yaml"],
+    "tiny_ddp.yaml": ["configs/debug.yaml"],
+    "tiny_fsdp.yaml": ["configs/debug.yaml"],
+}
+
+
+def print_config(args: list[str]) -> dict:
+    """Parse ``python -m univg ARGS --print_config`` in-process; the resolved config, or fail with the CLI's error."""
+    out, err = io.StringIO(), io.StringIO()
+    code = None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([*args, "--print_config"], run=False)
+        except SystemExit as e:
+            code = e.code
+    assert code in (0, None), f"univg {' '.join(args)} rejected:\n{err.getvalue()[-3000:]}"
+    return yaml.safe_load(out.getvalue())
+
+
+def stage_configs() -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.yaml"))
+
+
+def eval_configs() -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs" / "eval").glob("*.yaml"))
+
+
+def grid_commands(scale: str) -> list[list[str]]:
+    """The ``python -m univg fit|test ...`` argument lists that ``make -n`` prints for the grid."""
+    proc = subprocess.run(
+        [
+            "make",
+            "-n",
+            "--no-print-directory",
+            *GRID_TARGETS,
+            f"SCALE={scale}",
+            "GRID_RUNS=/nonexistent/grid",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    commands = []
+    for line in proc.stdout.splitlines():
+        words = shlex.split(line)
+        if len(words) > 3 and words[1:3] == ["-m", "univg"]:
+            commands.append(words[3:])
+    return list({tuple(c): c for c in commands}.values())  # rows shared by targets once
+
+
+FULL = grid_commands("full")
+DEBUG = grid_commands("debug")
+
+
+def test_grid_covers_every_experiment_yaml():
+    used = {a for cmd in FULL + DEBUG for a in cmd if a.endswith(".yaml")}
+    every = {str(p.relative_to(ROOT)) for p in (ROOT / "experiments").rglob("*.yaml")}
+    assert every - used == set()
+    # 16 rows: 14 trained (fit + test) and 2 evaluated only, at each scale
+    assert sum(c[0] == "fit" for c in FULL) == 14 and sum(c[0] == "test" for c in FULL) == 16
+    assert len(DEBUG) == len(FULL)
+
+
+def test_unknown_keys_are_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  init_args:\n    phi_typo: exp\n")
+    with pytest.raises(AssertionError, match="rejected"):
+        print_config(["fit", "--config", "configs/grpo_diff.yaml", "--config", str(bad)])
+
+
+@pytest.mark.parametrize("path", stage_configs())
+def test_stage_config_loads(path):
+    cfg = print_config(["fit", "--config", path])
+    assert cfg["model"]["class_path"].startswith("univg.modules.")
+
+
+@pytest.mark.parametrize("path", eval_configs())
+def test_eval_config_loads(path):
+    print_config(["test", "--config", path])
+
+
+@pytest.mark.parametrize(
+    "overlay,base", [(k, b) for k, bases in FSDP_BASES.items() for b in bases], ids=lambda x: Path(x).name
+)
+def test_fsdp_overlay_loads(overlay, base):
+    cfg = print_config(["fit", "--config", base, "--config", f"configs/fsdp/{overlay}"])
+    strategy = cfg["trainer"]["strategy"]["class_path"]
+    if overlay.startswith("tiny_ddp"):
+        assert strategy.endswith("DDPStrategy")
+    else:
+        assert strategy == "univg.distributed.FSDP2Strategy"
+        if not overlay.startswith("tiny"):
+            assert cfg["trainer"]["strategy"]["init_args"]["param_dtype"] == "bfloat16"
+            assert cfg["model"]["init_args"]["backbone"]["gradient_checkpointing"] is True
+
+
+def test_every_fsdp_overlay_is_checked():
+    assert {p.name for p in (ROOT / "configs" / "fsdp").glob("*.yaml")} == set(FSDP_BASES)
+
+
+def _id(cmd: list[str]) -> str:
+    name = next((a.split("=", 1)[1] for a in cmd if a.startswith("--trainer.logger.init_args.name=")), None)
+    overlay = [a for a in cmd if a.startswith("experiments/table")]
+    return f"{cmd[0]}-{name or Path(overlay[0]).stem}"
+
+
+@pytest.mark.parametrize("cmd", FULL, ids=[_id(c) for c in FULL])
+def test_grid_row_loads_full_scale(cmd):
+    cfg = print_config(cmd)
+    name = cfg["trainer"]["logger"]["init_args"]["name"]
+    assert name.startswith(("table4_", "table5_", "table6_"))  # every run says its table row
+    backbone = cfg["model"]["init_args"]["backbone"]
+    assert backbone["preset"] == ("qwen2-vl-2b" if name.startswith("table6_") else "qwen2-vl-7b")
+    if cmd[0] == "fit":
+        callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
+        assert "univg.callbacks.HParamsLogger" in callbacks
+        assert cfg["trainer"]["strategy"]["class_path"] == "univg.distributed.FSDP2Strategy"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cmd", DEBUG, ids=[_id(c) for c in DEBUG])
+def test_grid_row_loads_debug_scale(cmd):
+    cfg = print_config(cmd)
+    assert cfg["model"]["init_args"]["backbone"]["preset"] == "tiny"
+    assert cfg["trainer"]["accelerator"] == "cpu"
+    if cmd[0] == "fit":
+        assert cfg["data"]["class_path"] == "univg.data.SyntheticDataModule"
+
+
+def test_phi_rows_differ_only_in_phi_and_name():
+    rows = {}
+    for cmd in FULL:
+        if cmd[0] == "fit" and any("experiments/table5/" in a for a in cmd):
+            cfg = print_config(cmd)
+            rows[cfg["model"]["init_args"]["phi"]] = cfg
+    assert set(rows) == {"none", "neglog", "square", "exp"}
+    ref = rows["exp"]
+    for phi, cfg in rows.items():
+        assert cfg["model"]["init_args"]["init_checkpoint"].endswith("table4_cot90k/fit/weights.ckpt")
+        for section in ("data", "trainer"):
+            a, b = dict(cfg[section]), dict(ref[section])
+            if section == "trainer":
+                a["logger"], b["logger"] = None, None
+            assert a == b, (phi, section)
+        diff = {k for k, v in cfg["model"]["init_args"].items() if ref["model"]["init_args"][k] != v}
+        assert diff <= {"phi"}, (phi, diff)
