@@ -95,6 +95,19 @@ def test_paper_rows_and_ablation_matching():
     assert paper["UniVG-R1 (paper)"][-1] == "72.64" and paper["Qwen2-VL-7B (paper)"][-1] == "30.20"
     assert paper_ablation("table5", "phi_square") == 71.56 and paper_ablation("table6", "cotsft") == 41.09
     assert paper_ablation("table4", "my-run") is None
+    # the run names of the ablation grid (make/grid.mk) find their paper rows
+    grid = {
+        "table4_base": 30.20,
+        "table4_rl21k": 57.43,
+        "table4_s2diff": 72.64,
+        "table5_phi_none": 70.65,
+        "table5_phi_neglog": 71.57,
+        "table6_2b_base": 18.58,
+        "table6_2b_cot": 41.09,
+        "table6_2b_diff": 57.96,
+    }
+    for name, value in grid.items():
+        assert paper_ablation(name.split("_")[0], name) == value, name
 
 
 def test_cli_merge_writes_markdown_and_csv(tmp_path, capsys):
