@@ -34,6 +34,10 @@ PAD_ID = 151643
 #: Keys of a prompt batch that the model's forward takes.
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
 
+#: Tokens never sampled: a vision placeholder in a completion would not match any image features
+#: (transformers' Qwen2-VL forward counts them); TRL suppresses the image token for the same reason.
+SUPPRESS_IDS: tuple[int, ...] = (IMAGE_TOKEN_ID, VIDEO_TOKEN_ID)
+
 #: Rollout engines of :func:`generate`.
 ENGINES = ("auto", "shared", "hf")
 
@@ -359,6 +363,7 @@ def _generate_hf(
         num_return_sequences=group_size,
         pad_token_id=PAD_ID,
         eos_token_id=list(EOS_IDS),
+        suppress_tokens=list(SUPPRESS_IDS),
         use_cache=True,
     )
     if do_sample:
@@ -401,10 +406,12 @@ def _generate_shared(
     next_pos = (pos[0, :, -1] + 1).repeat_interleave(g)  # [N]: M-RoPE offset of each row kept
     n = logits.shape[0]
     eos = torch.tensor(EOS_IDS, device=device)
+    suppress = torch.tensor(SUPPRESS_IDS, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
     active = torch.arange(n, device=device)  # rows still decoding, in cache order
     tokens = torch.full((n, max_new_tokens), PAD_ID, dtype=torch.long, device=device)
     for t in range(max_new_tokens):
+        logits[:, suppress] = float("-inf")
         if t < min_new_tokens:
             logits[:, eos] = float("-inf")
         tok = sample_next(logits, do_sample, temperature, top_p, top_k, generator)  # [n_active]
@@ -529,7 +536,10 @@ def completion_logprobs(
     """
     inputs = model_inputs(prompt)
     hf = _hf_model(model)
-    checkpointing = bool(getattr(hf, "is_gradient_checkpointing", False)) and torch.is_grad_enabled()
+    checkpointing = bool(
+        getattr(hf, "is_activation_checkpointing", getattr(hf, "is_gradient_checkpointing", False))
+    )
+    checkpointing = checkpointing and torch.is_grad_enabled()
     if shared_prefix is None:
         shared_prefix = not (checkpointing and model.training)
     if shared_prefix:
@@ -658,7 +668,11 @@ def _logprobs_repeated(
         att = torch.cat(
             [full["attention_mask"][r0:r1], completion_mask[r0:r1].to(full["attention_mask"].dtype)], 1
         )
-        kw: dict[str, Any] = dict(input_ids=ids, attention_mask=att, mm_token_type_ids=mm_token_type_ids(ids))
+        # vision tokens only in the prompt part: a sampled placeholder id is text to the model
+        types = torch.cat(
+            [mm_token_type_ids(full["input_ids"][r0:r1]), torch.zeros_like(completion_ids[r0:r1])], 1
+        )
+        kw: dict[str, Any] = dict(input_ids=ids, attention_mask=att, mm_token_type_ids=types)
         n_img = sum(counts[r0:r1])
         if patches is not None and n_img:
             n_pix = int(patches[img0 : img0 + n_img].sum())
