@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from univg.data.collate import MODES, GroundingCollator
+from univg.data.loader import ResumableDataLoader
 from univg.data.readers import read_samples
 from univg.data.schema import GroundingSample
 from univg.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
@@ -168,16 +168,18 @@ class GroundingDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, mode: str, batch_size: int, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            SampleDataset(self._need(split)),
+        common = dict(
             batch_size=batch_size,
-            shuffle=shuffle,
-            generator=generator,
             num_workers=self.num_workers,
             collate_fn=self.collator(mode),
             persistent_workers=self.num_workers > 0,
         )
+        if split == "train":
+            # resumes mid-epoch at the exact sample (its state goes into Lightning's checkpoints)
+            return ResumableDataLoader(
+                SampleDataset(self._need(split)), seed=self.seed, shuffle=shuffle, **common
+            )
+        return DataLoader(SampleDataset(self._need(split)), shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.train_mode, self.batch_size, self.shuffle)
