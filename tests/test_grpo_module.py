@@ -238,3 +238,59 @@ def test_short_grpo_run_raises_mean_reward():
     assert len(r) == 12
     first, last = sum(r[:4]) / 4, sum(r[-4:]) / 4
     assert last > first + 0.1, r
+
+
+@pytest.mark.slow
+def test_resume_gives_the_same_next_step_loss(tmp_path):
+    """Checkpoint after step 2, resume, step 3: same sampled completions and loss as uninterrupted."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from univg.data import SyntheticDataModule
+
+    class Record(L.Callback):
+        def __init__(self):
+            self.logs = {}
+
+        def on_train_batch_end(self, trainer, module, *args):
+            logs = getattr(module, "last_step_logs", None)
+            if logs is not None:
+                self.logs[trainer.global_step] = (logs["train/loss"], logs["reward/total_mean"])
+
+    def run(root, ckpt=None):
+        L.seed_everything(0)
+        m = GRPOModule(
+            backbone=BackboneSpec(preset="tiny"),
+            lr=1e-3,
+            warmup_ratio=0.0,
+            group_size=4,
+            max_completion_length=6,
+            beta=0.04,
+            phi="exp",
+            prompts_per_step=2,
+        )
+        dm = SyntheticDataModule(
+            num_train=16, num_val=0, tasks=["single"], image_size=56, train_mode="generate", batch_size=1
+        )
+        rec = Record()
+        t = L.Trainer(
+            max_steps=3,
+            accelerator="cpu",
+            logger=False,
+            enable_progress_bar=False,
+            limit_val_batches=0,
+            callbacks=[rec, ModelCheckpoint(dirpath=tmp_path / root, every_n_train_steps=1, save_top_k=-1)],
+        )
+        t.fit(m, datamodule=dm, ckpt_path=ckpt)
+        return rec.logs, m
+
+    full, m_full = run("full")
+    ckpt = sorted((tmp_path / "full").glob("*step=2*.ckpt"))[0]
+    resumed, m_res = run("resumed", str(ckpt))
+    assert list(resumed) == [3]
+    assert resumed[3][0] == pytest.approx(full[3][0], abs=1e-6)
+    assert resumed[3][1] == pytest.approx(full[3][1], abs=1e-6)
+    for (n, a), (_, b) in zip(m_full.ref_model.named_parameters(), m_res.ref_model.named_parameters()):
+        assert torch.equal(a, b), n  # the reference is restored, not rebuilt from the current policy
+    for (n, a), (_, b) in zip(m_full.model.named_parameters(), m_res.model.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), n
