@@ -37,7 +37,7 @@ def print_config(args: list[str]) -> dict:
     code = None
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            main([*args, "--print_config"], run=False)
+            main([*args, "--print_config"])  # exits after printing: nothing is built or run
         except SystemExit as e:
             code = e.code
     assert code in (0, None), f"univg {' '.join(args)} rejected:\n{err.getvalue()[-3000:]}"

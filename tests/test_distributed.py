@@ -226,6 +226,20 @@ def test_fsdp_sharded_checkpoint_resumes(runs):
 
 
 @pytest.mark.slow
+def test_sharded_checkpoint_consolidates_for_init_checkpoint(runs, tmp_path):
+    from univg.backbone import BackboneSpec
+    from univg.distributed import weights_file
+    from univg.modules.base import load_model_weights
+
+    out = weights_file(runs["out"] / "ckpt" / "last.ckpt", tmp_path / "weights.ckpt")
+    state = torch.load(out, weights_only=False)
+    assert state["global_step"] == STEPS and "optimizer_states" not in state
+    model = BackboneSpec(preset="tiny").build()
+    load_model_weights(model, out)  # how stage 2 starts from a sharded stage-1 run
+    assert torch.equal(_flat_params(model), torch.load(runs["out"] / "fsdp_final_params.pt"))
+
+
+@pytest.mark.slow
 def test_grpo_under_fsdp_shards_reference_and_generates_in_sync(tmp_path):
     ranks = _run("grpo", tmp_path)
     for r in ranks:

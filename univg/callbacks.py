@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -71,6 +72,24 @@ def run_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def training_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+    """For an evaluation of a trained run: that run's hyper-parameters, prefixed ``train.``.
+
+    Found through ``model.init_args.init_checkpoint``: the ``config.yaml`` that LightningCLI saved
+    beside the checkpoint (``<run>/fit/weights.ckpt`` or ``<run>/fit/checkpoints/last.ckpt``).
+    """
+    import yaml
+
+    ckpt = ((config.get("model") or {}).get("init_args") or {}).get("init_checkpoint")
+    if not ckpt:
+        return {}
+    for d in (Path(ckpt).parent, Path(ckpt).parent.parent):
+        if (d / "config.yaml").is_file():
+            saved = yaml.safe_load((d / "config.yaml").read_text())
+            return {f"train.{k}": v for k, v in run_hparams(saved).items()}
+    return {}
+
+
 class HParamsLogger(Callback):
     """Log the resolved config as hyper-parameters (rank 0) with :data:`HPARAM_METRICS` as columns.
 
@@ -86,7 +105,9 @@ class HParamsLogger(Callback):
         first = next(cb for cb in trainer.callbacks if isinstance(cb, HParamsLogger))
         if self._done or first is not self or trainer.logger is None or not trainer.is_global_zero:
             return  # one logger per run even when the callback was added twice
-        params = run_hparams(self._config(trainer, pl_module))
+        config = self._config(trainer, pl_module)
+        params = run_hparams(config)
+        params.update(training_hparams(config))
         params["run"] = str(getattr(trainer.logger, "name", "") or "")
         params["stage"] = stage
         trainer.logger.log_hyperparams(params, metrics={m: math.nan for m in self.metrics})
@@ -103,4 +124,4 @@ class HParamsLogger(Callback):
         return {"model": {"init_args": dict(pl_module.hparams)}}
 
 
-__all__ = ["HPARAM_METRICS", "HParamsLogger", "flatten", "run_hparams"]
+__all__ = ["HPARAM_METRICS", "HParamsLogger", "flatten", "run_hparams", "training_hparams"]
