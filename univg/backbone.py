@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -86,6 +86,12 @@ PRESET_FRAMES = {"tiny": "qwen2-vl", "qwen2-vl-2b": "qwen2-vl", "qwen2-vl-7b": "
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# Literal types so that a YAML typo is rejected at parse time with the valid names listed.
+PresetName = Literal["tiny", "qwen2-vl-2b", "qwen2-vl-7b"]
+DtypeName = Literal["float32", "bfloat16", "float16"]
+Quantization = Literal["4bit", "8bit"]
+assert set(get_args(PresetName)) == set(PRESETS), "PresetName must list every preset"
+
 
 def _merge(base: dict, overrides: dict) -> dict:
     out = copy.deepcopy(base)
@@ -141,14 +147,14 @@ class BackboneSpec:
         attn_implementation: "sdpa" (default) or "eager"/"flash_attention_2".
     """
 
-    preset: str = "tiny"
+    preset: PresetName = "tiny"
     checkpoint: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     freeze_vision: bool = True
     gradient_checkpointing: bool = False
-    dtype: str = "float32"
+    dtype: DtypeName = "float32"
     lora: LoRASpec | None = None
-    quantization: str | None = None
+    quantization: Quantization | None = None
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:

@@ -31,6 +31,14 @@ class UniVGCLI(LightningCLI):
 def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
     """Entry point (also ``univg`` on the PATH). ``run=False`` instantiates without running."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return _cli(args, run)
+    except FileNotFoundError as err:  # a missing checkpoint, data file or image root: one line, no traceback
+        print(f"univg: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _cli(args: list[str] | None, run: bool) -> UniVGCLI:
     return UniVGCLI(
         model_class=GroundingModule,
         datamodule_class=L.LightningDataModule,
