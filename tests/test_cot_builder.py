@@ -324,3 +324,52 @@ def test_cli_build_limit_then_resume(image_root, tmp_path, capsys):
     ]  # relative, as input
     assert "beta object" in back[0].reasoning
     assert "wrote 3 samples" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_built_file_trains_with_the_cot_sft_debug_config(image_root, tmp_path):
+    """The builder's output is a stage-1 CoT file: configs/cot_sft_debug.yaml trains on it as is."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    mig = _mig_input(tmp_path, image_root, ["good", "mixed", "garbage"])
+    out = tmp_path / "cot.json"
+    with FakeOpenAIServer(ScriptedTeacher(SCRIPT, JUDGE_SYSTEM)) as server:
+        args = [
+            "build", "--input", str(mig), "--format", "mig_bench", "--image-root", str(image_root),
+            "--teacher-url", server.base_url, "--teacher-model", "teacher-x", "--out", str(out),
+            "--timeout", "1", "--retries", "1", "--no-progress",
+        ]  # fmt: skip
+        assert main(args) == 0
+    root = Path(__file__).resolve().parents[1]
+    fit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "univg",
+            "fit",
+            "--config",
+            str(root / "configs/cot_sft_debug.yaml"),
+            "--data",
+            "univg.data.CoTSFTDataModule",
+            "--data.train_file",
+            str(out),
+            "--data.image_root",
+            str(image_root),
+            "--data.batch_size",
+            "2",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "runs"),
+        ],  # fmt: skip
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    assert list((tmp_path / "runs").rglob("events.out.tfevents.*"))
