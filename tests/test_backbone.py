@@ -140,3 +140,10 @@ def test_4bit_qlora_loads_and_trains_twice(tmp_path):
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_freeze_embeddings_with_an_untied_head():
+    model = BackboneSpec(freeze_embeddings=True, overrides={"tie_word_embeddings": False}).build()
+    assert not language_model(model).embed_tokens.weight.requires_grad
+    assert model.lm_head.weight.requires_grad  # untied: the head still trains
+    assert model.lm_head.weight.data_ptr() != language_model(model).embed_tokens.weight.data_ptr()

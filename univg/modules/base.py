@@ -32,18 +32,22 @@ from univg.rollout import generate, model_inputs
 from univg.tokenizer import load_tokenizer
 
 
-def warmup_cosine(step: int, total: int, warmup: int, schedule: str = "cosine") -> float:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine to 0 (or constant).
+def warmup_cosine(
+    step: int, total: int, warmup: int, schedule: str = "cosine", min_ratio: float = 0.0
+) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine to ``min_ratio`` (or constant).
 
     >>> [round(warmup_cosine(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
     [0.5, 1.0, 1.0, 0.5, 0.0]
+    >>> round(warmup_cosine(10, 10, 2, min_ratio=0.1), 3)
+    0.1
     """
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
@@ -79,7 +83,8 @@ class GroundingModule(L.LightningModule):
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_ratio: share of optimiser steps spent warming up linearly.
-        schedule: "cosine" (decay to 0 after warm-up) or "constant".
+        schedule: "cosine" (decay to ``min_lr_ratio`` x lr after warm-up) or "constant".
+        min_lr_ratio: floor of the cosine schedule as a share of ``lr`` (0 decays to zero).
         max_grad_norm: gradient clipping (0 disables).
         max_new_tokens: generation budget at evaluation.
         predictions_dir: where evaluation predictions (JSONL) go; default the logger's directory.
@@ -105,6 +110,7 @@ class GroundingModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.015,
         schedule: str = "cosine",
+        min_lr_ratio: float = 0.0,
         max_grad_norm: float = 1.0,
         max_new_tokens: int = 256,
         predictions_dir: str | None = None,
@@ -124,6 +130,7 @@ class GroundingModule(L.LightningModule):
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
         self.schedule = schedule
+        self.min_lr_ratio = min_lr_ratio
         self.max_grad_norm = max_grad_norm
         self.max_new_tokens = max_new_tokens
         self.predictions_dir = predictions_dir
@@ -188,7 +195,7 @@ class GroundingModule(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warmup = math.ceil(self.warmup_ratio * total)
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, total, warmup, self.schedule)
+            opt, lambda s: warmup_cosine(s, total, warmup, self.schedule, self.min_lr_ratio)
         )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
