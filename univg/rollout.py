@@ -161,11 +161,10 @@ def rope_positions(model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torc
     types = inputs.get("mm_token_type_ids")
     if types is None:
         types = mm_token_type_ids(ids)
-    core = _hf_model(model).model
     if "image_grid_thw" not in inputs:
         pos = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp(min=0)
         return pos[None].expand(3, -1, -1).contiguous()
-    pos, _ = core.get_rope_index(
+    pos, _ = _hf_model(model).model.get_rope_index(
         ids,
         mm_token_type_ids=types,
         image_grid_thw=inputs["image_grid_thw"],
