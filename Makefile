@@ -43,6 +43,9 @@ format: $(VENV)/.installed ## Apply ruff format and autofixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+demo: $(VENV)/.installed ## The paper's pipeline in miniature on CPU -> runs/demo (DEMO=smoke: ~2 min check; SEED=n)
+	$(PY) -m univg.demo --seed $(SEED) $(if $(filter smoke,$(DEMO)),--smoke --out runs/demo_smoke,--out runs/demo)
+
 debug: $(VENV)/.installed ## Tiny fit on synthetic data (well under a minute on 2 CPU cores)
 	$(PY) -m univg fit --config configs/debug.yaml
 
