@@ -59,3 +59,16 @@ def test_debug_fit_writes_events_config_and_predictions(tmp_path):
     assert "univg.modules.SFTModule" in config and "preset: tiny" in config
     assert list(run.glob("checkpoints/*.ckpt"))
     assert list(run.glob("predictions_val*.jsonl"))
+
+
+def test_data_processor_is_linked_to_the_model_checkpoint(tmp_path):
+    from univg.backbone import BackboneSpec
+    from univg.cli import main
+    from univg.tokenizer import load_processor
+
+    BackboneSpec().build().save_pretrained(tmp_path)
+    load_processor().save_pretrained(tmp_path)
+    cfg = str(ROOT / "configs/grpo_diff_debug.yaml")
+    cli = main(["--config", cfg, "--model.init_args.backbone.checkpoint", str(tmp_path)], run=False)
+    assert cli.datamodule.processor_path == str(tmp_path)
+    assert main(["--config", cfg], run=False).datamodule.processor_path is None

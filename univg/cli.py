@@ -24,8 +24,20 @@ TRAINER_DEFAULTS = {
 }
 
 
+def _checkpoint_of(model: object) -> str | None:
+    """The checkpoint the model's backbone loads (None for a preset), for linking."""
+    return getattr(getattr(model, "backbone", None), "checkpoint", None)
+
+
 class UniVGCLI(LightningCLI):
     """LightningCLI with univg's defaults (TensorBoard under ``runs/``, config saved per run)."""
+
+    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
+        # One value, two readers: the data's processor (tokenizer, image processor) comes from the
+        # checkpoint the model loads, so a YAML never names the path twice.
+        parser.link_arguments(
+            "model", "data.init_args.processor_path", compute_fn=_checkpoint_of, apply_on="instantiate"
+        )
 
 
 def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
