@@ -10,6 +10,8 @@ leaking between them):
   151,936-way head: its compact path needs Triton).
 - ``trl-completion-only``: the same trainer with completion-only scoring forced
   (``trl.trainer.utils._use_triton`` patched to say yes, which selects its compact path).
+- ``ours-unshared`` (ablation, on request): our step with ``engine="hf"`` and
+  ``shared_prefix=False``, i.e. without the work shared across a group.
 
 Aligned explicitly (DESIGN.md section 10 lists TRL's defaults that differ): loss type grpo,
 ``scale_rewards`` group, fp32 (bf16 off), gradient checkpointing off, dropout off, beta 0.04 with a
@@ -47,6 +49,9 @@ from pathlib import Path
 from typing import Any
 
 VARIANTS = ("ours", "trl", "trl-completion-only")
+#: Ablation, not run by default: our step without the shared work (HF ``generate`` with the prompt
+#: repeated G times, log-prob passes over repeated prompts with the full [rows, C, V] logits).
+ABLATIONS = ("ours-unshared",)
 TASK = "common_object"  # a task whose image count is settable
 
 
@@ -117,7 +122,7 @@ class _Clock:
 
 
 # ------------------------------------------------------------------------------------------ ours
-def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+def run_ours(args: argparse.Namespace, shared: bool = True) -> dict[str, Any]:
     import functools
 
     import torch
@@ -149,9 +154,13 @@ def run_ours(args: argparse.Namespace) -> dict[str, Any]:
     module.train()
     clock = _Clock()
     # completions forced to the full length, as in the TRL runs (min_new_tokens)
-    forced = functools.partial(generate, min_new_tokens=args.completion_length)
+    engine = {} if shared else {"engine": "hf"}
+    forced = functools.partial(generate, min_new_tokens=args.completion_length, **engine)
+    logprobs = grpo_mod.completion_logprobs
+    if not shared:
+        logprobs = functools.partial(logprobs, shared_prefix=False)
     grpo_mod.generate = clock.wrap("generation", forced)
-    grpo_mod.completion_logprobs = clock.wrap("logprob_passes", grpo_mod.completion_logprobs)
+    grpo_mod.completion_logprobs = clock.wrap("logprob_passes", logprobs)
     params = [p for p in module.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0, fused=True)
     rss_before = _rss_gb()
@@ -414,7 +423,7 @@ def print_report(settings: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         )
     by = {r["variant"]: r for r in rows}
     if "ours" in by:
-        for other in ("trl", "trl-completion-only"):
+        for other in ("trl", "trl-completion-only", "ours-unshared"):
             if other in by:
                 speed = by[other]["seconds_per_step"] / by["ours"]["seconds_per_step"]
                 mem = by["ours"]["peak_rss_gb"] / by[other]["peak_rss_gb"]
@@ -438,10 +447,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, default=0.04)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--tied", action="store_true", help="tie head and embedding (default: untied, 19.6M tiny)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {VARIANTS}")
+    p.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS + ABLATIONS}"
+    )
     p.add_argument("--quick", action="store_true", help="smoke test: 1 warm-up + 1 step, 8-token completions")
     p.add_argument("--json", type=Path, help="also write the summaries here")
-    p.add_argument("--worker", choices=VARIANTS, help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=VARIANTS + ABLATIONS, help=argparse.SUPPRESS)
     return p
 
 
@@ -453,16 +464,16 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-        if args.worker == "ours":
-            result = run_ours(args)
+        if args.worker in ("ours", "ours-unshared"):
+            result = run_ours(args, shared=args.worker == "ours")
         else:
             result = run_trl(args, completion_only=args.worker == "trl-completion-only")
         print("RESULT " + json.dumps(result))
         return 0
     variants = [v for v in args.variants.split(",") if v]
-    unknown = set(variants) - set(VARIANTS)
+    unknown = set(variants) - set(VARIANTS + ABLATIONS)
     if unknown:
-        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {VARIANTS + ABLATIONS}")
     settings = _settings(args)
     base = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--quick"]
     extra = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
