@@ -190,6 +190,17 @@ class Record:
                 raise self.error(f"{field}[{i}]", "a non-empty string path", v)
         return value
 
+    def single_image(self, *names: str) -> list[str]:
+        """The record's image path as a one-element list; more than one image is an error."""
+        images = self.str_list(*names, expected="an image path")
+        if len(images) != 1:
+            raise self.error(self.name_of(*names), "exactly one image", images)
+        return images
+
+    def coords(self, name: str, expected: str, types: type | tuple[type, ...] = (list, str)) -> list[float]:
+        """The 4 numbers of box field ``name`` (see :meth:`numbers`), in whatever frame it is written."""
+        return self.numbers(self.get(name, expected=expected, types=types), name)
+
     def numbers(
         self, value: Any, field: str, n: int = 4, what: str = "4 numbers x1, y1, x2, y2"
     ) -> list[float]:
@@ -250,6 +261,18 @@ class Record:
             meta["degenerate"] = True
             self.report.degenerate.append(sample_id)
         return box, meta
+
+    def pixel_box(
+        self, coords: Sequence[float], field: str, image: str, image_root: str | os.PathLike | None
+    ) -> tuple[Box, dict[str, Any], tuple[int, int]]:
+        """A normalised box from absolute-pixel ``coords`` on ``image`` (box policy as :meth:`box`).
+
+        Returns the box, its meta flags and the (width, height) in pixels that normalised it
+        (:meth:`pixel_size`: the record's ``width``/``height``, else the image header).
+        """
+        size = self.pixel_size(image, field, image_root)
+        box, meta = self.box(coords, field, self.id, frame="pixels", size=size)
+        return box, meta, size
 
     def ref_boxes(self, text: str) -> list[Box]:
         """Reference boxes quoted as ``<|box_start|>(x1,y1),(x2,y2)<|box_end|>`` (0-1000 frame)."""
@@ -336,3 +359,66 @@ def run_reader(
 def make_sample(rec: Record, **fields: Any) -> GroundingSample:
     """A :class:`GroundingSample` stamped with the record's file and index."""
     return GroundingSample(source=rec.path, index=rec.index, **fields)
+
+
+def record_sample(
+    rec: Record, images: Sequence[str], image_root: str | os.PathLike | None, **fields: Any
+) -> list[GroundingSample]:
+    """The record's one sample: id ``rec.id`` (unless ``fields`` gives one), ``images`` resolved
+    under ``image_root`` (:func:`resolve_all`), stamped with the record's file and index."""
+    fields.setdefault("id", rec.id)
+    return [make_sample(rec, images=resolve_all(images, image_root), **fields)]
+
+
+def question_sample(
+    rec: Record,
+    images: Sequence[str],
+    image_root: str | os.PathLike | None,
+    task: str,
+    target_index: int,
+    target_rule: str,
+    question: str,
+    box: Box,
+    meta: dict[str, Any],
+    **fields: Any,
+) -> list[GroundingSample]:
+    """The one sample of a multi-image record whose question may quote reference boxes
+    (``<|box_start|>(x1,y1),(x2,y2)<|box_end|>``, 0-1000 frame): they become normalised
+    ``ref_boxes``. ``fields`` adds the rest (``reasoning``, ``prompt_template``)."""
+    return record_sample(
+        rec,
+        images,
+        image_root,
+        task=task,
+        target_index=target_index,
+        question=question,
+        box=box,
+        ref_boxes=rec.ref_boxes(question),
+        target_rule=target_rule,
+        meta=meta,
+        **fields,
+    )
+
+
+def single_image_sample(
+    rec: Record,
+    images: Sequence[str],
+    image_root: str | os.PathLike | None,
+    task: str,
+    question: str,
+    box: Box,
+    meta: dict[str, Any],
+) -> list[GroundingSample]:
+    """The one sample of a single-image record (RefCOCO, LISA, LLMSeg): target image 0, rule
+    ``"single"``, the question stripped of surrounding whitespace."""
+    return record_sample(
+        rec,
+        images,
+        image_root,
+        task=task,
+        target_index=0,
+        question=question.strip(),
+        box=box,
+        target_rule="single",
+        meta=meta,
+    )

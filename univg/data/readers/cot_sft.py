@@ -26,19 +26,15 @@ from typing import Any
 from PIL import Image
 
 from univg.boxes import parse_answer
-from univg.data.readers.common import Record, make_sample, resolve_all, run_reader, strip_image_placeholders
-from univg.data.readers.mgrounding import check_placeholders, first_exchange
+from univg.data.readers.common import Record, question_sample, run_reader
+from univg.data.readers.mgrounding import prompt_and_answer
 from univg.data.schema import GroundingSample, SampleList, sample_error
 from univg.prompts import render_prompt, split_prompt, split_target, target_text
 
 
 def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingSample]:
     images = rec.str_list("images", "image")
-    (user, user_field), (answer, answer_field), extra = first_exchange(rec, "messages", "conversations")
-    if extra:
-        rec.report.note("extra_turns_ignored", extra)
-    text, count = strip_image_placeholders(user)
-    check_placeholders(rec, count, len(images), user_field)
+    text, answer, answer_field = prompt_and_answer(rec, len(images), "messages", "conversations")
     parts = split_target(answer)
     coords = parse_answer(answer, strict=True) if parts is not None else None
     if parts is None or coords is None:
@@ -53,22 +49,20 @@ def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingS
     else:
         target, rule = len(images) - 1, "default:last"
     template, question = split_prompt(text)
-    return [
-        make_sample(
-            rec,
-            id=rec.id,
-            task=rec.get("task", "type", expected="a task name", types=str, default="cot_sft"),
-            images=resolve_all(images, image_root),
-            target_index=target,
-            question=question,
-            box=box,
-            reasoning=reasoning,
-            ref_boxes=rec.ref_boxes(question),
-            target_rule=rule,
-            prompt_template=template,
-            meta=meta,
-        )
-    ]
+    task = rec.get("task", "type", expected="a task name", types=str, default="cot_sft")
+    return question_sample(
+        rec,
+        images,
+        image_root,
+        task,
+        target,
+        rule,
+        question,
+        box,
+        meta,
+        reasoning=reasoning,
+        prompt_template=template,
+    )
 
 
 def read_cot_sft(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from univg.data.readers.common import Record, make_sample, resolve_all, run_reader
+from univg.data.readers.common import Record, run_reader, single_image_sample
 from univg.data.schema import GroundingSample, SampleList
 
 
@@ -38,27 +38,12 @@ def read_single_image_pixels(
     box_keys: tuple[str, ...],
 ) -> list[GroundingSample]:
     """One single-image sample with an absolute-pixel box (LISA, LLMSeg)."""
-    images = rec.str_list(*image_keys, expected="an image path")
-    if len(images) != 1:
-        raise rec.error(rec.name_of(*image_keys), "exactly one image", images)
+    images = rec.single_image(*image_keys)
     question = rec.get(*question_keys, expected="the instruction text", types=str)
     coords, field = pixel_box_field(rec, *box_keys)
-    size = rec.pixel_size(images[0], field, image_root)
-    box, meta = rec.box(coords, field, rec.id, frame="pixels", size=size)
+    box, meta, size = rec.pixel_box(coords, field, images[0], image_root)
     meta["image_size"] = size
-    return [
-        make_sample(
-            rec,
-            id=rec.id,
-            task=task,
-            images=resolve_all(images, image_root),
-            target_index=0,
-            question=question.strip(),
-            box=box,
-            target_rule="single",
-            meta=meta,
-        )
-    ]
+    return single_image_sample(rec, images, image_root, task, question, box, meta)
 
 
 def read_lisa(

@@ -17,8 +17,7 @@ import os
 from univg.boxes import parse_box_tokens
 from univg.data.readers.common import (
     Record,
-    make_sample,
-    resolve_all,
+    question_sample,
     run_reader,
     strip_image_placeholders,
     target_from_question,
@@ -64,13 +63,25 @@ def check_placeholders(rec: Record, count: int, n_images: int, field: str) -> No
         raise rec.error(field, f"{n_images} <image> placeholders (one per image)", f"{count}")
 
 
-def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingSample]:
-    images = rec.str_list("images", "image")
-    (user, user_field), (answer, answer_field), extra = first_exchange(rec, "conversations", "messages")
+def question_text(rec: Record, text: str, n_images: int, field: str) -> str:
+    """``text`` without its ``<image>`` placeholders (checked by :func:`check_placeholders`)."""
+    question, count = strip_image_placeholders(text)
+    check_placeholders(rec, count, n_images, field)
+    return question
+
+
+def prompt_and_answer(rec: Record, n_images: int, *names: str) -> tuple[str, str, str]:
+    """(user text without placeholders, assistant text, the assistant turn's field name) of the
+    first exchange (:func:`first_exchange`); turns after it are counted as ``extra_turns_ignored``."""
+    (user, user_field), (answer, answer_field), extra = first_exchange(rec, *names)
     if extra:
         rec.report.note("extra_turns_ignored", extra)
-    question, count = strip_image_placeholders(user)
-    check_placeholders(rec, count, len(images), user_field)
+    return question_text(rec, user, n_images, user_field), answer, answer_field
+
+
+def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingSample]:
+    images = rec.str_list("images", "image")
+    question, answer, answer_field = prompt_and_answer(rec, len(images), "conversations", "messages")
     boxes = parse_box_tokens(answer)
     if len(boxes) != 1:
         raise rec.error(answer_field, "exactly one <|box_start|>(x1,y1),(x2,y2)<|box_end|> (0-1000)", answer)
@@ -82,20 +93,7 @@ def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingS
         rec.report.note("target_mention_out_of_range")
     meta["answer_text"] = answer
     task = rec.get("type", "task", expected="a task name", types=str, default="mgrounding")
-    return [
-        make_sample(
-            rec,
-            id=rec.id,
-            task=task,
-            images=resolve_all(images, image_root),
-            target_index=target,
-            question=question.strip(),
-            box=box,
-            ref_boxes=rec.ref_boxes(question),
-            target_rule=rule,
-            meta=meta,
-        )
-    ]
+    return question_sample(rec, images, image_root, task, target, rule, question.strip(), box, meta)
 
 
 def read_mgrounding(

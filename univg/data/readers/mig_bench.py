@@ -25,8 +25,7 @@ import re
 from univg.data.readers.common import (
     ORDINAL_WORDS,
     Record,
-    make_sample,
-    resolve_all,
+    question_sample,
     run_reader,
     target_from_question,
 )
@@ -93,27 +92,14 @@ def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingS
         raise rec.error(
             field, f"a target image within the record's {len(images)} images", f"image {target + 1}"
         )
-    coords = rec.numbers(rec.get("answer", expected="4 normalised floats", types=list), "answer")
+    coords = rec.coords("answer", expected="4 normalised floats", types=list)
     box, meta = rec.box(coords, "answer", rec.id, frame="normalised")
     meta.update(
         need_format=rec.get("need_format", expected="a bool", types=bool, default=None),
         additional_info=additional_info,
         paper_column=PAPER_COLUMNS.get(task, task),
     )
-    return [
-        make_sample(
-            rec,
-            id=rec.id,
-            task=task,
-            images=resolve_all(images, image_root),
-            target_index=target,
-            question=question,
-            box=box,
-            ref_boxes=rec.ref_boxes(question),
-            target_rule=rule,
-            meta=meta,
-        )
-    ]
+    return question_sample(rec, images, image_root, task, target, rule, question, box, meta)
 
 
 def read_mig_bench(

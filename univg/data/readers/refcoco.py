@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import os
 
-from univg.data.readers.common import Record, make_sample, resolve_all, run_reader, strip_image_placeholders
+from univg.data.readers.common import Record, run_reader, single_image_sample, strip_image_placeholders
 from univg.data.schema import GroundingSample, SampleList
 
 
 def _parse(rec: Record, image_root, task: str) -> list[GroundingSample]:
-    images = rec.str_list("image", "images", expected="an image path")
-    if len(images) != 1:
-        raise rec.error(rec.name_of("image", "images"), "exactly one image", images)
+    images = rec.single_image("image", "images")
     question, _ = strip_image_placeholders(
         rec.get("problem", "question", expected="the referring expression", types=str)
     )
@@ -28,28 +26,14 @@ def _parse(rec: Record, image_root, task: str) -> list[GroundingSample]:
         and "solution" in rec.raw
         and (has_size or "normalized_solution" not in rec.raw)
     ):
-        coords = rec.numbers(
-            rec.get("solution", expected="absolute xyxy pixels", types=(list, str)), "solution"
-        )
-        size = rec.pixel_size(images[0], "solution", image_root)
-        box, meta = rec.box(coords, "solution", rec.id, frame="pixels", size=size)
+        coords = rec.coords("solution", expected="absolute xyxy pixels")
+        box, meta, _ = rec.pixel_box(coords, "solution", images[0], image_root)
     else:
         field = "normalized_solution"
-        coords = rec.numbers(rec.get(field, expected="4 ints in the 0-1000 frame", types=(list, str)), field)
-        box, meta = rec.box(coords, field, rec.id, frame="qwen2-vl")
-    return [
-        make_sample(
-            rec,
-            id=rec.id,
-            task=task,
-            images=resolve_all(images, image_root),
-            target_index=0,
-            question=question.strip(),
-            box=box,
-            target_rule="single",
-            meta=meta,
+        box, meta = rec.box(
+            rec.coords(field, expected="4 ints in the 0-1000 frame"), field, rec.id, frame="qwen2-vl"
         )
-    ]
+    return single_image_sample(rec, images, image_root, task, question, box, meta)
 
 
 def read_refcoco(

@@ -14,15 +14,8 @@ from __future__ import annotations
 import os
 
 from univg.boxes import parse_answer
-from univg.data.readers.common import (
-    Record,
-    make_sample,
-    resolve_all,
-    run_reader,
-    strip_image_placeholders,
-    target_from_question,
-)
-from univg.data.readers.mgrounding import check_placeholders
+from univg.data.readers.common import Record, question_sample, run_reader, target_from_question
+from univg.data.readers.mgrounding import question_text
 from univg.data.schema import GroundingSample, SampleList
 
 COCO_MARKER = "coco/train2014"
@@ -30,10 +23,12 @@ COCO_MARKER = "coco/train2014"
 
 def _parse(rec: Record, image_root, single_image_template: str | None) -> list[GroundingSample]:
     images = rec.str_list("images", "image")
-    question, count = strip_image_placeholders(
-        rec.get("question", "problem", expected="the question text", types=str)
+    question = question_text(
+        rec,
+        rec.get("question", "problem", expected="the question text", types=str),
+        len(images),
+        rec.name_of("question", "problem"),
     )
-    check_placeholders(rec, count, len(images), rec.name_of("question", "problem"))
     raw = rec.get("answer", "solution", expected="4 ints in the 0-1000 frame", types=(list, str))
     field = rec.name_of("answer", "solution")
     if isinstance(raw, str):
@@ -54,21 +49,10 @@ def _parse(rec: Record, image_root, single_image_template: str | None) -> list[G
         types=str,
         default="refcoco" if is_coco_single else "multi_image",
     )
-    return [
-        make_sample(
-            rec,
-            id=rec.id,
-            task=task,
-            images=resolve_all(images, image_root),
-            target_index=target,
-            question=question.strip(),
-            box=box,
-            ref_boxes=rec.ref_boxes(question),
-            target_rule=rule,
-            prompt_template=single_image_template if is_coco_single else None,
-            meta=meta,
-        )
-    ]
+    template = single_image_template if is_coco_single else None
+    return question_sample(
+        rec, images, image_root, task, target, rule, question.strip(), box, meta, prompt_template=template
+    )
 
 
 def read_stage2_rl(

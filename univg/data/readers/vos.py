@@ -18,7 +18,7 @@ import os
 import re
 from functools import lru_cache
 
-from univg.data.readers.common import Record, make_sample, resolve_all, run_reader
+from univg.data.readers.common import Record, record_sample, resolve_all, run_reader
 from univg.data.schema import GroundingSample, SampleList
 
 _FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -79,23 +79,20 @@ def _parse(rec: Record, image_root, num_frames: int, target_frame: int, task: st
     src = keep[target_frame]
     field = f"{box_field}[{src}]"
     coords = rec.numbers(boxes[src], field)
-    size = rec.pixel_size(frames[target_frame], field, None)
-    box, meta = rec.box(coords, field, rec.id, frame="pixels", size=size)
+    box, meta, size = rec.pixel_box(coords, field, frames[target_frame], None)
     meta.update(image_size=size, frame_indices=keep)
     question = rec.get("question", "instruction", "exp", expected="the instruction text", types=str)
-    return [
-        make_sample(
-            rec,
-            id=rec.id,
-            task=rec.get("task", expected="a task name", types=str, default=task),
-            images=frames,
-            target_index=target_frame,
-            question=question.strip(),
-            box=box,
-            target_rule="vos:third" if target_frame == 2 else f"vos:frame{target_frame}",
-            meta=meta,
-        )
-    ]
+    return record_sample(
+        rec,
+        frames,  # already resolved by _frame_paths
+        None,
+        task=rec.get("task", expected="a task name", types=str, default=task),
+        target_index=target_frame,
+        question=question.strip(),
+        box=box,
+        target_rule="vos:third" if target_frame == 2 else f"vos:frame{target_frame}",
+        meta=meta,
+    )
 
 
 def read_vos(
