@@ -31,21 +31,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from univg.boxes import Box
+from univg.data.readers.mig_bench import MIG_TASKS  # the ten task types, in the paper's column order
 from univg.data.schema import GroundingSample
 
-#: The ten MIG-Bench task types (DESIGN.md section 6), in the paper's column order.
-MIG_TASKS: tuple[str, ...] = (
-    "diff",
-    "view_diff",
-    "common_object",
-    "object_tracking",
-    "multi_view",
-    "region",
-    "refer_grounding",
-    "group_grounding",
-    "reasoning",
-    "correspondence",
-)
 #: All task types this generator makes: the MIG-Bench ten plus ``single`` (curriculum step one).
 TASKS: tuple[str, ...] = ("single", *MIG_TASKS)
 
@@ -278,6 +266,17 @@ class _Built:
     meta: dict | None = None
 
 
+def _centred(colour: str, shape: str, size: int) -> _Obj:
+    """The reference object shown alone in image 1: half the image side, centred."""
+    q, half = size // 4, size // 2
+    return _Obj(colour, shape, q, q, q + half, q + half)
+
+
+def _marked_first(objects: Sequence[list[_Obj]], t0: _Obj, ref: Box) -> dict:
+    """``_Built`` fields for a target object marked in image 1: its outline, ref box, ref image."""
+    return {"marks": [[t0]] + [[] for _ in objects[1:]], "ref_boxes": [ref], "meta": {"ref_image": 0}}
+
+
 def _combos(rng: random.Random, k: int, exclude_colours: Sequence[str] = ()) -> list[tuple[str, str]]:
     """``k`` (colour, shape) pairs with distinct colours, none of them in ``exclude_colours``."""
     colours = [c for c in COLOURS if c not in exclude_colours]
@@ -409,9 +408,7 @@ def _object_tracking(rng, scene, n_img, k) -> _Built:
         f"In image {ti + 1} the {t.name} is now {_where(box)}.",
         "question:ordinal",
         target=t,
-        marks=[[t0]] + [[] for _ in range(n_img - 1)],
-        ref_boxes=[ref],
-        meta={"ref_image": 0},
+        **_marked_first(objects, t0, ref),
     )
 
 
@@ -431,9 +428,7 @@ def _multi_view(rng, scene, n_img, k) -> _Built:
         f"The marked object in image 1 is the {t0.name}. In image {ti + 1} the {t.name} lies {_where(box)}.",
         "question:ordinal",
         target=t,
-        marks=[[t0]] + [[] for _ in range(n_img - 1)],
-        ref_boxes=[ref],
-        meta={"ref_image": 0},
+        **_marked_first(objects, t0, ref),
     )
 
 
@@ -473,10 +468,7 @@ def _region(rng, scene, n_img, k, background) -> _Built:
 def _refer_grounding(rng, scene, n_img, k) -> _Built:
     specs = _combos(rng, 1 + max(k, 1))
     c, sh = specs[0]
-    half = scene.size // 2
-    # Image 1 shows the object alone, large and centred.
-    q = scene.size // 4
-    ref_obj = _Obj(c, sh, q, q, q + half, q + half)
+    ref_obj = _centred(c, sh, scene.size)  # image 1 shows the object alone, large and centred
     objs = scene.layout(specs)
     t = objs[0]
     box = t.box(scene.size)
@@ -536,8 +528,7 @@ def _reasoning(rng, scene, n_img, k) -> _Built:
         target, decoy = (c1, rng.choice(others_s)), (rng.choice(others_c), s1)
         fill_c = [c for c in others_c if c != decoy[0]]
         distract = [(c, rng.choice(others_s)) for c in rng.sample(fill_c, max(k - 1, 0))]
-    q = scene.size // 4
-    ref_obj = _Obj(c1, s1, q, q, q + scene.size // 2, q + scene.size // 2)
+    ref_obj = _centred(c1, s1, scene.size)
     objs = scene.layout([target, decoy, *distract][: 1 + max(k, 1)])
     t = objs[0]
     box = t.box(scene.size)
@@ -575,9 +566,7 @@ def _correspondence(rng, scene, n_img, k) -> _Built:
         f"here the {t.name}, {_where(box)}.",
         "question:ordinal",
         target=t,
-        marks=[[t0], []],
-        ref_boxes=[ref],
-        meta={"ref_image": 0},
+        **_marked_first([first, second], t0, ref),
     )
 
 
