@@ -39,6 +39,48 @@ def test_defaults_per_dataset():
         GroundingDataModule(train_mode="rollout")
 
 
+def test_subclasses_pass_every_shared_argument_on():
+    """Synthetic and Mixture modules hand their shared arguments to the base unchanged, and list
+    them explicitly in their own signatures (LightningCLI's --print_config reads signatures)."""
+    import inspect
+
+    from univg.data import MixtureDataModule
+
+    kw = dict(
+        prompt_template="plain",
+        target_format="answer",
+        train_mode="generate",
+        eval_mode="train",
+        batch_size=3,
+        eval_batch_size=5,
+        num_workers=2,
+        min_pixels=1234,
+        max_pixels=99_999,
+        processor_path="proc",
+        seed=7,
+        shuffle=False,
+        max_length=77,
+        frame="normalised",
+    )
+    sources = [{"format": "cot_sft", "path": "a.json", "count": 2}]
+    mixture = MixtureDataModule(sources, skip_invalid=True, limit=4, **kw)
+    assert (mixture.skip_invalid, mixture.limit) == (True, 4)
+    for dm in (SyntheticDataModule(**kw), mixture):
+        assert (dm.prompt_template, dm.target_format, dm.train_mode, dm.eval_mode) == (
+            "plain",
+            "answer",
+            "generate",
+            "train",
+        )
+        assert (dm.batch_size, dm.eval_batch_size, dm.num_workers) == (3, 5, 2)
+        assert (dm.min_pixels, dm.max_pixels, dm.processor_path) == (1234, 99_999, "proc")
+        assert (dm.seed, dm.shuffle, dm.max_length, dm.frame) == (7, False, 77, "normalised")
+        params = inspect.signature(type(dm).__init__).parameters
+        assert set(kw) <= set(params)
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    assert SyntheticDataModule().skip_invalid is False and SyntheticDataModule().files["train"] is None
+
+
 def test_mig_bench_test_batch(processor, tmp_path, capsys):
     dm = MIGBenchDataModule(test_file=str(MIG), image_root=str(tmp_path), eval_batch_size=2, limit=2)
     dm._processor = processor

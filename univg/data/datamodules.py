@@ -12,7 +12,8 @@ left padded); ``eval_mode`` is the same choice for validation/test/predict (defa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import lightning as L
@@ -107,6 +108,19 @@ class GroundingDataModule(L.LightningDataModule):
         self.frame = frame
         self.samples: dict[str, list[GroundingSample] | None] = dict.fromkeys(SPLITS)
         self._processor: Any = None
+
+    @classmethod
+    def _base_args(cls, values: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments of :meth:`GroundingDataModule.__init__` found in ``values`` (a subclass's
+        ``locals()`` at the top of its ``__init__``), to pass on to it unchanged.
+
+        A subclass still lists every argument it takes in its own signature, because
+        LightningCLI/jsonargparse reads signatures (``--print_config``, YAML checks); this spares it
+        naming each shared one a second time in the ``super().__init__`` call, where a new
+        argument could be forgotten and silently keep the base default.
+        """
+        names = list(inspect.signature(GroundingDataModule.__init__).parameters)[1:]  # not self
+        return {name: values[name] for name in names if name in values}
 
     # ---- reading ---------------------------------------------------------------------------------
 
@@ -281,22 +295,7 @@ class SyntheticDataModule(GroundingDataModule):
         max_length: int | None = None,
         frame: str = "qwen2-vl",
     ) -> None:
-        super().__init__(
-            prompt_template=prompt_template,
-            target_format=target_format,
-            train_mode=train_mode,
-            eval_mode=eval_mode,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
-            processor_path=processor_path,
-            seed=seed,
-            shuffle=shuffle,
-            max_length=max_length,
-            frame=frame,
-        )
+        super().__init__(**self._base_args(locals()))
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.tasks = tasks
         self.image_size = image_size

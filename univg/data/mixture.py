@@ -175,24 +175,7 @@ class MixtureDataModule(GroundingDataModule):
         max_length: int | None = None,
         frame: str = "qwen2-vl",
     ) -> None:
-        super().__init__(
-            prompt_template=prompt_template,
-            target_format=target_format,
-            train_mode=train_mode,
-            eval_mode=eval_mode,
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            min_pixels=min_pixels,
-            max_pixels=max_pixels,
-            processor_path=processor_path,
-            skip_invalid=skip_invalid,
-            limit=limit,
-            seed=seed,
-            shuffle=shuffle,
-            max_length=max_length,
-            frame=frame,
-        )
+        super().__init__(**self._base_args(locals()))  # every argument above but the three sources
         for i, src in enumerate(sources):
             _check_source(i, src)  # fail at construction, not after minutes of reading
         self.sources = {"train": list(sources), "val": val_sources, "test": test_sources}
