@@ -310,6 +310,10 @@ def generate(
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown rollout engine {engine!r}; choose one of {ENGINES}")
+    if engine == "auto" and _is_fsdp(model) and torch.distributed.is_initialized():
+        # every rank must take part in every sharded forward: transformers' generate keeps ranks
+        # stepping until all are done (synced_gpus); our decode loop drops finished rows and exits early
+        engine = "hf"
     inputs = {k: v for k, v in inputs.items() if k in MODEL_KEYS}
     was_training = model.training
     model.eval()
@@ -540,7 +544,11 @@ def completion_logprobs(
     )
     checkpointing = checkpointing and torch.is_grad_enabled()
     if shared_prefix is None:
-        shared_prefix = not (checkpointing and model.training)
+        # Off where the prompt's keys/values would reach the loss around a hook: under gradient
+        # checkpointing (transformers drops the cache there) and under FSDP with gradient (the
+        # cache bypasses FSDP's hooks, so a layer is resharded before its backward runs).
+        fsdp_grad = _is_fsdp(model) and torch.is_grad_enabled()
+        shared_prefix = not ((checkpointing and model.training) or fsdp_grad)
     if shared_prefix:
         return _logprobs_shared(
             model, inputs, completion_ids, completion_mask, group_size, chunk_size, temperature
