@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format demo debug clean
+.PHONY: help install test test-slow test-all lint format demo bench bench-quick debug clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -45,6 +45,15 @@ format: $(VENV)/.installed ## Apply ruff format and autofixes
 
 demo: $(VENV)/.installed ## The paper's pipeline in miniature on CPU -> runs/demo (DEMO=smoke: ~2 min check; SEED=n)
 	$(PY) -m univg.demo --seed $(SEED) $(if $(filter smoke,$(DEMO)),--smoke --out runs/demo_smoke,--out runs/demo)
+
+bench: $(VENV)/.installed ## Benchmarks: GRPO step vs TRL (ours, TRL completion-only, TRL as shipped), eval, data, memory plan
+	$(PY) benchmarks/grpo_step.py
+	$(PY) benchmarks/eval_throughput.py
+	$(PY) benchmarks/data_loading.py
+	$(PY) benchmarks/memory_plan.py
+
+bench-quick: $(VENV)/.installed ## One quick step of each GRPO benchmark variant (smoke)
+	$(PY) benchmarks/grpo_step.py --quick
 
 debug: $(VENV)/.installed ## Tiny fit on synthetic data (well under a minute on 2 CPU cores)
 	$(PY) -m univg fit --config configs/debug.yaml
