@@ -34,7 +34,27 @@ def test_known_ids(tokenizer):
     assert tokenizer("<|im_start|>user\n")["input_ids"] == [151644, 872, 198]
     box = "<|box_start|>(451,265),(519,388)<|box_end|>"
     # digits are single tokens 15..24 in Qwen2 ("0" = 15), "),(" is one token
-    assert tokenizer(box)["input_ids"] == [151648, 7, 19, 20, 16, 11, 17, 21, 20, 23547, 20, 16, 24, 11, 18, 23, 23, 8, 151649]
+    assert tokenizer(box)["input_ids"] == [
+        151648,
+        7,
+        19,
+        20,
+        16,
+        11,
+        17,
+        21,
+        20,
+        23547,
+        20,
+        16,
+        24,
+        11,
+        18,
+        23,
+        23,
+        8,
+        151649,
+    ]
 
 
 def test_special_token_ids(tokenizer):
@@ -122,3 +142,20 @@ def test_processor_placeholder_mismatch(processor):
 def test_missing_checkpoint_path_is_one_clear_error(tmp_path):
     with pytest.raises((FileNotFoundError, OSError)):
         load_processor(tmp_path / "nope")
+
+
+def test_a_checkpoints_own_tokenizer_and_processor_win(tmp_path, processor):
+    """A checkpoint directory's saved tokenizer and image processor are the ones loaded."""
+    from transformers import AddedToken
+
+    own = load_processor(max_pixels=112 * 112)
+    own.tokenizer.add_special_tokens(
+        {"additional_special_tokens": [AddedToken("<|my_token|>", special=True)]}
+    )
+    own.save_pretrained(tmp_path)
+    loaded = load_processor(tmp_path, max_pixels=112 * 112)
+    assert loaded.tokenizer.convert_tokens_to_ids("<|my_token|>") == 151657  # only the saved one has it
+    assert processor.tokenizer.convert_tokens_to_ids("<|my_token|>") != 151657
+    assert loaded.tokenizer("Hello, world!")["input_ids"] == [9707, 11, 1879, 0]
+    grid = loaded.process_images([Image.new("RGB", (448, 448))])["image_grid_thw"]
+    assert grid[0].tolist() == [1, 8, 8]
