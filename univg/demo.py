@@ -72,28 +72,34 @@ class DemoSettings:
     train_vision: bool = True
     # data
     image_size: int = 112
-    background: str = "gradient"
+    background: str = "gradient"  # a colour gradient: each patch sees where it is
+    object_size: tuple[float, float] = (0.3, 0.55)
     reasoning_style: str = "short"
     eval_tasks: list[str] = field(default_factory=lambda: ["single"])
     eval_n: int = 100
     # stage 1
-    phases: list[Phase] = field(default_factory=lambda: [Phase(["single"], 600)])
+    phases: list[Phase] = field(default_factory=lambda: [Phase(["single"], 1000)])
     sft_lr: float = 3e-3
-    sft_batch: int = 16
+    sft_batch: int = 8
+    adam_betas: tuple[float, float] = (0.9, 0.98)
     warmup_ratio: float = 0.03
     min_lr_ratio: float = 0.1
     # stage 2
     grpo_tasks: list[str] | None = None
-    grpo_steps: int = 30
+    grpo_steps: int = 40
     grpo_prompts: int = 4
     group_size: int = 8
-    grpo_lr: float = 2e-4
+    grpo_lr: float = 5e-4
     beta: float = 0.04
     temperature: float = 1.0
     max_new_tokens: int = 48
 
     def synthetic(self) -> dict[str, Any]:
-        return {"background": self.background, "reasoning_style": self.reasoning_style}
+        return {
+            "background": self.background,
+            "reasoning_style": self.reasoning_style,
+            "object_size": tuple(self.object_size),
+        }
 
     def backbone(self, freeze_vision: bool) -> BackboneSpec:
         head_dim = self.hidden // self.heads
@@ -244,6 +250,7 @@ def run_demo(cfg: DemoSettings, out: str | os.PathLike = "runs/demo") -> dict[st
         lr=cfg.sft_lr,
         warmup_ratio=cfg.warmup_ratio,
         min_lr_ratio=cfg.min_lr_ratio,
+        adam_betas=cfg.adam_betas,
         max_new_tokens=cfg.max_new_tokens,
         run_name="base",
         num_pictures=0,

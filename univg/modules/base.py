@@ -85,6 +85,7 @@ class GroundingModule(L.LightningModule):
         warmup_ratio: share of optimiser steps spent warming up linearly.
         schedule: "cosine" (decay to ``min_lr_ratio`` x lr after warm-up) or "constant".
         min_lr_ratio: floor of the cosine schedule as a share of ``lr`` (0 decays to zero).
+        adam_betas: AdamW's (beta1, beta2).
         max_grad_norm: gradient clipping (0 disables).
         max_new_tokens: generation budget at evaluation.
         predictions_dir: where evaluation predictions (JSONL) go; default the logger's directory.
@@ -111,6 +112,7 @@ class GroundingModule(L.LightningModule):
         warmup_ratio: float = 0.015,
         schedule: str = "cosine",
         min_lr_ratio: float = 0.0,
+        adam_betas: tuple[float, float] = (0.9, 0.999),
         max_grad_norm: float = 1.0,
         max_new_tokens: int = 256,
         predictions_dir: str | None = None,
@@ -131,6 +133,7 @@ class GroundingModule(L.LightningModule):
         self.warmup_ratio = warmup_ratio
         self.schedule = schedule
         self.min_lr_ratio = min_lr_ratio
+        self.adam_betas = tuple(adam_betas)
         self.max_grad_norm = max_grad_norm
         self.max_new_tokens = max_new_tokens
         self.predictions_dir = predictions_dir
@@ -189,9 +192,11 @@ class GroundingModule(L.LightningModule):
             raise ValueError("no trainable parameters: check backbone.freeze_vision / lora settings")
         fused = all(p.device.type in ("cuda", "cpu") for p in params) and params[0].dtype == torch.float32
         try:
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay, fused=fused)
+            opt = torch.optim.AdamW(
+                params, lr=self.lr, betas=self.adam_betas, weight_decay=self.weight_decay, fused=fused
+            )
         except (RuntimeError, TypeError):  # fused unsupported for this dtype/device
-            opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+            opt = torch.optim.AdamW(params, lr=self.lr, betas=self.adam_betas, weight_decay=self.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
         warmup = math.ceil(self.warmup_ratio * total)
         sched = torch.optim.lr_scheduler.LambdaLR(
