@@ -29,7 +29,7 @@ from univg.grpo import (
 )
 from univg.modules.base import GroundingModule
 from univg.rewards import compute_rewards, reward_stats
-from univg.rollout import Rollout, completion_logprobs, generate, model_inputs
+from univg.rollout import Rollout, completion_logprobs, generate, images_per_prompt, model_inputs
 
 ACCURACY = "accuracy"  # the reward whose group mean is mIoU (DESIGN.md section 4)
 
@@ -402,7 +402,6 @@ def _select_groups(
 
 def select_prompt_rows(prompt: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
     """The model inputs of the prompts where ``keep`` [B] is true (rows and their images)."""
-    from univg.rollout import images_per_prompt
 
     out = {k: v[keep] for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
     if "pixel_values" in prompt:
