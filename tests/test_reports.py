@@ -10,6 +10,7 @@ import pytest
 from univg.metrics import MIG_TASKS
 from univg.reports import (
     build_table,
+    load_reference,
     main,
     merge_results,
     merge_tables,
@@ -153,3 +154,55 @@ def test_errors_name_the_problem(tmp_path):
     (tmp_path / "r" / "results_test.json").write_text(json.dumps(split_result("x", "lisa/val", 0.1)))
     with pytest.raises(ValueError, match="no results for layout 'refcoco'"):
         merge_tables([tmp_path / "r"], "refcoco")
+
+
+def test_reference_file_fills_paper_rows_and_adds_new_ones(tmp_path, capsys):
+    ref = tmp_path / "ref.json"
+    ref.write_text(
+        json.dumps(
+            {
+                "zeroshot": {"UniVG-R1 (paper)": {"lisa/val": 60.5, "revos": 40.0, "avg": 50.25}},
+                "mig": {"My baseline": {"common_object": 12.5}},
+            }
+        )
+    )
+    reference = load_reference(ref)
+    results = [split_result("r", "lisa/val", 0.5)]
+    _, rows, notes = build_table(results, "zeroshot", reference=reference)
+    by_name = {r[0]: r for r in rows}
+    assert by_name["UniVG-R1 (paper)"] == ["UniVG-R1 (paper)", "60.50", "–", "–", "–", "40.00", "50.25"]
+    assert by_name["Migician (paper)"][1:] == ["–"] * 6  # a built-in row the file does not touch
+    assert not any("not transcribed" in n for n in notes)
+    # a new name is appended; the built-in AVG of a row the file does not name stays
+    _, rows, _ = build_table([mig_result("x", dict.fromkeys(MIG_TASKS, 0.5))], "mig", reference=reference)
+    by_name = {r[0]: r for r in rows}
+    assert by_name["My baseline"][3] == "12.50" and by_name["UniVG-R1 (paper)"][-1] == "72.64"
+    # the CLI takes the same file
+    write_run_results(split_result("univg", "lisa/val", 0.5), tmp_path / "lisa_val")
+    assert (
+        main(["merge", "--runs", str(tmp_path / "lisa_val"), "--layout", "zeroshot", "--reference", str(ref)])
+        == 0
+    )
+    assert "| UniVG-R1 (paper) | 60.50 |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"table9": {}}', "unknown layout 'table9'"),
+        ('{"mig": {"M": {"Common": 1}}}', "mig / 'M': unknown column 'Common'"),
+        (
+            '{"refcoco": {"M": {"refcoco/val": 120}}}',
+            "refcoco / 'M' / 'refcoco/val': 120 is not a percentage",
+        ),
+        ('{"zeroshot": {"M": {"llmseg": "55"}}}', "'llmseg': '55' is not a percentage"),
+        ('{"zeroshot": {"M": [1, 2]}}', "expected an object of column values"),
+    ],
+)
+def test_reference_file_errors_name_file_layout_row_and_key(tmp_path, content, message):
+    ref = tmp_path / "ref.json"
+    ref.write_text(content)
+    with pytest.raises(ValueError, match=message) as err:
+        load_reference(ref)
+    assert str(ref) in str(err.value)

@@ -76,6 +76,72 @@ PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
     "zeroshot": {"UniVG-R1 (paper)": {}, "Migician (paper)": {}, "Qwen2-VL-7B (paper)": {}},
 }
 
+REFERENCE_LAYOUTS = ("mig", "refcoco", "zeroshot")
+
+
+def reference_columns(layout: str) -> tuple[str, ...]:
+    """The keys a reference row of ``layout`` may fill: the table's column keys and ``avg``.
+
+    >>> reference_columns("zeroshot")
+    ('lisa/val', 'lisa/test', 'llmseg', 'reasonvos', 'revos', 'avg')
+    """
+    cols = {"mig": MIG_COLUMNS, "refcoco": REFCOCO_SPLITS, "zeroshot": ZEROSHOT}[layout]
+    return tuple(k for k, _ in cols) + ("avg",)
+
+
+def load_reference(path: str | os.PathLike) -> dict[str, dict[str, dict[str, float]]]:
+    """Reference rows (other models' published numbers, Acc@0.5 in %) from a JSON file.
+
+    The file maps a layout (``mig``, ``refcoco``, ``zeroshot``) to rows: ``{"mig": {"UniVG-R1
+    (paper)": {"common": 80.0, ..., "avg": 72.64}}}``. Keys are the table's column keys (see
+    :func:`reference_columns`); a column left out shows "–". Everything is checked, and an error
+    names the file, the layout, the row and the key.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object mapping layouts to rows, got {type(data).__name__}")
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for layout, rows in data.items():
+        if layout not in REFERENCE_LAYOUTS:
+            raise ValueError(f"{path}: unknown layout {layout!r}; choose from {REFERENCE_LAYOUTS}")
+        if not isinstance(rows, dict):
+            raise ValueError(f"{path}: {layout}: expected an object of rows, got {type(rows).__name__}")
+        allowed = reference_columns(layout)
+        for name, values in rows.items():
+            if not isinstance(values, dict):
+                raise ValueError(f"{path}: {layout} / {name!r}: expected an object of column values")
+            for key, value in values.items():
+                if key not in allowed:
+                    raise ValueError(
+                        f"{path}: {layout} / {name!r}: unknown column {key!r}; use one of {allowed}"
+                    )
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                    raise ValueError(
+                        f"{path}: {layout} / {name!r} / {key!r}: {value!r} is not a percentage in [0, 100]"
+                    )
+            out.setdefault(layout, {})[str(name)] = {k: float(v) for k, v in values.items()}
+    return out
+
+
+def reference_rows(
+    layout: str, reference: dict[str, dict[str, dict[str, float]]] | None = None
+) -> dict[str, dict[str, float]]:
+    """The paper rows of ``layout``: the built-in :data:`PAPER_RESULTS`, a row of ``reference``
+    with the same name filling (and overriding) its cells, new names appended.
+
+    >>> reference_rows("mig", {"mig": {"Qwen2-VL-7B (paper)": {"region": 50.0}}})["Qwen2-VL-7B (paper)"]
+    {'avg': 30.2, 'region': 50.0}
+    """
+    rows = {name: dict(values) for name, values in PAPER_RESULTS.get(layout, {}).items()}
+    for name, values in (reference or {}).get(layout, {}).items():
+        rows.setdefault(name, {}).update(values)
+    return rows
+
+
 #: Paper MIG-Bench AVG of the ablation rows (DESIGN.md section 5), by run id.
 PAPER_ABLATIONS: dict[str, dict[str, float]] = {
     "table4": {
@@ -180,12 +246,15 @@ def _columns(layout: str, results: Sequence[dict[str, Any]]) -> list[tuple[str, 
 
 
 def build_table(
-    results: Sequence[dict[str, Any]], layout: str, paper: bool = True
+    results: Sequence[dict[str, Any]],
+    layout: str,
+    paper: bool = True,
+    reference: dict[str, dict[str, dict[str, float]]] | None = None,
 ) -> tuple[list[str], list[list[str]], list[str]]:
     """(header, rows, footnotes) of ``layout`` over ``results`` (one row per run name).
 
     AVG is the unweighted mean of the row's filled columns; "*" marks an AVG over fewer columns
-    than the table has.
+    than the table has. ``reference`` (see :func:`load_reference`) adds or completes the paper rows.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
@@ -212,13 +281,14 @@ def build_table(
             delta = None if paper_avg is None or avg is None else 100.0 * avg - paper_avg
             row += [_paper(paper_avg), "–" if delta is None else f"{delta:+.2f}"]
         rows.append(row)
-    if paper and layout in PAPER_RESULTS:
-        for name, values in PAPER_RESULTS[layout].items():
+    if paper and layout in REFERENCE_LAYOUTS:
+        for name, values in reference_rows(layout, reference).items():
             rows.append([name] + [_paper(values.get(k)) for k, _ in cols] + [_paper(values.get("avg"))])
-        notes.append(
-            "Paper rows: only the values recorded in DESIGN.md are filled in (– = not transcribed; "
-            "see univg.reports.PAPER_RESULTS)."
-        )
+        if not (reference or {}).get(layout):
+            notes.append(
+                "Paper rows: only the values recorded in DESIGN.md are filled in (– = not transcribed); "
+                "add the others with a reference file (`--reference FILE`, see univg.reports.load_reference)."
+            )
     return header, rows, notes
 
 
@@ -353,7 +423,12 @@ def find_results(paths_or_dirs: Sequence[Any], stage: str | None = None) -> list
     return out
 
 
-def merge_tables(paths_or_dirs: Sequence[Any], layout: str, stage: str | None = None) -> tuple[str, str]:
+def merge_tables(
+    paths_or_dirs: Sequence[Any],
+    layout: str,
+    stage: str | None = None,
+    reference: dict[str, dict[str, dict[str, float]]] | None = None,
+) -> tuple[str, str]:
     """(Markdown, CSV) of several runs in one table of ``layout`` (see the module docstring)."""
     results = find_results(paths_or_dirs, stage)
     if layout in ("refcoco", "zeroshot"):
@@ -362,7 +437,7 @@ def merge_tables(paths_or_dirs: Sequence[Any], layout: str, stage: str | None = 
         results = [r for r in results if layout_of(r["benchmark"]) == "mig"]
     if not results:
         raise ValueError(f"no results for layout {layout!r} in {list(map(str, paths_or_dirs))}")
-    header, rows, notes = build_table(results, layout)
+    header, rows, notes = build_table(results, layout, reference=reference)
     titles = {
         "mig": "Table 1: MIG-Bench, Acc@0.5 (%)",
         "refcoco": "Table 2: RefCOCO/+/g, Acc@0.5 (%)",
@@ -391,11 +466,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     merge.add_argument("--layout", required=True, choices=LAYOUTS)
     merge.add_argument("--stage", default=None, help="only results of this stage (test or val)")
     merge.add_argument("--out", default=None, help="Markdown file to write (CSV beside it); default stdout")
+    merge.add_argument(
+        "--reference", default=None, help="JSON of other models' published rows (see load_reference)"
+    )
     show = sub.add_parser("show", help="print one run's table")
     show.add_argument("results", help="a results_<stage>.json file")
     args = parser.parse_args(argv)
     if args.command == "merge":
-        md, table = merge_tables(args.runs, args.layout, args.stage)
+        reference = load_reference(args.reference) if args.reference else None
+        md, table = merge_tables(args.runs, args.layout, args.stage, reference)
         if args.out is None:
             sys.stdout.write(md)
         else:
