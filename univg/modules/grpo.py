@@ -68,6 +68,10 @@ class GRPOModule(GroundingModule):
         prompts_per_step: prompts per optimiser step across all processes (gradient accumulation).
         logprob_chunk_size: rows per log-prob forward (bounds the [rows, C, V] logits); None = all.
         log_completions_every: log a sample of completions as text every N optimiser steps (0 = off).
+        vllm: sample rollouts with vLLM (GPU only): keyword arguments of
+            :class:`univg.engines.VLLMEngine` (``model_name_or_path`` defaults to
+            ``backbone.checkpoint``); built on first use, weights pushed after each optimiser step.
+            None (default) samples with ``univg.rollout.generate``.
     """
 
     def __init__(
@@ -92,6 +96,7 @@ class GRPOModule(GroundingModule):
         prompts_per_step: int = 16,
         logprob_chunk_size: int | None = None,
         log_completions_every: int = 50,
+        vllm: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(lr=lr, **kwargs)
@@ -125,6 +130,12 @@ class GRPOModule(GroundingModule):
         self.prompts_per_step = prompts_per_step
         self.logprob_chunk_size = logprob_chunk_size
         self.log_completions_every = log_completions_every
+        if vllm is not None:
+            from univg.engines import VLLMEngine
+
+            VLLMEngine.check_kwargs(vllm)  # a typo fails here, not after the first rollout batch
+        self.vllm = dict(vllm) if vllm is not None else None
+        self._vllm_engine: Any = None
         self.ref_model: torch.nn.Module | None = None
         self._buffer: list[ScoredRollout] = []
         self._times: dict[str, float] = {}
@@ -158,6 +169,27 @@ class GRPOModule(GroundingModule):
         return self
 
     # ----------------------------------------------------------------------------- rollout
+    @property
+    def vllm_engine(self) -> Any:
+        """The vLLM rollout engine when ``vllm`` is set (None otherwise), built on first use: not at
+        construction, so such configs can be printed and checked on a machine without vLLM."""
+        if self.vllm is None:
+            return None
+        if self._vllm_engine is None:
+            from univg import engines
+
+            kw = dict(self.vllm)
+            kw.setdefault("model_name_or_path", self.backbone.checkpoint)
+            if kw["model_name_or_path"] is None:
+                raise ValueError(
+                    "vllm: set vllm.model_name_or_path or backbone.checkpoint (vLLM loads the architecture, "
+                    "tokenizer and processor from a checkpoint, then takes the policy's weights)"
+                )
+            self._vllm_engine = engines.VLLMEngine(**kw)
+            # the policy is not the checkpoint vLLM loaded (init_checkpoint, a resumed run)
+            self._vllm_engine.sync_weights(self.model)
+        return self._vllm_engine
+
     def micro_batches_per_step(self, batch_size: int) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
         per_step = batch_size * world
@@ -173,10 +205,7 @@ class GRPOModule(GroundingModule):
         """Sample G completions per prompt and compute rewards, advantages, phi, old/ref log-probs."""
         g = self.group_size
         t0 = time.perf_counter()
-        roll = generate(
-            self.model,
-            model_inputs(batch),
-            self.tokenizer,
+        sampling = dict(
             group_size=g,
             max_new_tokens=self.max_completion_length,
             do_sample=True,
@@ -184,6 +213,10 @@ class GRPOModule(GroundingModule):
             top_p=self.top_p,
             top_k=self.top_k,
         )
+        if self.vllm is None:
+            roll = generate(self.model, model_inputs(batch), self.tokenizer, **sampling)
+        else:
+            roll = self.vllm_engine.generate(model_inputs(batch), self.tokenizer, **sampling)
         t1 = time.perf_counter()
         boxes = batch["boxes"].repeat_interleave(g, dim=0).tolist()  # [N, 4] model frame
         rewards = compute_rewards(self.reward_weights, roll.texts, boxes, frame=self.frame)
@@ -312,6 +345,10 @@ class GRPOModule(GroundingModule):
             if sched is not None:
                 sched.step()
         self._times["backward"] = time.perf_counter() - t0
+        if self.vllm is not None:  # once per rollout batch: the next rollouts sample the updated policy
+            t1 = time.perf_counter()
+            self.vllm_engine.sync_weights(self.model)
+            self._times["weight_sync"] = time.perf_counter() - t1
         self._log_step(buffer, logs, opt)
 
     def _log_step(self, buffer: list[ScoredRollout], logs: dict[str, float], opt: Any) -> None:
