@@ -7,7 +7,14 @@ import json
 import pytest
 
 from univg.data.synthetic import generate_samples
-from univg.demo import constant_box_metrics, run_demo, smoke_settings, write_table
+from univg.demo import (
+    apply_overrides,
+    constant_box_metrics,
+    run_demo,
+    run_stage2,
+    smoke_settings,
+    write_table,
+)
 
 
 def test_constant_box_and_table_arithmetic(tmp_path):
@@ -43,5 +50,29 @@ def test_smoke_demo_writes_every_artefact(tmp_path):
         assert rows[row]["acc@0.5"] == pytest.approx(sum(r["iou"] >= 0.5 for r in recs) / len(recs))
         assert rows[row]["miou"] == pytest.approx(sum(r["iou"] for r in recs) / len(recs), abs=1e-6)
     assert len(summary["grpo_curves"]["GRPO"]) == 2 and len(summary["grpo_curves"]["GRPO-Difficulty"]) == 2
+    # the reward probe: fixed prompts at steps 0, 1, 2; both runs start from the same stage-1
+    # weights and probe with the same random stream, so their step-0 points are identical
+    probes = summary["reward_probe"]
+    assert [p["step"] for p in probes["GRPO"]] == [0.0, 1.0, 2.0]
+    assert probes["GRPO"][0] == probes["GRPO-Difficulty"][0]
+    for p in probes["GRPO"]:
+        assert p["total"] == pytest.approx(p["accuracy"] + p["format"], abs=1e-6)
     table = (tmp_path / "table.md").read_text()
     assert "GRPO-Difficulty" in table and "constant box" in table
+
+    # stage 2 alone from the saved stage-1 checkpoint reproduces the demo's GRPO run exactly
+    cfg = apply_overrides(smoke_settings(0), ['grpo_phis=["none"]'])
+    again = run_stage2(cfg, tmp_path / "cot_sft" / "version_0" / "stage1.ckpt", tmp_path / "again")
+    assert list(again["rows"]) == ["GRPO"]
+    assert again["rows"]["GRPO"] == rows["GRPO"]
+    assert again["reward_probe"]["GRPO"] == probes["GRPO"]
+
+
+def test_overrides_parse_field_types_and_reject_unknown_fields():
+    cfg = apply_overrides(smoke_settings(0), ["grpo_lr=2e-4", "beta=0", 'grpo_phis=["exp"]', "untie=false"])
+    assert (cfg.grpo_lr, cfg.beta, cfg.grpo_phis, cfg.untie) == (2e-4, 0.0, ("exp",), False)
+    assert smoke_settings(0).grpo_lr != 2e-4  # a copy: the original is untouched
+    with pytest.raises(SystemExit, match="grpo_learning_rate"):
+        apply_overrides(smoke_settings(0), ["grpo_learning_rate=1"])
+    with pytest.raises(SystemExit, match="expected field=value"):
+        apply_overrides(smoke_settings(0), ["grpo_lr"])

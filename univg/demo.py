@@ -25,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,8 @@ from univg.data.schema import GroundingSample
 from univg.data.synthetic import generate_samples
 from univg.metrics import metrics_from_records
 from univg.modules import GRPOModule, SFTModule
+from univg.rewards import compute_rewards
+from univg.rollout import generate, model_inputs
 
 FRAME = Qwen2VLFrame()
 
@@ -86,11 +88,16 @@ class DemoSettings:
     min_lr_ratio: float = 0.1
     # stage 2
     grpo_tasks: list[str] | None = None
-    grpo_steps: int = 40
-    grpo_prompts: int = 4
+    grpo_phis: tuple[str, ...] = ("none", "exp")
+    probe_n: int = 16  # fixed prompts whose sampled reward is measured every probe_every steps (0: off)
+    probe_every: int = 5
+    grpo_steps: int = 20
+    grpo_prompts: int = 8
     group_size: int = 8
     grpo_lr: float = 5e-4
     beta: float = 0.04
+    scale_rewards: str = "group"
+    loss_type: str = "grpo"
     temperature: float = 1.0
     max_new_tokens: int = 48
 
@@ -147,6 +154,8 @@ def smoke_settings(seed: int = 0) -> DemoSettings:
         grpo_prompts=2,
         group_size=4,
         max_new_tokens=24,
+        probe_n=2,
+        probe_every=1,
     )
 
 
@@ -171,6 +180,57 @@ class StepRecorder(L.Callback):
         logs = getattr(module, "last_step_logs", None)
         if logs is not None and (not self.steps or self.steps[-1]["step"] != trainer.global_step):
             self.steps.append({"step": trainer.global_step, **{k: float(v) for k, v in logs.items()}})
+
+
+class RewardProbe(L.Callback):
+    """Mean reward of G sampled completions on a fixed set of prompts, every ``every`` GRPO steps.
+
+    The training curve's per-step mean depends mostly on which few prompts a step drew; a fixed
+    probe set sampled with the same random stream at every probe (common random numbers) isolates
+    what the updates did to the policy. The probe draws from its own generator, so it does not
+    change the training run's random stream.
+    """
+
+    def __init__(self, batch: dict[str, Any], every: int = 10, seed: int = 0) -> None:
+        self.batch = batch
+        self.every = every
+        self.seed = seed
+        self.points: list[dict[str, float]] = []
+
+    @torch.no_grad()
+    def probe(self, module: Any, step: int) -> dict[str, float]:
+        if self.points and self.points[-1]["step"] == step:
+            return self.points[-1]
+        g = module.group_size
+        roll = generate(
+            module.model,
+            model_inputs(self.batch),
+            module.tokenizer,
+            group_size=g,
+            max_new_tokens=module.max_completion_length,
+            do_sample=True,
+            temperature=module.temperature,
+            top_p=module.top_p,
+            top_k=module.top_k,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        boxes = self.batch["boxes"].repeat_interleave(g, dim=0).tolist()
+        rewards = compute_rewards(module.reward_weights, roll.texts, boxes, frame=module.frame)
+        point = {"step": float(step), **{k: float(v.mean()) for k, v in rewards.items()}}
+        self.points.append(point)
+        if module.logger is not None:
+            for k, v in point.items():
+                if k != "step":
+                    module.logger.experiment.add_scalar(f"probe/reward_{k}", v, step)
+        return point
+
+    def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+        self.probe(module, trainer.global_step)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        step = trainer.global_step
+        if step % self.every == 0 or step >= (trainer.max_steps or 0) > 0:
+            self.probe(module, step)
 
 
 def _trainer(out: Path, name: str, max_steps: int = -1, callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
@@ -210,6 +270,13 @@ def constant_box_metrics(
     return metrics_from_records(records)
 
 
+def held_out_set(cfg: DemoSettings) -> list[GroundingSample]:
+    """The held-out evaluation samples (a seed of their own, disjoint from every training seed)."""
+    return generate_samples(
+        cfg.eval_n, tasks=cfg.eval_tasks, image_size=cfg.image_size, seed=10_000 + cfg.seed, **cfg.synthetic()
+    )
+
+
 def _sft_train_set(cfg: DemoSettings) -> list[GroundingSample]:
     samples: list[GroundingSample] = []
     for i, ph in enumerate(cfg.phases):
@@ -234,9 +301,7 @@ def run_demo(cfg: DemoSettings, out: str | os.PathLike = "runs/demo") -> dict[st
     times: dict[str, float] = {}
     t_all = time.perf_counter()
     L.seed_everything(cfg.seed, verbose=False)
-    test = generate_samples(
-        cfg.eval_n, tasks=cfg.eval_tasks, image_size=cfg.image_size, seed=10_000 + cfg.seed, **cfg.synthetic()
-    )
+    test = held_out_set(cfg)
     train = _sft_train_set(cfg)
     data_kw = dict(batch_size=cfg.sft_batch, eval_batch_size=50, target_format="cot", seed=cfg.seed)
     sft_data = ListDataModule(train, test, **data_kw)
@@ -273,6 +338,57 @@ def run_demo(cfg: DemoSettings, out: str | os.PathLike = "runs/demo") -> dict[st
     times["cot_sft_eval"] = time.perf_counter() - t0
 
     # ---- stage 2: GRPO (phi none) and GRPO-Difficulty (phi exp) from the same checkpoint
+    curves, probes, grpo_rows, grpo_times = run_grpo_stage(cfg, ckpt, test, out, cfg.grpo_phis)
+    rows.update(grpo_rows)
+    times.update(grpo_times)
+    times["total"] = time.perf_counter() - t_all
+
+    summary = write_outputs(cfg, out, rows, curves, probes, times)
+    collect_pictures(out, out / "predictions.png")
+    return summary
+
+
+def write_outputs(
+    cfg: DemoSettings,
+    out: Path,
+    rows: dict[str, dict[str, float]],
+    curves: dict[str, list[dict[str, float]]],
+    probes: dict[str, list[dict[str, float]]],
+    times: dict[str, float],
+    **extra: Any,
+) -> dict[str, Any]:
+    """``summary.json`` (settings, metrics, curves, probe points, seconds), the table and Figure 3."""
+    summary = {
+        "settings": asdict(cfg),
+        **extra,
+        "rows": rows,
+        "grpo_curves": curves,
+        "reward_probe": probes,
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_table(rows, cfg.eval_tasks, out)
+    plot_figure3(curves, out / "figure3.png", probes)
+    return summary
+
+
+def run_grpo_stage(
+    cfg: DemoSettings,
+    ckpt: str | os.PathLike,
+    test: list[GroundingSample],
+    out: Path,
+    phis: Sequence[str] = ("none", "exp"),
+) -> tuple[
+    dict[str, list[dict[str, float]]],
+    dict[str, list[dict[str, float]]],
+    dict[str, dict[str, float]],
+    dict[str, float],
+]:
+    """Stage 2 from a stage-1 checkpoint: GRPO (phi none) and GRPO-Difficulty (phi exp).
+
+    Returns, per run: the per-step logs (Figure 3), the reward-probe points, the held-out metrics,
+    and the seconds each part took.
+    """
     grpo_tasks = cfg.grpo_tasks or cfg.phases[-1].tasks
     prompts = generate_samples(
         cfg.grpo_steps * cfg.grpo_prompts,
@@ -281,8 +397,16 @@ def run_demo(cfg: DemoSettings, out: str | os.PathLike = "runs/demo") -> dict[st
         seed=7919 + cfg.seed,
         **cfg.synthetic(),
     )
+    probe_set = generate_samples(
+        cfg.probe_n, tasks=grpo_tasks, image_size=cfg.image_size, seed=20_000 + cfg.seed, **cfg.synthetic()
+    )
     curves: dict[str, list[dict[str, float]]] = {}
-    for phi, label in (("none", "GRPO"), ("exp", "GRPO-Difficulty")):
+    probes: dict[str, list[dict[str, float]]] = {}
+    rows: dict[str, dict[str, float]] = {}
+    times: dict[str, float] = {}
+    labels = {"none": "GRPO", "exp": "GRPO-Difficulty"}
+    for phi in phis:
+        label = labels.get(phi, f"GRPO-Difficulty ({phi})")
         t0 = time.perf_counter()
         L.seed_everything(cfg.seed, verbose=False)
         grpo = GRPOModule(
@@ -296,6 +420,8 @@ def run_demo(cfg: DemoSettings, out: str | os.PathLike = "runs/demo") -> dict[st
             max_completion_length=cfg.max_new_tokens,
             max_new_tokens=cfg.max_new_tokens,
             beta=cfg.beta,
+            scale_rewards=cfg.scale_rewards,
+            loss_type=cfg.loss_type,
             phi=phi,
             prompts_per_step=cfg.grpo_prompts,
             log_completions_every=10,
@@ -311,27 +437,21 @@ def run_demo(cfg: DemoSettings, out: str | os.PathLike = "runs/demo") -> dict[st
             seed=cfg.seed,
         )
         rec = StepRecorder()
-        _trainer(out, f"grpo_{phi}", max_steps=cfg.grpo_steps, callbacks=[rec]).fit(
+        callbacks: list[L.Callback] = [rec]
+        if probe_set:
+            probe = RewardProbe(grpo_data.collator("generate")(probe_set), cfg.probe_every, seed=cfg.seed)
+            callbacks.append(probe)
+        _trainer(out, f"grpo_{phi}", max_steps=cfg.grpo_steps, callbacks=callbacks).fit(
             grpo, datamodule=grpo_data
         )
         curves[label] = rec.steps
+        if probe_set:
+            probes[label] = probe.points
         times[f"grpo_{phi}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         rows[label] = _evaluate(grpo, grpo_data, out, f"grpo_{phi}_eval")
         times[f"grpo_{phi}_eval"] = time.perf_counter() - t0
-    times["total"] = time.perf_counter() - t_all
-
-    summary = {
-        "settings": asdict(cfg),
-        "rows": rows,
-        "grpo_curves": curves,
-        "seconds": {k: round(v, 1) for k, v in times.items()},
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    write_table(rows, cfg.eval_tasks, out)
-    plot_figure3(curves, out / "figure3.png")
-    collect_pictures(out, out / "predictions.png")
-    return summary
+    return curves, probes, rows, times
 
 
 def write_table(rows: dict[str, dict[str, float]], tasks: Sequence[str], out: Path) -> str:
@@ -357,8 +477,13 @@ def write_table(rows: dict[str, dict[str, float]], tasks: Sequence[str], out: Pa
     return text
 
 
-def plot_figure3(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
-    """Paper Figure 3: share of groups per mIoU band over GRPO steps, one panel per run."""
+def plot_figure3(
+    curves: dict[str, list[dict[str, float]]],
+    path: Path,
+    probes: dict[str, list[dict[str, float]]] | None = None,
+) -> None:
+    """Paper Figure 3: share of groups per mIoU band over GRPO steps, one panel per run, with the
+    step's mean reward and (when given) the reward on the fixed probe prompts."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -377,6 +502,15 @@ def plot_figure3(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
         ax.plot(
             xs, [s.get("reward/total_mean", 0.0) / 2 for s in steps], "k--", linewidth=1, label="reward / 2"
         )
+        points = (probes or {}).get(label, [])
+        if points:
+            ax.plot(
+                [p["step"] for p in points],
+                [p["total"] / 2 for p in points],
+                "ks-",
+                markersize=4,
+                label="probe reward / 2",
+            )
         ax.set_title(label)
         ax.set_xlabel("GRPO step")
         ax.set_ylim(0, 1)
@@ -416,14 +550,60 @@ def collect_pictures(out: Path, path: Path, per_stage: int = 4) -> None:
     sheet.save(path)
 
 
+def apply_overrides(cfg: DemoSettings, pairs: Sequence[str]) -> DemoSettings:
+    """``field=value`` strings onto a copy of the settings, the value parsed as the field's type.
+
+    >>> apply_overrides(DemoSettings(), ["grpo_lr=1e-3", "grpo_prompts=8"]).grpo_prompts
+    8
+    """
+    cfg = copy.deepcopy(cfg)
+    names = {f.name for f in fields(cfg)}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or key not in names:
+            raise SystemExit(f"--set {pair!r}: expected field=value with field one of {sorted(names)}")
+        current = getattr(cfg, key)
+        if isinstance(current, bool):
+            value: Any = raw.lower() in ("1", "true", "yes")
+        elif isinstance(current, (int, float, str)):
+            value = type(current)(raw)
+        else:
+            value = json.loads(raw)
+            if isinstance(current, tuple):
+                value = tuple(value)
+        setattr(cfg, key, value)
+    return cfg
+
+
+def run_stage2(cfg: DemoSettings, ckpt: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
+    """Stage 2 only, from an existing stage-1 checkpoint (to study GRPO settings without re-running SFT)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    t_all = time.perf_counter()
+    curves, probes, rows, times = run_grpo_stage(cfg, ckpt, held_out_set(cfg), out, cfg.grpo_phis)
+    times["total"] = time.perf_counter() - t_all
+    return write_outputs(cfg, out, rows, curves, probes, times, stage1_checkpoint=str(ckpt))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m univg.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny budgets: every artefact in about a minute")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a DemoSettings field"
+    )
+    p.add_argument(
+        "--stage1", metavar="CKPT", help="skip base eval and CoT-SFT: run stage 2 from this stage1.ckpt"
+    )
     a = p.parse_args(argv)
     cfg = smoke_settings(a.seed) if a.smoke else DemoSettings(seed=a.seed)
-    summary = run_demo(copy.deepcopy(cfg), a.out)
+    cfg = apply_overrides(cfg, a.set)
+    if a.stage1:
+        summary = run_stage2(cfg, a.stage1, a.out)
+    else:
+        summary = run_demo(copy.deepcopy(cfg), a.out)
     print((Path(a.out) / "table.md").read_text())
     print(f"univg demo: {summary['seconds']['total']:.0f} s; artefacts in {a.out}/")
     return 0
