@@ -7,13 +7,16 @@ output format. Everything goes to ``--out`` (default ``runs/demo``):
 
     table.md / table.csv   per-task Acc@0.5, mean IoU and AVG per stage (paper Tables 4/5 layout),
                            with a constant-box baseline row
-    figure3.png            share of groups with mIoU < 0.3 / 0.3-0.7 / > 0.7 over GRPO steps
+    figure3.png            share of groups with mIoU < 0.3 / 0.3-0.7 / > 0.7 over GRPO steps,
+                           with the step's mean reward and the reward probe (:class:`RewardProbe`)
     predictions.png        held-out predictions with boxes drawn (green truth, red prediction)
-    summary.json           every number above, the settings and the wall times
+    summary.json           every number above, the settings, the probe points and the wall times
     <stage>/version_0/     TensorBoard logs, configs, predictions (``tensorboard --logdir runs/demo``)
 
-    python -m univg.demo --out runs/demo --seed 0          # the full run (about 10 minutes)
+    python -m univg.demo --out runs/demo --seed 0          # the full run (about 13 minutes)
     python -m univg.demo --out runs/demo_smoke --smoke     # every artefact, tiny budgets (CI)
+    python -m univg.demo --stage1 runs/demo/cot_sft/version_0/stage1.ckpt --set grpo_lr=2e-4 --out runs/s2
+                                                           # stage 2 alone, other settings
 """
 
 from __future__ import annotations
@@ -494,29 +497,36 @@ def plot_figure3(
         ("difficulty/miou_0.3_0.7", "0.3-0.7"),
         ("difficulty/miou_gt_0.7", "> 0.7"),
     ]
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6), sharey=True, squeeze=False)
-    for ax, (label, steps) in zip(axes[0], curves.items()):
+    # top row: the paper's Figure 3 (shares of groups); bottom row: rewards on their own scale
+    fig, axes = plt.subplots(
+        2, len(curves), figsize=(5 * len(curves), 6.4), sharex=True, sharey="row", squeeze=False
+    )
+    for col, (label, steps) in enumerate(curves.items()):
+        top, bottom = axes[0][col], axes[1][col]
         xs = [s["step"] for s in steps]
         for key, name in bands:
-            ax.plot(xs, [s.get(key, 0.0) for s in steps], marker="o", markersize=3, label=name)
-        ax.plot(
-            xs, [s.get("reward/total_mean", 0.0) / 2 for s in steps], "k--", linewidth=1, label="reward / 2"
+            top.plot(xs, [s.get(key, 0.0) for s in steps], marker="o", markersize=3, label=name)
+        top.set_title(label)
+        top.set_ylim(0, 1)
+        bottom.plot(
+            xs, [s.get("reward/total_mean", 0.0) for s in steps], "k--", linewidth=1, label="step's prompts"
         )
         points = (probes or {}).get(label, [])
         if points:
-            ax.plot(
+            bottom.plot(
                 [p["step"] for p in points],
-                [p["total"] / 2 for p in points],
+                [p["total"] for p in points],
                 "ks-",
                 markersize=4,
-                label="probe reward / 2",
+                label="fixed probe prompts",
             )
-        ax.set_title(label)
-        ax.set_xlabel("GRPO step")
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
+        bottom.set_xlabel("GRPO step")
+        for ax in (top, bottom):
+            ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("share of groups")
+    axes[1][0].set_ylabel("mean reward (IoU + format)")
     axes[0][-1].legend(loc="upper right", fontsize=8)
+    axes[1][-1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
