@@ -209,12 +209,7 @@ class RewardProbe(L.Callback):
             module.model,
             model_inputs(self.batch),
             module.tokenizer,
-            group_size=g,
-            max_new_tokens=module.max_completion_length,
-            do_sample=True,
-            temperature=module.temperature,
-            top_p=module.top_p,
-            top_k=module.top_k,
+            **module.sampling_kwargs(),
             generator=torch.Generator().manual_seed(self.seed),
         )
         boxes = self.batch["boxes"].repeat_interleave(g, dim=0).tolist()

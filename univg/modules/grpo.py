@@ -200,19 +200,23 @@ class GRPOModule(GroundingModule):
             )
         return self.prompts_per_step // per_step
 
-    @torch.no_grad()
-    def score(self, batch: dict[str, Any]) -> ScoredRollout:
-        """Sample G completions per prompt and compute rewards, advantages, phi, old/ref log-probs."""
-        g = self.group_size
-        t0 = time.perf_counter()
-        sampling = dict(
-            group_size=g,
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """How rollouts are sampled (keyword arguments of :func:`univg.rollout.generate`)."""
+        return dict(
+            group_size=self.group_size,
             max_new_tokens=self.max_completion_length,
             do_sample=True,
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
         )
+
+    @torch.no_grad()
+    def score(self, batch: dict[str, Any]) -> ScoredRollout:
+        """Sample G completions per prompt and compute rewards, advantages, phi, old/ref log-probs."""
+        g = self.group_size
+        t0 = time.perf_counter()
+        sampling = self.sampling_kwargs()
         if self.vllm is None:
             roll = generate(self.model, model_inputs(batch), self.tokenizer, **sampling)
         else:
