@@ -261,16 +261,28 @@ def draw_categorical(weights: torch.Tensor, generator: torch.Generator | None = 
     return (blk * _BLOCK + j).squeeze(1)
 
 
-def _finish(ids: torch.Tensor, tokenizer: Any, inputs: dict[str, torch.Tensor], group_size: int) -> Rollout:
-    """Mask after the first end token, flag truncation, decode. ``ids`` [N, C]."""
+def finish_rollout(
+    ids: torch.Tensor,
+    tokenizer: Any,
+    inputs: Mapping[str, torch.Tensor],
+    group_size: int,
+    lengths: torch.Tensor | None = None,
+) -> Rollout:
+    """Mask after the first end token, flag truncation, decode. ``ids`` [N, C].
+
+    ``lengths`` [N] (optional): each row's own length when the rows were padded to C (a row that
+    stops short without an end token is truncated and masked after its last token).
+    """
     mask = completion_mask(ids)
+    if lengths is not None:
+        mask = mask * (torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None])
     ids = ids.masked_fill(mask == 0, PAD_ID)
     if ids.shape[1] == 0:
         truncated = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     else:
-        last = mask.sum(1).clamp(min=1) - 1
-        end_tok = ids.gather(1, last[:, None]).squeeze(1)
-        truncated = ~torch.isin(end_tok, torch.tensor(EOS_IDS, device=ids.device))
+        kept = mask.sum(1)  # [N]
+        end_tok = ids.gather(1, (kept - 1).clamp(min=0)[:, None]).squeeze(1)  # last kept token
+        truncated = (kept == 0) | ~torch.isin(end_tok, torch.tensor(EOS_IDS, device=ids.device))
     texts = decode_completions(tokenizer, ids, mask)
     return Rollout(dict(inputs), ids, mask, texts, truncated, group_size)
 
@@ -345,7 +357,7 @@ def generate(
             )
     finally:
         model.train(was_training)
-    return _finish(ids, tokenizer, inputs, group_size)
+    return finish_rollout(ids, tokenizer, inputs, group_size)
 
 
 def _generate_hf(

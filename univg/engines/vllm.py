@@ -49,8 +49,7 @@ from univg.rollout import (
     SUPPRESS_IDS,
     Rollout,
     _check_left_padded,
-    completion_mask,
-    decode_completions,
+    finish_rollout,
     images_per_prompt,
 )
 from univg.tokenizer import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, load_image_processor
@@ -234,27 +233,19 @@ def assemble_rollout(
     stops short without one (vLLM's ``max_model_len``) is truncated, masked after its last token.
     Tensors [N, C] with C the longest completion, on the device of ``inputs``.
     """
-    n = len(completions)
+    device = inputs["input_ids"].device
     width = max((len(c) for c in completions), default=0)
-    ids = torch.full((n, width), PAD_ID, dtype=torch.long)
+    ids = torch.full((len(completions), width), PAD_ID, dtype=torch.long)
     for i, c in enumerate(completions):
         ids[i, : len(c)] = torch.as_tensor(list(c), dtype=torch.long)
     lengths = torch.tensor([len(c) for c in completions], dtype=torch.long)
-    mask = completion_mask(ids) * (torch.arange(width)[None] < lengths[:, None])  # [N, C]
-    ids = ids.masked_fill(mask == 0, PAD_ID)
-    kept = mask.sum(1)  # [N]
-    if width:
-        last = ids.gather(1, (kept - 1).clamp(min=0)[:, None]).squeeze(1)  # [N] last kept token
-        truncated = (kept == 0) | ~torch.isin(last, torch.tensor(EOS_IDS))
-    else:
-        truncated = torch.ones(n, dtype=torch.bool)
-    if bool((torch.isin(ids, torch.tensor(SUPPRESS_IDS)) & mask.bool()).any()):
+    roll = finish_rollout(ids.to(device), tokenizer, inputs, group_size, lengths.to(device))
+    suppressed = torch.isin(roll.completion_ids, torch.tensor(SUPPRESS_IDS, device=device))
+    if bool((suppressed & roll.completion_mask.bool()).any()):
         raise RuntimeError(
             "vllm engine: a completion holds a vision placeholder token despite the logit bias"
         )
-    texts = decode_completions(tokenizer, ids, mask)
-    device = inputs["input_ids"].device
-    return Rollout(dict(inputs), ids.to(device), mask.to(device), texts, truncated.to(device), group_size)
+    return roll
 
 
 # --------------------------------------------------------------------------------- weights
