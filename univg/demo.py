@@ -227,7 +227,7 @@ class RewardProbe(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
         step = trainer.global_step
-        if step % self.every == 0 or step >= (trainer.max_steps or 0) > 0:
+        if step % self.every == 0 or 0 < (trainer.max_steps or 0) <= step:  # every N steps and the last
             self.probe(module, step)
 
 
@@ -336,7 +336,7 @@ def run_demo(cfg: DemoSettings, out: str | os.PathLike = "runs/demo") -> dict[st
     times["cot_sft_eval"] = time.perf_counter() - t0
 
     # ---- stage 2: GRPO (phi none) and GRPO-Difficulty (phi exp) from the same checkpoint
-    curves, probes, grpo_rows, grpo_times = run_grpo_stage(cfg, ckpt, test, out, cfg.grpo_phis)
+    curves, probes, grpo_rows, grpo_times = run_grpo_stage(cfg, ckpt, test, out)
     rows.update(grpo_rows)
     times.update(grpo_times)
     times["total"] = time.perf_counter() - t_all
@@ -375,14 +375,14 @@ def run_grpo_stage(
     ckpt: str | os.PathLike,
     test: list[GroundingSample],
     out: Path,
-    phis: Sequence[str] = ("none", "exp"),
 ) -> tuple[
     dict[str, list[dict[str, float]]],
     dict[str, list[dict[str, float]]],
     dict[str, dict[str, float]],
     dict[str, float],
 ]:
-    """Stage 2 from a stage-1 checkpoint: GRPO (phi none) and GRPO-Difficulty (phi exp).
+    """Stage 2 from a stage-1 checkpoint: a run per phi of ``cfg.grpo_phis`` (default GRPO, phi
+    none, and GRPO-Difficulty, phi exp).
 
     Returns, per run: the per-step logs (Figure 3), the reward-probe points, the held-out metrics,
     and the seconds each part took.
@@ -403,7 +403,7 @@ def run_grpo_stage(
     rows: dict[str, dict[str, float]] = {}
     times: dict[str, float] = {}
     labels = {"none": "GRPO", "exp": "GRPO-Difficulty"}
-    for phi in phis:
+    for phi in cfg.grpo_phis:
         label = labels.get(phi, f"GRPO-Difficulty ({phi})")
         t0 = time.perf_counter()
         L.seed_everything(cfg.seed, verbose=False)
@@ -435,15 +435,15 @@ def run_grpo_stage(
             seed=cfg.seed,
         )
         rec = StepRecorder()
-        callbacks: list[L.Callback] = [rec]
+        probe = None
         if probe_set:
             probe = RewardProbe(grpo_data.collator("generate")(probe_set), cfg.probe_every, seed=cfg.seed)
-            callbacks.append(probe)
+        callbacks = [c for c in (rec, probe) if c is not None]
         _trainer(out, f"grpo_{phi}", max_steps=cfg.grpo_steps, callbacks=callbacks).fit(
             grpo, datamodule=grpo_data
         )
         curves[label] = rec.steps
-        if probe_set:
+        if probe is not None:
             probes[label] = probe.points
         times[f"grpo_{phi}"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -586,7 +586,7 @@ def run_stage2(cfg: DemoSettings, ckpt: str | os.PathLike, out: str | os.PathLik
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     t_all = time.perf_counter()
-    curves, probes, rows, times = run_grpo_stage(cfg, ckpt, held_out_set(cfg), out, cfg.grpo_phis)
+    curves, probes, rows, times = run_grpo_stage(cfg, ckpt, held_out_set(cfg), out)
     times["total"] = time.perf_counter() - t_all
     return write_outputs(cfg, out, rows, curves, probes, times, stage1_checkpoint=str(ckpt))
 
@@ -608,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.stage1:
         summary = run_stage2(cfg, a.stage1, a.out)
     else:
-        summary = run_demo(copy.deepcopy(cfg), a.out)
+        summary = run_demo(cfg, a.out)
     print((Path(a.out) / "table.md").read_text())
     print(f"univg demo: {summary['seconds']['total']:.0f} s; artefacts in {a.out}/")
     return 0

@@ -443,7 +443,6 @@ def _select_groups(
 
 def select_prompt_rows(prompt: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
     """The model inputs of the prompts where ``keep`` [B] is true (rows and their images)."""
-
     out = {k: v[keep] for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
     if "pixel_values" in prompt:
         counts = images_per_prompt(prompt["input_ids"])
