@@ -76,7 +76,7 @@ PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
     "zeroshot": {"UniVG-R1 (paper)": {}, "Migician (paper)": {}, "Qwen2-VL-7B (paper)": {}},
 }
 
-REFERENCE_LAYOUTS = ("mig", "refcoco", "zeroshot")
+REFERENCE_LAYOUTS = tuple(PAPER_RESULTS)  # the layouts with rows of other models: mig, refcoco, zeroshot
 
 
 def reference_columns(layout: str) -> tuple[str, ...]:
