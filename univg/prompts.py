@@ -41,6 +41,23 @@ PROMPTS: dict[str, str] = {
     "plain": "{question}",
 }
 
+#: How an answer to a template is scored in training (rewards): "think" is the
+#: ``<think>...</think><answer>(x1, y1), (x2, y2)</answer>`` form; "box" (single-image RefCOCO
+#: prompts, which ask for the box only) accepts a bare ``(x1, y1), (x2, y2)`` anywhere, as the release
+#: scored its COCO prompts. Decided per sample from the sample's own template (the release decided
+#: per batch from the first sample's image path).
+ANSWER_FORMATS: dict[str, str] = {"refcoco_single": "box"}
+
+
+def answer_format(template: str) -> str:
+    """The answer form the rewards expect for a prompt of ``template``: "think" or "box".
+
+    >>> answer_format("refcoco_single"), answer_format("reasoning")
+    ('box', 'think')
+    """
+    return ANSWER_FORMATS.get(_check_name(template), "think")
+
+
 #: Assistant target formats: ``cot`` needs the sample's reasoning; ``auto`` uses it when present.
 TARGET_FORMATS = ("cot", "answer", "auto")
 
