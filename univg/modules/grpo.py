@@ -63,7 +63,9 @@ class GRPOModule(GroundingModule):
 
     Args:
         group_size: G completions per prompt.
-        temperature, top_p, top_k: sampling (top_k 0 = off; the paper samples the full vocabulary).
+        temperature, top_p, top_k: sampling (top_k 0 = off). The release sampled with
+            ``GenerationConfig(do_sample=True, temperature=1)``, so transformers' default ``top_k=50``
+            applied: the paper configs set ``top_k: 50``; 0 samples the full vocabulary.
         max_completion_length: max new tokens per completion.
         beta: KL coefficient (k3 estimator to the reference); 0 skips the reference pass.
         eps_low, eps_high: clipping range of the ratio.
@@ -408,6 +410,7 @@ class GRPOModule(GroundingModule):
             inv = {
                 "lr": float(opt.param_groups[0]["lr"]),
                 "lr_expected": self.lr * self.lr_multiplier(self.global_step),
+                "lr_peak": self.lr,
             }
         t0 = time.perf_counter()
         for it in range(self.num_iterations):
