@@ -65,17 +65,24 @@ def warmup_cosine(
 
 
 def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load the ``model.*`` weights of a univg Lightning checkpoint into ``model`` (strict).
+    """Load the ``model.*`` weights of a univg Lightning checkpoint into ``model`` (strict): a
+    ``.ckpt`` file or the sharded folder an FSDP run writes.
 
     Only the policy is taken (a GRPO checkpoint's ``ref_model.*`` is ignored): the caller's
     reference model, if any, is then a copy of these weights.
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir() and any(path.glob("*.distcp")):
+        # a sharded checkpoint of an FSDP run (e.g. stage 1 on 8 GPUs): read whole, in memory
+        from univg.distributed import read_sharded_checkpoint
+
+        state = read_sharded_checkpoint(path)
+    elif not path.is_file():
         raise FileNotFoundError(
-            f"init_checkpoint {path} does not exist (expected a .ckpt file of a univg run)"
+            f"init_checkpoint {path} does not exist (expected a .ckpt file or sharded checkpoint folder of a univg run)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=False)
     state = state.get("state_dict", state)
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
