@@ -32,7 +32,9 @@ def mig(tmp_path):
     (root / "MIG-Bench").mkdir(parents=True)
     Image.new("RGB", (64, 48), (200, 30, 30)).save(root / "MIG-Bench" / "a.png")
     Image.new("RGB", (32, 32), (30, 30, 200)).save(root / "MIG-Bench" / "b.png")
-    question = "These images share one object in common. Recognize and locate this object in the 2th image. [s:{}]"
+    question = (
+        "These images share one object in common. Recognize and locate this object in the 2th image. [s:{}]"
+    )
     path = write_mig_bench(
         tmp_path / "mig.json",
         ["./MIG-Bench/a.png", "./MIG-Bench/b.png"],
@@ -150,3 +152,19 @@ def test_cot_build_missing_input_is_one_line(mig, tmp_path, capsys):
     assert main(args) == 2
     (line,) = error_lines(capsys.readouterr().err, "univg.cot: error:")
     assert "nope.json" in line
+
+
+# --------------------------------------------------------------------------- univg CLI: config
+
+
+@pytest.mark.parametrize("value", ["null", "None"])
+def test_backbone_checkpoint_null_on_the_command_line_means_no_checkpoint(value):
+    """Switching a config from a hub model to a preset. Before: the string "None", then
+    "checkpoint None does not exist"."""
+    from univg.cli import main
+
+    cfg = str(ROOT / "configs/debug.yaml")
+    key = "--model.init_args.backbone.checkpoint"
+    cli = main(["--config", cfg, key, "some/hub-id", key, value], run=False)
+    assert cli.model.backbone.checkpoint is None
+    assert main(["--config", cfg, key, "some/hub-id"], run=False).model.backbone.checkpoint == "some/hub-id"
