@@ -168,3 +168,168 @@ def test_backbone_checkpoint_null_on_the_command_line_means_no_checkpoint(value)
     cli = main(["--config", cfg, key, "some/hub-id", key, value], run=False)
     assert cli.model.backbone.checkpoint is None
     assert main(["--config", cfg, key, "some/hub-id"], run=False).model.backbone.checkpoint == "some/hub-id"
+
+
+DEBUG = str(ROOT / "configs/debug.yaml")
+GRPO = str(ROOT / "configs/grpo_diff_debug.yaml")
+
+
+def write_checkpoint(path: Path, truncate: bool = False) -> Path:
+    """A ``torch.save`` file shaped like a Lightning checkpoint; ``truncate`` keeps its first half
+    (what a full disk or an interrupted copy leaves)."""
+    import torch
+
+    torch.save({"state_dict": {"model.w": torch.zeros(64, 64)}, "global_step": 3}, path)
+    if truncate:
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def univg_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """id -> (command line, what the one error line must say)."""
+    garbage = tmp / "garbage.ckpt"
+    garbage.write_bytes(b"this is not a checkpoint\n" * 10)
+    truncated = write_checkpoint(tmp / "truncated.ckpt", truncate=True)
+    missing = str(tmp / "nope.json")
+    return {
+        "group_size_1": (
+            ["fit", "--config", GRPO, "--model.init_args.group_size", "1"],
+            ["model (univg.modules.GRPOModule):", "group_size must be >= 2", "got 1"],
+        ),
+        "unknown_phi": (
+            ["fit", "--config", GRPO, "--model.init_args.phi", "expp"],
+            ["model (univg.modules.GRPOModule):", "phi", "'expp'"],
+        ),
+        "unknown_preset": (
+            ["fit", "--config", DEBUG, "--model.init_args.backbone.preset", "qwen9"],
+            ["model.init_args.backbone.preset:", "qwen9"],
+        ),
+        "unknown_key": (["fit", "--config", DEBUG, "--model.init_args.lrr", "2"], ["model.init_args.lrr:"]),
+        "wrong_type": (
+            ["fit", "--config", DEBUG, "--data.init_args.batch_size", "four"],
+            ["data.init_args.batch_size:", "four"],
+        ),
+        "batch_size_0": (
+            ["fit", "--config", DEBUG, "--data.init_args.batch_size", "0"],
+            ["data (univg.data.SyntheticDataModule):", "batch_size must be >= 1, got 0"],
+        ),
+        "eval_batch_size_0": (
+            ["test", "--config", DEBUG, "--data.init_args.eval_batch_size", "0"],
+            ["data (univg.data.SyntheticDataModule):", "eval_batch_size must be >= 1, got 0"],
+        ),
+        "max_new_tokens_0": (
+            ["test", "--config", DEBUG, "--model.init_args.max_new_tokens", "0"],
+            ["model (univg.modules.SFTModule):", "max_new_tokens must be >= 1, got 0"],
+        ),
+        "missing_config": (["fit", "--config", missing], ["config:", missing]),
+        "missing_train_file": (
+            ["fit", "--config", DEBUG, "--data", "univg.data.CoTSFTDataModule", "--data.train_file", missing],
+            [f"data.init_args.train_file: {missing} does not exist"],
+        ),
+        "missing_image_root": (
+            ["fit", "--config", DEBUG, "--data", "univg.data.CoTSFTDataModule", "--data.image_root", missing],
+            [f"data.init_args.image_root: {missing} does not exist"],
+        ),
+        "garbage_ckpt_path": (
+            ["fit", "--config", DEBUG, "--ckpt_path", str(garbage)],
+            [f"--ckpt_path {garbage}: not a readable checkpoint"],
+        ),
+        "truncated_ckpt_path": (
+            ["fit", "--config", DEBUG, "--ckpt_path", str(truncated)],
+            [f"--ckpt_path {truncated}: not a readable checkpoint"],
+        ),
+        "missing_ckpt_path": (
+            ["test", "--config", DEBUG, "--ckpt_path", str(tmp / "gone.ckpt")],
+            [f"--ckpt_path {tmp / 'gone.ckpt'}: no such file"],
+        ),
+        "truncated_init_checkpoint": (
+            ["test", "--config", DEBUG, "--model.init_args.init_checkpoint", str(truncated)],
+            [f"model.init_args.init_checkpoint {truncated}: not a readable checkpoint"],
+        ),
+        "garbage_init_checkpoint": (
+            ["test", "--config", DEBUG, "--model.init_args.init_checkpoint", str(garbage)],
+            [f"model.init_args.init_checkpoint {garbage}: not a readable checkpoint"],
+        ),
+    }
+
+
+CASES = [
+    "group_size_1", "unknown_phi", "unknown_preset", "unknown_key", "wrong_type", "batch_size_0",
+    "eval_batch_size_0", "max_new_tokens_0", "missing_config", "missing_train_file", "missing_image_root",
+    "garbage_ckpt_path", "truncated_ckpt_path", "missing_ckpt_path", "truncated_init_checkpoint",
+    "garbage_init_checkpoint",
+]  # fmt: skip
+
+
+def test_every_case_is_run(tmp_path):
+    assert sorted(univg_cases(tmp_path)) == sorted(CASES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_univg_cli_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monkeypatch):
+    from univg.cli import main
+
+    monkeypatch.delenv("UNIVG_DEBUG", raising=False)
+    args, expected = univg_cases(tmp_path)[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = error_lines(err, "univg: error:")
+    assert len(lines) == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == lines[0]  # the last word, nothing after it
+    assert "Traceback" not in err and "weights_only" not in err
+    for text in expected:
+        assert text in lines[0], lines[0]
+
+
+def test_univg_cli_one_line_from_the_shell_and_traceback_on_request(tmp_path):
+    """The real entry point: exit status 2 and a short stderr (before: 74 lines of chained
+    tracebacks); UNIVG_DEBUG=1 shows the traceback."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "univg", "fit", "--config", GRPO, "--model.init_args.group_size", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("UNIVG_DEBUG", None)
+    out = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith("univg: error: model (univg.modules.GRPOModule)")
+    assert len(out.stderr.strip().splitlines()) <= 3, out.stderr  # at most Lightning's "Seed set" notes
+    debug = subprocess.run(
+        args, cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**env, "UNIVG_DEBUG": "1"}
+    )
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+    assert "group_size must be >= 2" in debug.stderr
+
+
+def test_load_model_weights_names_a_truncated_file(tmp_path, tiny_model):
+    from univg.checkpoints import CheckpointError
+    from univg.modules.base import load_model_weights
+
+    truncated = write_checkpoint(tmp_path / "t.ckpt", truncate=True)
+    with pytest.raises(CheckpointError, match=f"init_checkpoint {truncated}: not a readable checkpoint"):
+        load_model_weights(tiny_model, truncated)
+
+
+# --------------------------------------------------------------------------- reports merge
+
+
+def test_reports_merge_names_a_corrupt_results_file_and_the_position(tmp_path, capsys):
+    from univg.reports import main
+
+    run = tmp_path / "runs" / "a" / "version_0"
+    run.mkdir(parents=True)
+    bad = run / "results_test.json"
+    bad.write_text('{"run": "a", "benchmark": "mig_bench",\n "metrics": {"avg": 0.5,')  # cut short
+    assert main(["merge", "--runs", str(tmp_path / "runs"), "--layout", "mig"]) == 2
+    (line,) = error_lines(capsys.readouterr().err, "univg.reports: error:")
+    assert (
+        line
+        == f"univg.reports: error: {bad}: not valid JSON at line 2, column 25 (Expecting property name enclosed in double quotes)"
+    )
+    bad.write_text("[1, 2]")
+    assert main(["merge", "--runs", str(bad), "--layout", "mig"]) == 2
+    assert f"{bad}: expected a results object, got a JSON list" in capsys.readouterr().err
