@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,3 +145,71 @@ def test_sigint_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeats_
     theirs = _weights(next((tmp_path / "b" / "run" / "version_0" / "checkpoints").glob("epoch=*.ckpt")))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+class _Toy(L.LightningModule):
+    """A linear model on fixed data; each entry of ``interrupt_at`` (a batch index) sends one SIGINT
+    to this process from inside ``training_step`` (mid-step, where a user's Ctrl+C usually lands)."""
+
+    def __init__(self, interrupt_at: tuple[int, ...] = ()) -> None:
+        import torch
+
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.interrupt_at = interrupt_at
+
+    def training_step(self, batch, batch_idx):
+        import signal
+
+        for _ in range(self.interrupt_at.count(batch_idx)):
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.layer(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        import torch
+
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        import torch
+
+        return torch.utils.data.DataLoader(torch.arange(64.0).reshape(16, 4), batch_size=1)
+
+
+@pytest.mark.parametrize(
+    ("accumulate", "interrupt_at", "saved_step"),
+    [
+        (1, (2,), 3),  # mid-step 3: that step finishes, then the save
+        (2, (2,), 2),  # first micro-batch of step 2: its window closes (batch 3), then the save
+        (1, (2, 2), 2),  # a second Ctrl+C stops at once, inside step 3: nothing is saved
+    ],
+)
+def test_checkpoint_on_interrupt_saves_at_the_next_step_boundary(
+    tmp_path, accumulate, interrupt_at, saved_step
+):
+    import signal
+
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from univg.callbacks import CheckpointOnInterrupt
+
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_steps=6, accumulate_grad_batches=accumulate, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt"), CheckpointOnInterrupt()],
+    )  # fmt: skip
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as stop:  # Lightning's exit after a KeyboardInterrupt
+            trainer.fit(_Toy(interrupt_at))
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning leaves SIGINT ignored after an interrupt
+    assert stop.value.code == 1
+    last = tmp_path / "ckpt" / "last.ckpt"
+    if len(interrupt_at) > 1:
+        assert not last.exists() and trainer.global_step == saved_step
+        return
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == saved_step == trainer.global_step
+    assert torch.equal(state["state_dict"]["layer.weight"], trainer.lightning_module.layer.weight.detach())
