@@ -155,7 +155,7 @@ def _build(args: argparse.Namespace) -> int:
     record = {**report.as_dict(), "max_failure_share": args.max_failure_share, "failure": failure}
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
-    print(report.summary(), file=sys.stderr)
+    print(report.summary(causes=failure is None), file=sys.stderr)
     if report.accepted == 0:
         # No empty training file: a pipeline must not go on to train on nothing.
         print(f"univg.cot: error: {failure}; {out} not written; causes in {report_path}", file=sys.stderr)

@@ -126,8 +126,9 @@ class BuildReport:
         out["cost"] = self.cost
         return out
 
-    def summary(self) -> str:
-        """Human-readable report (several lines)."""
+    def summary(self, causes: bool = True) -> str:
+        """Human-readable report (several lines); ``causes=False`` leaves out the failure causes
+        (printed after the error line instead, when the run failed)."""
         lines = [
             f"samples in {self.samples_in}, accepted {self.accepted}, rejected {sum(self.rejected.values())}"
             + (" (interrupted)" if self.interrupted else ""),
@@ -143,7 +144,7 @@ class BuildReport:
             f"calls {self.calls} (cache hits {self.cache_hits}), HTTP requests {self.requests}, "
             f"retries {self.retries}, failed calls {self.failed_calls}"
         )
-        if self.causes:
+        if causes and self.causes:
             lines.append("failure causes (count x cause):")
             lines.append(self.causes_text())
         lines.append(
