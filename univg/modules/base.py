@@ -12,6 +12,7 @@ import torch
 
 from univg.backbone import BackboneSpec, count_parameters
 from univg.boxes import parse_answer
+from univg.checkpoints import CheckpointError, check_checkpoint, unreadable
 from univg.evaluation import (
     append_jsonl,
     count_reasons,
@@ -82,7 +83,13 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
             f"init_checkpoint {path} does not exist (expected a .ckpt file or sharded checkpoint folder of a univg run)"
         )
     else:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        check_checkpoint(path, "init_checkpoint")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # torch's errors neither name the file nor say what is wrong with it
+            raise unreadable(path, "init_checkpoint", err) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"init_checkpoint {path}: holds a {type(state).__name__}, not a checkpoint")
     state = state.get("state_dict", state)
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
@@ -147,6 +154,8 @@ class GroundingModule(L.LightningModule):
         pictures_dir: str | None = None,
     ) -> None:
         super().__init__()
+        if max_new_tokens < 1:  # nothing generated: every sample would score 0 and the run "pass"
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         self.backbone = backbone or BackboneSpec()
