@@ -659,9 +659,14 @@ def shared_prefix_allowed(model: nn.Module, training: bool = True) -> bool:
     follows this answer for them so that policy, old policy and reference use the same arithmetic.
     """
     hf = _hf_model(model)
-    checkpointing = bool(
-        getattr(hf, "is_activation_checkpointing", getattr(hf, "is_gradient_checkpointing", False))
+    # is_gradient_checkpointing is deprecated in transformers 5 (a warning on each read): ask for it
+    # only where the newer name is missing
+    name = (
+        "is_activation_checkpointing"
+        if hasattr(hf, "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
     )
+    checkpointing = bool(getattr(hf, name, False))
     return not ((checkpointing and training) or _is_fsdp(model))
 
 
