@@ -399,3 +399,43 @@ def test_validate_sample_names_field():
     s.box, s.images = Box(0.1, 0.1, 0.2, 0.2), []
     with pytest.raises(SampleError, match="field 'images'"):
         validate_sample(s)
+
+
+# ---- stage-1 targets: the file's assistant text, verbatim -------------------------------------------
+
+
+def test_cot_sft_targets_are_the_files_text_verbatim(tmp_path):
+    from univg.prompts import target_text
+
+    spaced = "<think>\n  The cup is left of the plate.\n</think>\n\n<answer>(120, 340), (560, 780)</answer>"
+    tight = "<think>a</think><answer>(120,340),(560,780)</answer>"
+    bare = " (5, 6), (700, 800)"
+    over = "<think>b</think><answer>(120, 340), (1040, 780)</answer>"  # 1040: clamped to the frame
+    recs = [cot_rec(0), cot_rec(1), cot_rec(2), cot_rec(3)]
+    for rec, text in zip(recs, (spaced, tight, bare, over)):
+        rec["messages"][1]["content"] = text
+    recs[2]["images"] = ["coco/train2014/COCO_1.jpg"]
+    recs[2]["messages"][0]["content"] = "<image>" + render_prompt("refcoco_single", "the cup")
+    out = read_cot_sft(write(tmp_path / "cot.json", recs))
+    a, b, c, d = out
+    assert (a.target, b.target, c.target, d.target) == (spaced, tight, bare, None)
+    assert a.reasoning == "\n  The cup is left of the plate.\n" and c.reasoning is None
+    assert c.box == Box(0.005, 0.006, 0.7, 0.8) and c.meta["source_kind"] == "coco"
+    assert out.report.notes["target_rerendered_box_fixed"] == 1 and d.meta["clamped"]
+    # cot / auto: the text as written; answer: coordinates only, re-rendered from the box
+    assert (
+        target_text(a, "cot") == spaced and target_text(b, "auto") == tight and target_text(c, "auto") == bare
+    )
+    assert target_text(a, "answer") == "<answer>(120, 340), (560, 780)</answer>"
+    assert target_text(c, "answer") == "<answer>(5, 6), (700, 800)</answer>"
+    with pytest.raises(SampleError, match="field 'reasoning'"):
+        target_text(c, "cot")  # no reasoning in a bare-box record: 'cot' asks for one
+    # a box the reader had to fix is rendered from the fixed box (the file's text still has 1040)
+    assert target_text(d, "cot") == "<think>b</think><answer>(120, 340), (999, 780)</answer>"
+    # another coordinate frame cannot use the 0-1000 text: re-rendered in that frame
+    assert target_text(a, "cot", "pixels", (200, 100)) == (
+        "<think>\n  The cup is left of the plate.\n</think><answer>(24, 34), (112, 78)</answer>"
+    )
+    # written back, the same texts
+    again = read_cot_sft(tmp_path / "again.json") if write_cot_sft(out, tmp_path / "again.json") else None
+    assert [s.target for s in again[:3]] == [spaced, tight, bare]

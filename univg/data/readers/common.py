@@ -359,7 +359,7 @@ def run_reader(
     fmt: str,
     parse: Callable[[Record], Iterable[GroundingSample]],
     skip_invalid: bool = False,
-    degenerate: str = "keep",
+    degenerate: DegeneratePolicy = "keep",
     fields: Mapping[str, Sequence[str]] | None = None,
 ) -> SampleList:
     """Run ``parse`` over every record of ``path`` and apply the error/skip policy.
