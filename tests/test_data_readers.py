@@ -439,3 +439,33 @@ def test_cot_sft_targets_are_the_files_text_verbatim(tmp_path):
     # written back, the same texts
     again = read_cot_sft(tmp_path / "again.json") if write_cot_sft(out, tmp_path / "again.json") else None
     assert [s.target for s in again[:3]] == [spaced, tight, bare]
+
+
+def test_stage2_writer_round_trip_detects_coco_by_path(tmp_path):
+    """Synthetic samples written in the release's stage-2 layout read back as the same prompts and
+    boxes; single-image samples saved under coco/train2014 are detected as COCO records."""
+    from dataclasses import replace
+
+    from univg.data import write_stage2_rl
+    from univg.data.synthetic import generate_samples
+    from univg.prompts import answer_coords
+
+    multi = generate_samples(3, tasks=["diff", "common_object"], image_size=56, seed=1)
+    single = [
+        replace(s, prompt_template="refcoco_single") for s in generate_samples(2, tasks=["single"], seed=2)
+    ]
+    assert write_stage2_rl(multi, tmp_path / "a.json", image_dir=tmp_path / "img") == 3
+    write_stage2_rl(single, tmp_path / "b.json", image_dir=tmp_path / "coco" / "train2014")
+    records = json.loads((tmp_path / "a.json").read_text()) + json.loads((tmp_path / "b.json").read_text())
+    (tmp_path / "stage2.json").write_text(json.dumps(records))
+    first = records[0]
+    assert first["question"] == "<image><image>" + multi[0].question and first["answer"] == list(
+        answer_coords(multi[0])
+    )
+    out = read_stage2_rl(tmp_path / "stage2.json")
+    assert [s.meta["source_kind"] for s in out] == ["mgrounding"] * 3 + ["coco"] * 2
+    assert out.report.notes == {"source_kind:coco": 2, "source_kind:mgrounding": 3}
+    for written, read in zip(multi + single, out):
+        assert read.question == written.question.strip() and answer_coords(read) == answer_coords(written)
+        assert read.prompt_template == ("refcoco_single" if written in single else None)
+        assert [Image.open(p).size for p in read.images] == [im.size for im in written.images]

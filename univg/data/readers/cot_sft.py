@@ -25,26 +25,24 @@ or corner swap): then the target is re-rendered from the fixed box (counted as
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from univg.boxes import parse_answer
 from univg.data.readers.common import (
     DegeneratePolicy,
     Record,
     detect_source,
+    image_paths,
     note_source,
     question_sample,
     run_reader,
+    write_records,
 )
 from univg.data.readers.mgrounding import prompt_and_answer
-from univg.data.schema import GroundingSample, SampleList, sample_error
+from univg.data.schema import GroundingSample, SampleList
 from univg.prompts import render_prompt, split_prompt, split_target, target_text
 
 # A whole assistant turn that is one box and nothing else (RefCOCO records of the stage-1 file).
@@ -129,10 +127,6 @@ def read_cot_sft(
     return run_reader(path, "cot_sft", lambda rec: _parse(rec, image_root), skip_invalid, degenerate)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
 def cot_record(
     sample: GroundingSample,
     prompt_template: str = "reasoning",
@@ -140,19 +134,7 @@ def cot_record(
     image_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """One record of the format above. In-memory images are saved as PNG under ``image_dir``."""
-    paths = []
-    for i, img in enumerate(sample.images):
-        if isinstance(img, Image.Image):
-            if image_dir is None:
-                raise sample_error(
-                    sample.where(), f"images[{i}]", "a path (pass image_dir to save in-memory images)"
-                )
-            out = Path(image_dir) / f"{_safe(sample.id)}_{i}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            img.save(out)
-            paths.append(str(out))
-        else:
-            paths.append(img)
+    paths = image_paths(sample, image_dir)
     user = "<image>" * len(paths) + render_prompt(sample.prompt_template or prompt_template, sample.question)
     return {
         "id": sample.id,
@@ -179,14 +161,4 @@ def write_cot_sft(
     ``<think>`` only for samples that carry reasoning (see :func:`univg.prompts.target_text`).
     """
     records = [cot_record(s, prompt_template, target_format, image_dir) for s in samples]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        else:
-            json.dump(records, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)  # a half-written file never replaces a good one
-    return len(records)
+    return write_records(records, path)
