@@ -436,6 +436,13 @@ def test_cot_sft_targets_are_the_files_text_verbatim(tmp_path):
     assert target_text(a, "cot", "pixels", (200, 100)) == (
         "<think>\n  The cup is left of the plate.\n</think><answer>(24, 34), (112, 78)</answer>"
     )
+    # no target_index in the record: the question's last image mention names the target image
+    three = cot_rec(9, images=["x/1.jpg", "x/2.jpg", "x/3.jpg"])
+    three["messages"][0]["content"] = (
+        "<image><image><image>The cup of the first image, in the 2th image." + SUFFIX
+    )
+    (e,) = read_cot_sft(write(tmp_path / "three.json", [three]))
+    assert (e.target_index, e.target_rule) == (1, "question:ordinal")
     # written back, the same texts
     again = read_cot_sft(tmp_path / "again.json") if write_cot_sft(out, tmp_path / "again.json") else None
     assert [s.target for s in again[:3]] == [spaced, tight, bare]

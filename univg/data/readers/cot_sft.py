@@ -5,7 +5,8 @@ A JSON list (or JSONL) of records::
     {"id": str, "task": str, "images": [paths],
      "messages": [{"role": "user", "content": "<image><image>question..."},
                   {"role": "assistant", "content": "<think>...</think><answer>(x1, y1), (x2, y2)</answer>"}],
-     "target_index": int}          # optional, default: the last image
+     "target_index": int}          # optional, default: the question's last image mention
+                                   # ("... in the 3th image"), else the last image
 
 LLaMA-Factory's ``conversations: [{"from": "human"|"gpt", "value": ...}]`` is accepted too.
 Answer coordinates are in the Qwen2-VL 0-1000 frame. The user text is the *rendered* prompt; the
@@ -39,6 +40,7 @@ from univg.data.readers.common import (
     note_source,
     question_sample,
     run_reader,
+    target_from_question,
     write_records,
 )
 from univg.data.readers.mgrounding import prompt_and_answer
@@ -70,6 +72,19 @@ def answer_box(answer: str) -> tuple[str | None, tuple[int, ...]] | None:
     return (None, tuple(int(v) for v in bare.groups())) if bare else None
 
 
+def _target(rec: Record, question: str, n_images: int) -> tuple[int, str]:
+    """The record's ``target_index`` when it has one; else, as the other multi-image readers, the
+    question's last image mention ("... in the 3th image"); else the last image."""
+    if isinstance(rec.raw, dict) and rec.raw.get("target_index") is not None:
+        rec.map_field("target_index", "target_index")
+        index = rec.get("target_index", expected=f"an int in [0, {n_images})", types=int)
+        return index, "record:target_index"
+    mention = target_from_question(question)
+    if mention is not None and mention[0] < n_images:
+        return mention
+    return n_images - 1, "default:last"
+
+
 def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingSample]:
     images = rec.str_list("images", "image")
     rec.map_field("images", "images", "image")
@@ -84,15 +99,8 @@ def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingS
         )
     reasoning, coords = found
     box, meta = rec.box(coords, answer_field, rec.id, frame="qwen2-vl")
-    if isinstance(rec.raw, dict) and rec.raw.get("target_index") is not None:
-        target, rule = (
-            rec.get("target_index", expected=f"an int in [0, {len(images)})", types=int),
-            "record:target_index",
-        )
-        rec.map_field("target_index", "target_index")
-    else:
-        target, rule = len(images) - 1, "default:last"
     template, question = split_prompt(text)
+    target, rule = _target(rec, question, len(images))
     meta.update(note_source(rec, *detect_source(images, template, has_reasoning=reasoning is not None)))
     verbatim: str | None = answer
     if meta.get("clamped") or meta.get("swapped"):
