@@ -1,14 +1,15 @@
-"""Callbacks that make runs comparable in TensorBoard.
+"""Callbacks that make runs comparable in TensorBoard (or any other Lightning logger).
 
 :class:`HParamsLogger` writes the run's resolved configuration (the knobs that differ between the
-rows of the paper's tables: method, phi, lr, data counts, backbone, ...) as TensorBoard
-hyper-parameters, with the evaluation metrics registered as HParams columns, so the HParams view
-lines up the grid. Add it to a run with ``--trainer.callbacks+=univg.callbacks.HParamsLogger``
+rows of the paper's tables: method, phi, lr, data counts, backbone, ...) as hyper-parameters of
+every logger of the run; TensorBoard also gets the evaluation metrics registered as HParams
+columns, so the HParams view lines up the grid. Add it to a run with ``--trainer.callbacks+=univg.callbacks.HParamsLogger``
 (the Make grid does this for every row).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -90,6 +91,20 @@ def training_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def takes_metrics(logger: Any) -> bool:
+    """Whether ``logger.log_hyperparams`` accepts ``metrics=`` (TensorBoard does; CSV, W&B, MLflow do not).
+
+    >>> from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    >>> takes_metrics(TensorBoardLogger("runs")), takes_metrics(CSVLogger("runs"))
+    (True, False)
+    """
+    try:
+        params = inspect.signature(logger.log_hyperparams).parameters
+    except (TypeError, ValueError):  # a C-level or otherwise opaque callable: do not guess
+        return False
+    return "metrics" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 class HParamsLogger(Callback):
     """Log the resolved config as hyper-parameters (rank 0) with :data:`HPARAM_METRICS` as columns.
 
@@ -109,8 +124,12 @@ class HParamsLogger(Callback):
         params = run_hparams(config)
         params.update(training_hparams(config))
         params["run"] = str(getattr(trainer.logger, "name", "") or "")
-        params["stage"] = stage
-        trainer.logger.log_hyperparams(params, metrics={m: math.nan for m in self.metrics})
+        params["stage"] = str(getattr(stage, "value", stage))  # "fit", not the enum (CSV writes its name)
+        for logger in trainer.loggers:
+            if takes_metrics(logger):
+                logger.log_hyperparams(params, metrics={m: math.nan for m in self.metrics})
+            else:  # CSV, W&B, MLflow: plain hyper-parameters (they have no HParams columns to register)
+                logger.log_hyperparams(params)
         self._done = True
 
     @staticmethod
@@ -124,4 +143,4 @@ class HParamsLogger(Callback):
         return {"model": {"init_args": dict(pl_module.hparams)}}
 
 
-__all__ = ["HPARAM_METRICS", "HParamsLogger", "flatten", "run_hparams", "training_hparams"]
+__all__ = ["HPARAM_METRICS", "HParamsLogger", "flatten", "run_hparams", "takes_metrics", "training_hparams"]
