@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(SUBCOMMANDS[args[0]](args[1:]))
     from univg.cli import main as cli_main
 
-    cli_main(args)
+    # None lets LightningCLI read sys.argv itself (given both, it warns that they might differ)
+    cli_main(None if argv is None else args)
 
 
 if __name__ == "__main__":
