@@ -251,3 +251,31 @@ def test_bad_inputs_name_the_problem(full_run, tmp_path, capsys):
         main([str(tmp_path / "folder"), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "x")]) == 2
     )
     assert "x does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lora_run_on_a_base_checkpoint_exports_as_a_peft_adapter(tmp_path_factory, tmp_path):
+    from peft import PeftModel
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from univg.backbone import BackboneSpec
+    from univg.export import export_checkpoint
+    from univg.tokenizer import load_processor
+
+    base = tmp_path / "base"  # a local "Hub" checkpoint the LoRA run starts from
+    torch.manual_seed(0)
+    BackboneSpec().build().save_pretrained(base)
+    load_processor().save_pretrained(base)
+    ckpt, run = debug_fit(
+        tmp_path_factory.mktemp("lora_base"),
+        f"--model.init_args.backbone.checkpoint={base}",
+        "--model.init_args.backbone.lora={r: 4, alpha: 8, dropout: 0.0, target_modules: [q_proj, v_proj]}",
+    )
+    out = export_checkpoint(ckpt, tmp_path / "adapter")
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(base) and (out / "adapter_model.safetensors").is_file()
+    assert (out / "generation_config.json").is_file() and (out / "tokenizer.json").is_file()
+    model = PeftModel.from_pretrained(Qwen2VLForConditionalGeneration.from_pretrained(base), out).eval()
+    _, theirs = project_logits(model)
+    _, ours = project_logits(project_model(ckpt, run))
+    torch.testing.assert_close(theirs, ours, atol=0, rtol=0)
