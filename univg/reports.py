@@ -13,7 +13,7 @@ merged into one table by :func:`merge_results` (``python -m univg.reports merge`
 - ``zeroshot``: Table 2, LISA-Grounding val/test, LLMSeg, ReasonVOS, ReVOS + AVG;
 - ``refcoco``: Table 3, RefCOCO/+/g in 8 splits + AVG (one run per split, same run name);
 - ``table4`` / ``table5`` / ``table6``: the ablations (stages, phi, 2B): MIG-Bench columns, AVG and
-  the paper's AVG for the run whose name matches a row id of DESIGN.md section 5.
+  the paper's AVG for the run whose name matches a row id of docs/design.md section 5.
 
 Each table also shows the paper's rows in full (all models of Tables 1-3, every ablation row of
 Tables 4-6), from ``paper_results.json`` beside this module (the UniVG-R1 paper, arXiv 2505.14231).

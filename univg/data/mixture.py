@@ -142,7 +142,7 @@ def mixture_table(rows: Sequence[tuple[str, str, int, int, Mapping[str, int]]]) 
 class MixtureDataModule(GroundingDataModule):
     """Train on a seeded mixture of ``sources``; optional val/test sources (drawn the same way).
 
-    Example (stage 1, DESIGN section 5)::
+    Example (stage 1, docs/design.md section 5)::
 
         data:
           class_path: univg.data.MixtureDataModule

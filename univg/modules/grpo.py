@@ -31,7 +31,7 @@ from univg.modules.base import GroundingModule
 from univg.rewards import compute_rewards, reward_stats
 from univg.rollout import Rollout, completion_logprobs, generate, images_per_prompt, model_inputs
 
-ACCURACY = "accuracy"  # the reward whose group mean is mIoU (DESIGN.md section 4)
+ACCURACY = "accuracy"  # the reward whose group mean is mIoU (docs/design.md section 4)
 
 
 @dataclass
@@ -49,7 +49,7 @@ class ScoredRollout:
 
 
 class GRPOModule(GroundingModule):
-    """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. DESIGN.md section 4 is the spec.
+    """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. docs/design.md section 4 is the spec.
 
     Args:
         group_size: G completions per prompt.
