@@ -1,7 +1,7 @@
 """Sampling completions and scoring their tokens (log-probs) with a Qwen2-VL policy.
 
 Prompt batches are LEFT padded, so every prompt ends at the same position P and completions start
-at P. Two kinds of work are shared across the G completions of a prompt (DESIGN.md section 8):
+at P. Two kinds of work are shared across the G completions of a prompt (docs/design.md section 8):
 
 - **generation** (``engine="shared"``, the default for G > 1): each prompt's images are encoded
   once and the prompt prefilled once; the KV cache (and the per-row M-RoPE offset) is then

@@ -43,7 +43,7 @@ from univg.rollout import (
     shared_prefix_allowed,
 )
 
-ACCURACY = "accuracy"  # the reward whose group mean is mIoU (DESIGN.md section 4)
+ACCURACY = "accuracy"  # the reward whose group mean is mIoU (docs/design.md section 4)
 
 
 @dataclass
@@ -61,7 +61,7 @@ class ScoredRollout:
 
 
 class GRPOModule(GroundingModule):
-    """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. DESIGN.md section 4 is the spec.
+    """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. docs/design.md section 4 is the spec.
 
     Args:
         group_size: G completions per prompt.

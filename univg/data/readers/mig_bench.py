@@ -3,7 +3,7 @@
 Record: ``task``, ``images`` (paths), ``question``, ``answer`` (normalised xyxy floats),
 ``additional_info``, ``need_format``. Records have no id; ours is ``<file stem>-<index>``.
 
-Target image rules (DESIGN section 6), checked on all 4,295 records of ``MIG_data.json``:
+Target image rules (docs/design.md section 6), checked on all 4,295 records of ``MIG_data.json``:
 
 | rule | tasks | how |
 |---|---|---|
