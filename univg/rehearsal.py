@@ -4,7 +4,8 @@ Stage 1 (``configs/cot_sft.yaml``) -> stage 2 (``configs/grpo_diff.yaml``) -> ev
 (``configs/eval/mig_bench.yaml``), each layered with ``configs/fsdp/7b_8gpu.yaml`` exactly as a user
 runs them on 8 GPUs. Only these are swapped: the preset (tiny, loaded from a checkpoint folder this
 script writes), the devices (2 CPU processes over gloo), the data paths and the step budget (the
-size of the data, 2 prompts per process per optimiser step where the config has 16 over 8 GPUs,
+size of the data, 1 prompt (8 completions) per process per optimiser step where the config has
+2 per GPU,
 validation once at the end of stage 1 instead of every 100-500 steps). Precision (bf16 compute under FSDP, fp32 master weights), gradient
 checkpointing, schedules, full fine-tuning with a frozen reference, G, lengths and sampling stay as
 the configs write them.
@@ -177,8 +178,8 @@ class Plan:
 
     procs: int = 2
     stage1_records: int = 12  # batch 1 per device x 2 devices x accumulate 3 -> 2 optimiser steps
-    stage2_records: int = 8  # 4 prompts per step (2 per process) -> 2 optimiser steps
-    stage2_prompts_per_step: int = 4
+    stage2_records: int = 4  # 2 prompts per step (1 per process, G 8 completions each) -> 2 steps
+    stage2_prompts_per_step: int = 2
     eval_records: int = 4
 
     @property
@@ -232,40 +233,40 @@ def _fit_budget() -> list[str]:
     return ["--trainer.val_check_interval", "1.0", "--trainer.num_sanity_val_steps", "0"]
 
 
-def run(out: Path, plan: Plan) -> list[tuple[str, bool, str]]:
+def run(out: Path, plan: Plan, keep: bool = False) -> list[tuple[str, bool, str]]:
+    """Write the inputs, run the three stages (``keep``: reuse a stage whose output exists), check."""
     out.mkdir(parents=True, exist_ok=True)
     ckpt = write_checkpoint(out / "Qwen2-VL-tiny-Instruct")
     data = write_data(out / "data", plan.stage1_records, plan.stage2_records, plan.eval_records)
     images = str(out / "data" / "images")
     val = ["--data.init_args.val_file", str(data["mig"]), "--data.init_args.eval_image_root", images]
-    timings = {}
-    timings["stage 1"] = _cli(
-        "fit --config configs/cot_sft.yaml",
-        _common(ckpt, out, "stage1", plan.procs)
-        + _fit_budget()
-        + ["--data.init_args.train_file", str(data["stage1"]), "--data.init_args.image_root", images]
-        + val,
-        out / "stage1.log",
-    )
     s1 = out / "stage1" / "version_0" / "checkpoints" / "last.ckpt"
-    timings["stage 2"] = _cli(
-        "fit --config configs/grpo_diff.yaml",
-        _common(ckpt, out, "stage2", plan.procs)
-        + _fit_budget()
-        + ["--model.init_args.init_checkpoint", str(s1), "--model.init_args.check_invariants", "true"]
-        # step budget: 2 prompts per process per optimiser step (the config: 16 over 8 GPUs), and
-        # validation left to stage 1 (the same evaluation code), the evaluation run below
-        + [
-            "--model.init_args.prompts_per_step",
-            str(plan.stage2_prompts_per_step),
-            "--trainer.limit_val_batches",
-            "0",
-        ]
-        + ["--data.init_args.train_file", str(data["stage2"]), "--data.init_args.image_root", images]
-        + val,
-        out / "stage2.log",
-    )
     s2 = out / "stage2" / "version_0" / "checkpoints" / "last.ckpt"
+    timings: dict[str, float] = {}
+    if not (keep and s1.exists()):
+        timings["stage 1"] = _cli(
+            "fit --config configs/cot_sft.yaml",
+            _common(ckpt, out, "stage1", plan.procs)
+            + _fit_budget()
+            + ["--data.init_args.train_file", str(data["stage1"]), "--data.init_args.image_root", images]
+            + val,
+            out / "stage1.log",
+        )
+    if not (keep and s2.exists()):
+        per_process = plan.stage2_prompts_per_step // plan.procs
+        timings["stage 2"] = _cli(
+            "fit --config configs/grpo_diff.yaml",
+            _common(ckpt, out, "stage2", plan.procs)
+            + _fit_budget()
+            + ["--model.init_args.init_checkpoint", str(s1), "--model.init_args.check_invariants", "true"]
+            # step budget: 1 prompt (G = 8 completions) per process per optimiser step; validation
+            # is left to stage 1 (the same evaluation code) and the evaluation run below
+            + ["--model.init_args.prompts_per_step", str(plan.stage2_prompts_per_step)]
+            + ["--data.init_args.batch_size", str(per_process), "--trainer.limit_val_batches", "0"]
+            + ["--data.init_args.train_file", str(data["stage2"]), "--data.init_args.image_root", images]
+            + val,
+            out / "stage2.log",
+        )
     timings["evaluation"] = _cli(
         "test --config configs/eval/mig_bench.yaml",
         _common(ckpt, out, "eval", plan.procs)
@@ -388,9 +389,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m univg.rehearsal", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/rehearsal", help="output folder (inputs, runs, logs)")
     p.add_argument("--procs", type=int, default=2, help="CPU processes (gloo), standing in for GPUs")
+    p.add_argument("--keep", action="store_true", help="reuse stages whose checkpoint exists in --out")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    checks = run(Path(args.out).resolve(), Plan(procs=args.procs))
+    checks = run(Path(args.out).resolve(), Plan(procs=args.procs), keep=args.keep)
     failed = [name for name, ok, _ in checks if not ok]
     print(
         f"univg rehearsal: {len(checks) - len(failed)} of {len(checks)} invariants hold ({time.perf_counter() - t0:.0f} s)"
