@@ -302,6 +302,7 @@ def generate(
     min_new_tokens: int = 0,
     engine: str = "auto",
     generator: torch.Generator | None = None,
+    repetition_penalty: float = 1.0,
 ) -> Rollout:
     """Sample (or greedily decode) ``group_size`` completions per prompt, in eval mode, KV cached.
 
@@ -316,12 +317,19 @@ def generate(
             ``num_return_sequences=G`` (images and prefill repeated G times); "auto" is "shared"
             (both give the same greedy completions).
         generator: RNG of the draws ("shared" engine); None uses torch's global RNG.
+        repetition_penalty: transformers' repetition penalty (1.0: none); a checkpoint's own
+            generation config may set one (evaluation's ``decoding: checkpoint``). Only the "hf"
+            engine applies it, so "auto" picks "hf" when it is not 1.0.
 
     Returns:
         a :class:`Rollout` of B*G completions, [prompt0 x G, prompt1 x G, ...].
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown rollout engine {engine!r}; choose one of {ENGINES}")
+    if repetition_penalty != 1.0:
+        if engine == "shared":
+            raise ValueError("the 'shared' rollout engine has no repetition penalty; use engine 'hf'")
+        engine = "hf"
     if engine == "auto" and _is_fsdp(model) and torch.distributed.is_initialized():
         # every rank must take part in every sharded forward: transformers' generate keeps ranks
         # stepping until all are done (synced_gpus); our decode loop drops finished rows and exits early
@@ -341,6 +349,7 @@ def generate(
                 temperature,
                 top_p,
                 top_k,
+                repetition_penalty=repetition_penalty,
             )
         else:
             ids = _generate_shared(
@@ -370,6 +379,7 @@ def _generate_hf(
     temperature: float,
     top_p: float,
     top_k: int,
+    repetition_penalty: float = 1.0,
 ) -> torch.Tensor:
     kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens,
@@ -381,6 +391,8 @@ def _generate_hf(
         suppress_tokens=list(SUPPRESS_IDS),
         use_cache=True,
     )
+    if repetition_penalty != 1.0:
+        kwargs["repetition_penalty"] = repetition_penalty
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
     else:
