@@ -4,11 +4,14 @@
   skipped) are taken out *and counted by reason*, so a table's footer can say what was left out;
 - prediction files: JSONL rows, appended per batch to a per-rank shard so an interrupted run can
   resume, merged into one file at the end of the epoch;
-- gathering across processes (``all_gather_object``) and naming the benchmark of a data module.
+- gathering across processes (``all_gather_object``) and naming the benchmark of a data module;
+- where to resume from (an unfinished run of the same name in an earlier ``version_N`` folder),
+  whether the output folder is writable, and the ``release`` scores of a prediction.
 """
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import json
@@ -20,12 +23,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from univg.data.images import resolve_image_path
 from univg.data.schema import GroundingSample, SampleError, validate_sample
+from univg.release_parse import (
+    release_mig_iou,
+    release_mig_parse,
+    release_zero_shot_iou,
+    release_zero_shot_parse,
+)
 
 #: Reasons a record is not evaluated (keys of ``results["skipped"]``).
 MISSING_IMAGE = "missing image"
+UNDECODABLE_IMAGE = "undecodable image"
 BROKEN_BOX = "broken box"
 BAD_RECORD = "unreadable record"
 
@@ -63,8 +74,9 @@ def screen_samples(
     """(evaluable samples, bad records). A bad record is ``{id, task, reason, detail}``.
 
     Checks the schema (:func:`~univg.data.schema.validate_sample`: a broken or unflagged degenerate
-    box, a bad target index) and that every image path exists (in-memory images always do). Only
-    file existence is checked here, not decoding: that stays lazy in the collator.
+    box, a bad target index) and that every image path exists (in-memory images always do).
+    Decoding is checked separately (:func:`screen_decodable`), after finished samples of a resumed
+    run are taken out, so that only images still to be evaluated are read.
     """
     kept, bad = [], []
     for s in samples:
@@ -86,6 +98,43 @@ def screen_samples(
             bad.append({"id": s.id, "task": s.task, "reason": MISSING_IMAGE, "detail": detail})
             continue
         kept.append(s)
+    return kept, bad
+
+
+@functools.lru_cache(maxsize=65536)
+def _decode_error(path: str) -> str | None:
+    """Why ``path`` cannot be decoded, or ``None``. JPEGs decode at reduced scale (``draft``): every
+    byte is still read, so truncated or corrupt files fail here as they would in the collator."""
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (64, 64))
+            img.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def screen_decodable(
+    samples: Sequence[GroundingSample], image_root: str | os.PathLike | None = None
+) -> tuple[list[GroundingSample], list[dict[str, Any]]]:
+    """(samples whose images all decode, bad records with reason ``undecodable image``).
+
+    One unreadable file would otherwise stop the whole evaluation in the data loader, at the same
+    place on every rerun; like a missing image it is taken out and counted in the footer.
+    """
+    kept, bad = [], []
+    for s in samples:
+        for i, ref in enumerate(s.images):
+            if not isinstance(ref, str):
+                continue
+            path = resolve_image_path(ref, image_root)
+            why = _decode_error(path)
+            if why is not None:
+                detail = f"{s.where()}: images[{i}] cannot be decoded: {path}: {why}"
+                bad.append({"id": s.id, "task": s.task, "reason": UNDECODABLE_IMAGE, "detail": detail})
+                break
+        else:
+            kept.append(s)
     return kept, bad
 
 
@@ -216,6 +265,101 @@ def resume_files(final: str | os.PathLike | None, extra: str | os.PathLike | Non
                 f"resume_predictions {extra} does not exist (expected a predictions JSONL file or a run directory)"
             )
     return list(dict.fromkeys(files))
+
+
+_VERSION_RE = re.compile(r"version_(\d+)")
+
+
+def unfinished_run(final: str | os.PathLike, stage: str) -> Path | None:
+    """The folder of an interrupted evaluation of the same run to resume from, or ``None``.
+
+    ``final`` is this run's ``.../<name>/version_N/predictions_<stage>.jsonl``. Loggers number
+    each rerun of a command afresh, so the earlier attempt sits in a sibling ``version_M`` folder.
+    The latest earlier folder with predictions of this stage is taken if it is unfinished (its
+    per-rank shards are still there); if the latest one finished, nothing is resumed (a rerun of
+    a finished evaluation starts over). Which of its rows belong to this model is decided later by
+    the run key.
+    """
+    run_dir = Path(final).parent
+    m = _VERSION_RE.fullmatch(run_dir.name)
+    if m is None or not run_dir.parent.is_dir():
+        return None
+    earlier = []
+    for d in run_dir.parent.iterdir():
+        mm = _VERSION_RE.fullmatch(d.name)
+        if mm is not None and d.is_dir() and d != run_dir:
+            earlier.append((int(mm.group(1)), d))
+    for _, d in sorted(earlier, reverse=True):
+        if glob.glob(str(d / f"predictions_{stage}.rank*.part.jsonl")):
+            return d
+        if (d / f"predictions_{stage}.jsonl").is_file():
+            return None
+    return None
+
+
+def check_writable(folder: str | os.PathLike, what: str = "predictions_dir") -> None:
+    """Create ``folder`` if needed and write a probe file into it; ``PermissionError`` naming the
+    folder otherwise (checked before any model is built, so a bad path costs nothing)."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".univg-write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(
+            f"{what} {folder} is not a writable folder ({err.strerror or err}); choose another with "
+            f"--model.init_args.{what}"
+        ) from None
+
+
+def model_frame_gt(box: Any, frame: Any, size: tuple[int, int] | None) -> list[float]:
+    """The ground truth in the model's frame, *not* rounded to integers (scored in floats, as the
+    release does; the training target's ``int()`` would move it by up to one unit).
+
+    >>> from univg.boxes import Box, Qwen2VLFrame, PixelFrame
+    >>> model_frame_gt(Box(0.1234, 0.5, 0.75, 0.9999), Qwen2VLFrame(), None)
+    [123.4, 500.0, 750.0, 999.9]
+    >>> model_frame_gt(Box(0.25, 0.5, 1.0, 1.0), PixelFrame(), (448, 224))
+    [112.0, 112.0, 448.0, 224.0]
+    """
+    scale = getattr(frame, "scale", None)
+    if scale is not None:
+        sx = sy = float(scale)
+    elif size is not None:
+        sx, sy = float(size[0]), float(size[1])
+    else:
+        raise ValueError(f"the {getattr(frame, 'name', frame)} frame needs the resized target image size")
+    x1, y1, x2, y2 = box.as_tuple()
+    # 6 decimals: a box read from 0-1000 integers comes back as those integers, not 122.99999999
+    return [round(x1 * sx, 6), round(y1 * sy, 6), round(x2 * sx, 6), round(y2 * sy, 6)]
+
+
+# ----------------------------------------------------------------------------- release column
+def release_fields(
+    scorer: str,
+    completion: str,
+    prompt: str,
+    gt_model: Sequence[float] | None,
+    gt_normalised: Sequence[float] | None,
+) -> dict[str, Any]:
+    """``pred_release`` / ``iou_release`` of one prediction, as the release's script would score it.
+
+    ``scorer`` is "mig" (``extract_bbox`` on the completion, IoU on raw model-frame values) or
+    "zero_shot" (first pair in prompt + completion, IoU of ``pred / 1000`` with the ground truth
+    in [0, 1]). Without ground truth the IoU is ``None``.
+
+    >>> release_fields("mig", "<think>(1,2),(3,4)</think><answer>(10, 20), (30, 40)</answer>", "",
+    ...     [10.0, 20.0, 30.0, 40.0], [0.01, 0.02, 0.03, 0.04])
+    {'pred_release': [1, 2, 3, 4], 'iou_release': 0.0}
+    """
+    if scorer == "zero_shot":
+        pred = release_zero_shot_parse(prompt, completion)
+        iou = release_zero_shot_iou(pred, gt_normalised) if gt_normalised is not None else None
+    else:
+        pred = release_mig_parse(completion)
+        iou = release_mig_iou(gt_model, pred) if gt_model is not None else None
+    return {"pred_release": list(pred) if pred is not None else None, "iou_release": iou}
 
 
 # ----------------------------------------------------------------------------- processes

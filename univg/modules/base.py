@@ -5,29 +5,36 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
 
 from univg.backbone import BackboneSpec, count_parameters
 from univg.boxes import box_iou, parse_answer
+from univg.decoding import DECODING_MODES, Decoding, checkpoint_decoding, greedy_decoding
 from univg.evaluation import (
     append_jsonl,
+    check_writable,
     count_reasons,
     extract_reasoning,
     gather_objects,
     infer_benchmark,
+    model_frame_gt,
     read_jsonl,
     reader_skips,
+    release_fields,
     resume_files,
     run_key,
     sample_notes,
+    screen_decodable,
     screen_samples,
     shard_path,
+    unfinished_run,
     write_jsonl,
 )
-from univg.metrics import GroundingMetrics, dedupe_records, metrics_from_records
+from univg.metrics import PARSE_KEYS, PARSES, GroundingMetrics, dedupe_records, metrics_from_records
+from univg.release_parse import release_scorer
 from univg.rollout import generate, model_inputs
 from univg.tokenizer import load_tokenizer
 
@@ -102,6 +109,14 @@ class GroundingModule(L.LightningModule):
             finished samples are not evaluated again (a validate/test run also resumes from its own
             predictions directory automatically); records of another model are ignored.
         pictures_dir: where pictures go; default ``<predictions dir>/pictures_<stage>``.
+        decoding: "greedy" (plain greedy, every setting explicit) or "checkpoint" (the settings of
+            ``backbone.checkpoint``'s own ``generation_config.json``, read explicitly, as the
+            release's evaluation inherited them); the settings used go into the results JSON.
+        headline_parse: which parse gives the headline numbers: "strict", "compatible" or
+            "release" (the release's own scorer, ``univg.release_parse``); default from
+            ``strict_parse``. All three are always reported.
+        fresh: start the evaluation over instead of resuming the last unfinished run of the same
+            name and benchmark (an earlier ``version_N`` folder), which is the default.
     """
 
     def __init__(
@@ -123,10 +138,19 @@ class GroundingModule(L.LightningModule):
         num_pictures: int = 8,
         resume_predictions: str | None = None,
         pictures_dir: str | None = None,
+        decoding: Literal["greedy", "checkpoint"] = "greedy",
+        headline_parse: Literal["strict", "compatible", "release"] | None = None,
+        fresh: bool = False,
     ) -> None:
         super().__init__()
         if schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+        if decoding not in DECODING_MODES:
+            raise ValueError(f"decoding must be one of {DECODING_MODES}, got {decoding!r}")
+        if headline_parse is not None and headline_parse not in PARSES:
+            raise ValueError(f"headline_parse must be one of {PARSES} or null, got {headline_parse!r}")
+        if fresh and resume_predictions is not None:
+            raise ValueError("fresh: true starts over; it cannot also resume_predictions")
         self.backbone = backbone or BackboneSpec()
         self.lr = lr
         self.weight_decay = weight_decay
@@ -146,6 +170,10 @@ class GroundingModule(L.LightningModule):
         self.num_pictures = num_pictures
         self.resume_predictions = resume_predictions
         self.pictures_dir = pictures_dir
+        self.decoding = decoding
+        self.headline_parse = headline_parse or ("strict" if strict_parse else "compatible")
+        self.fresh = fresh
+        self._decoding: Decoding | None = None
         # Running per-process metrics of the current epoch (the results are computed from the gathered,
         # de-duplicated prediction rows at epoch end; these are for callers that inspect a step).
         self.metrics = torch.nn.ModuleDict(
@@ -220,10 +248,30 @@ class GroundingModule(L.LightningModule):
         iou_c = [box_iou(p, g) if p is not None else 0.0 for p, g in zip(compat, gt)]
         return {"strict": strict, "compat": compat, "iou_strict": iou_s, "iou_compat": iou_c, "gt": gt}
 
+    def decoding_settings(self) -> Decoding:
+        """The evaluation decode's settings (read once: the checkpoint's file for "checkpoint")."""
+        if self._decoding is None:
+            if self.decoding == "checkpoint":
+                self._decoding = checkpoint_decoding(self.backbone.checkpoint, self.max_new_tokens)
+            else:
+                self._decoding = greedy_decoding(self.max_new_tokens)
+        return self._decoding
+
     def generate_completions(self, batch: dict[str, Any]) -> tuple[list[str], list[bool]]:
-        """Greedy completions of a generate-mode batch: (B texts, B truncated flags)."""
-        roll = generate(self.model, model_inputs(batch), self.tokenizer, max_new_tokens=self.max_new_tokens)
+        """Completions of a generate-mode batch by :meth:`decoding_settings`: (B texts, B truncated flags)."""
+        kw = self.decoding_settings().generate_kwargs()
+        roll = generate(self.model, model_inputs(batch), self.tokenizer, **kw)
         return roll.texts, [bool(t) for t in roll.truncated.tolist()]
+
+    def _prompt_texts(self, batch: dict[str, Any]) -> list[str]:
+        """Each row's prompt decoded as the release's zero-shot scripts did (special tokens skipped)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        return [
+            self.tokenizer.decode(
+                row[m.bool()].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
+            for row, m in zip(ids, mask)
+        ]
 
     def _target_frame_sizes(self, batch: dict[str, Any]) -> list[tuple[int, int] | None]:
         """(width, height) in pixels of each sample's *resized* target image (pixel frames need it)."""
@@ -246,14 +294,19 @@ class GroundingModule(L.LightningModule):
         predicted box in pixels of the original target image (``pred_box_px``) and the run key."""
         from univg.data.images import image_size
 
-        s = self.score_completions(texts, batch["boxes"])
         samples = batch.get("samples")
         sizes = self._target_frame_sizes(batch)
+        gt = batch["boxes"].tolist()
+        if samples is not None:  # scored in floats, not the collator's integer target
+            gt = [model_frame_gt(smp.box, self.frame, size) for smp, size in zip(samples, sizes)]
+        s = self.score_completions(texts, torch.tensor(gt, dtype=torch.float64))
         key = self._eval.get(stage, {}).get("run_key")
+        scorer = self._eval.get(stage, {}).get("release_scorer") or release_scorer(self.benchmark)
+        prompts = self._prompt_texts(batch) if scorer == "zero_shot" else [""] * len(texts)
         image_root = getattr(self._datamodule(), "image_root", None)
         records = []
         for i, text in enumerate(texts):
-            primary = s["strict"][i] if self.strict_parse else s["compat"][i]
+            primary = s["compat"][i] if self.headline_parse == "compatible" else s["strict"][i]
             rec: dict[str, Any] = {
                 "id": batch["ids"][i],
                 "task": batch["tasks"][i],
@@ -269,11 +322,15 @@ class GroundingModule(L.LightningModule):
                 "run_key": key,
             }
             sample = samples[i] if samples is not None else None
+            norm = list(sample.box.as_tuple()) if sample is not None else [g / 1000 for g in s["gt"][i]]
+            rec.update(release_fields(scorer, text, prompts[i], s["gt"][i], norm))
+            if self.headline_parse == "release" and rec["pred_release"] is not None:
+                primary = tuple(rec["pred_release"])
             if sample is not None:
                 rec["target_index"] = sample.target_index
                 rec["question"] = sample.question
                 if sample.meta.get("no_gt"):  # user images: no ground truth to score against
-                    rec.update(gt=None, iou=None, iou_compatible=None, no_gt=True)
+                    rec.update(gt=None, iou=None, iou_compatible=None, iou_release=None, no_gt=True)
                 try:
                     width, height = image_size(sample.images[sample.target_index], image_root)
                 except OSError:
@@ -303,8 +360,7 @@ class GroundingModule(L.LightningModule):
         records = [r for r in self.prediction_records(batch, texts, truncated, stage) if r["id"] not in done]
         self._predictions[stage].extend(records)
         if records:
-            key = "iou" if self.strict_parse else "iou_compatible"
-            parsed = "pred" if self.strict_parse else "pred_compatible"
+            key, parsed = PARSE_KEYS[self.headline_parse]
             self.metrics[stage].update(
                 torch.tensor([r[key] for r in records]),
                 [r["task"] for r in records],
@@ -379,6 +435,8 @@ class GroundingModule(L.LightningModule):
         dm = self._datamodule()
         ev: dict[str, Any] = {"bad": [], "notes": {}, "resumed": [], "done_ids": set(), "finalised": False}
         ev["benchmark"] = self.benchmark or infer_benchmark(dm, key)
+        ev["release_scorer"] = release_scorer(ev["benchmark"])
+        decoding = self.decoding_settings()  # a bad decoding setting fails here, before the model is built
         ev["run_key"] = run_key(
             preset=self.backbone.preset,
             checkpoint=self.backbone.checkpoint,
@@ -388,12 +446,19 @@ class GroundingModule(L.LightningModule):
             ckpt_path=str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
             max_new_tokens=self.max_new_tokens,
             benchmark=ev["benchmark"],
+            decoding=decoding.as_dict(),
         )
         self._eval[key] = ev
+        # output folders are checked now: an unwritable one fails before a model is built
+        for what in ("predictions_dir", "pictures_dir"):
+            if getattr(self, what) is not None:
+                check_writable(getattr(self, what), what)
         if key == "predict":
             ev["dir"] = self._output_dir()
             return
         ev["path"] = self.prediction_path(key) if fn != "fit" else None
+        if ev["path"] is not None:
+            check_writable(Path(ev["path"]).parent)
         samples = getattr(dm, "samples", {}).get(split) if dm is not None else None
         if samples is None:
             return
@@ -401,7 +466,7 @@ class GroundingModule(L.LightningModule):
         ev["bad"] = reader_skips(samples) + bad
         ev["notes"] = sample_notes(kept)
         if fn != "fit":
-            files = resume_files(ev["path"], self.resume_predictions, key)
+            files = self._resume_files(ev["path"], key)
             if files:
                 records, unreadable = read_jsonl(files)
                 ids = {s.id for s in kept}
@@ -417,13 +482,33 @@ class GroundingModule(L.LightningModule):
                     )
                 if unreadable:
                     ev["notes"]["unreadable_prediction_lines"] = unreadable
+                if ev["resumed"]:
+                    where = sorted({str(Path(f).parent) for f in files})
+                    self.print(
+                        f"univg: resuming: {len(ev['resumed'])} samples already evaluated in {', '.join(where)} "
+                        "are not generated again (--model.init_args.fresh true starts over)"
+                    )
                 kept = [s for s in kept if s.id not in ev["done_ids"]]
+        kept, undecodable = screen_decodable(kept, getattr(dm, "image_root", None))
+        ev["bad"] += undecodable
         if len(kept) != len(samples):
             # borrow the data module's list for this run; teardown puts the original back
             ev["original_samples"] = (split, samples)
             dm.samples[split] = kept
         # nothing left (all resumed, or all bad records): Lightning skips the loop; teardown writes results
         ev["nothing_to_run"] = fn != "fit" and not kept
+
+    def _resume_files(self, path: Path, stage: str) -> list[str]:
+        """Prediction files to resume from: this run's own (a fixed ``predictions_dir``), the
+        ``resume_predictions`` given, else the last unfinished run of the same name (an earlier
+        ``version_N``); none with ``fresh`` (this run's stale shard is removed)."""
+        if self.fresh:
+            shard_path(path, self.global_rank).unlink(missing_ok=True)
+            return []
+        extra = self.resume_predictions
+        if extra is None:
+            extra = unfinished_run(path, stage)
+        return resume_files(path, extra, stage)
 
     def teardown(self, stage: str) -> None:
         for key, ev in list(self._eval.items()):
@@ -470,7 +555,7 @@ class GroundingModule(L.LightningModule):
         records, duplicates = dedupe_records(
             list(ev.get("resumed", [])) + [r for part in gathered for r in part]
         )
-        metrics = metrics_from_records(records, strict=self.strict_parse)
+        metrics = metrics_from_records(records, parse=self.headline_parse)
         self.last_eval[stage] = metrics
         if log:
             for k, v in metrics.items():
@@ -487,6 +572,9 @@ class GroundingModule(L.LightningModule):
             "bad_records": ev.get("bad", [])[:1000],
             "predictions": str(path) if path is not None else None,
             "strict_parse": self.strict_parse,
+            "headline_parse": self.headline_parse,
+            "release_scorer": ev.get("release_scorer") or release_scorer(self.benchmark),
+            "decoding": self.decoding_settings().as_dict(),
             "model": {
                 "preset": self.backbone.preset,
                 "checkpoint": self.backbone.checkpoint,
