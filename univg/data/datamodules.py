@@ -257,11 +257,61 @@ class LLMSegDataModule(GroundingDataModule):
 
 
 class VOSDataModule(GroundingDataModule):
-    """ReasonVOS / ReVOS zero-shot eval: 6 frames, ground on the third (max_pixels 640,000)."""
+    """ReasonVOS / ReVOS zero-shot eval: ground on the third frame (max_pixels 640,000).
+
+    Every listed frame is used (the release's evaluation); ``num_frames: 6`` samples records with
+    more frames down to 6, uniformly, which moves the target frame (see :mod:`univg.data.readers.vos`).
+    """
 
     FORMAT = "vos"
     DEFAULT_TEMPLATE = "vos"
     DEFAULT_MAX_PIXELS = LISA_MAX_PIXELS
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        image_root: str | None = None,
+        prompt_template: str | None = None,
+        target_format: str = "cot",
+        train_mode: str | None = None,
+        eval_mode: str = "generate",
+        batch_size: int = 1,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int | None = None,
+        processor_path: str | None = None,
+        skip_invalid: bool = False,
+        limit: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        max_length: int | None = None,
+        frame: str = "qwen2-vl",
+        num_frames: int | None = None,
+    ) -> None:
+        super().__init__(**self._base_args(locals()))
+        if num_frames is not None and num_frames < 3:
+            raise ValueError(
+                f"num_frames must be at least 3 (the target is the third frame) or null, got {num_frames}"
+            )
+        self.num_frames = num_frames
+
+    def read_split(self, split: str) -> list[GroundingSample] | None:
+        path = self.files[split]
+        if path is None:
+            return None
+        samples = read_samples(
+            path,
+            self.format,
+            image_root=self.image_root,
+            skip_invalid=self.skip_invalid,
+            num_frames=self.num_frames,
+        )
+        if samples.report is not None:
+            print(f"[univg.data] {split}: {samples.report.summary()}")
+        return samples
 
 
 class SyntheticDataModule(GroundingDataModule):
