@@ -45,7 +45,7 @@ def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return _cli(args, run)
-    except FileNotFoundError as err:  # a missing checkpoint, data file or image root: one line, no traceback
+    except (FileNotFoundError, PermissionError) as err:  # a missing input or unwritable output: one line
         print(f"univg: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 
