@@ -66,7 +66,9 @@ def _frame_paths(rec: Record, image_root) -> list[str]:
     return resolve_all(rec.str_list("image_list", "frame_paths", "images"), image_root)
 
 
-def _parse(rec: Record, image_root, num_frames: int | None, target_frame: int, task: str) -> list[GroundingSample]:
+def _parse(
+    rec: Record, image_root, num_frames: int | None, target_frame: int, task: str
+) -> list[GroundingSample]:
     frames = _frame_paths(rec, image_root)
     boxes = rec.get("bbox_list", "boxes", expected="one box per frame", types=list)
     box_field = rec.name_of("bbox_list", "boxes")
