@@ -226,3 +226,45 @@ def test_mig_answer_frame_is_detected_per_file(tmp_path):
     # forcing the wrong frame fails loudly (a wrong coordinate frame), never mis-scores
     with pytest.raises(ValueError, match="wrong coordinate frame"):
         read_mig_bench(revised, answer_frame="normalised")
+
+
+# ----------------------------------------------------------------------------- two-step resize
+def test_smart_resize_by_hand():
+    from univg.data.release_resize import smart_resize
+
+    assert smart_resize(90, 150) == (84, 140)  # round(90 / 28) = 3, round(150 / 28) = 5
+    # 28 x 28 < 3,136: scaled by sqrt(3136 / 600) = 2.286, ceil(45.7 / 28) = 2, ceil(68.6 / 28) = 3
+    assert smart_resize(20, 30) == (56, 84)
+    # 4000 x 4000 = 16M > 12.8M: beta = sqrt(16e6 / 12845056) = 1.116..., floor(3584.5 / 28) * 28
+    assert smart_resize(4000, 4000) == (3584, 3584)
+
+
+def test_two_step_resize_resamples_first_as_the_release(tmp_path, processor):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from univg.data import LISADataModule
+
+    rng = np.random.default_rng(0)
+    # 700 x 1000 is above the (session) processor's 401,408 pixels: the release resizes to 700 x 1008
+    # first, then the processor to 504 x 756 (the size one resize also gives): resampled twice
+    img = Image.fromarray(rng.integers(0, 255, (700, 1000, 3), dtype=np.uint8))
+    path = tmp_path / "noisy.png"
+    img.save(path)
+    ann = tmp_path / "lisa_test.json"
+    ann.write_text(
+        json.dumps([{"image_path": str(path), "instruction": "the thing", "boxes": [[10, 10, 60, 50]]}])
+    )
+    batches = {}
+    for two_step in (False, True):
+        dm = LISADataModule(test_file=str(ann), two_step_resize=two_step)
+        dm._processor = processor
+        dm.setup("test")
+        batches[two_step] = next(iter(dm.test_dataloader()))
+    once, twice = batches[False], batches[True]
+    assert once["image_grid_thw"].tolist() == twice["image_grid_thw"].tolist() == [[1, 36, 54]]
+    # the second path is the processor applied to the image PIL-resized to 1008 x 700 by hand
+    by_hand = processor.process_images([img.resize((1008, 700), Image.BICUBIC)])
+    assert torch.allclose(twice["pixel_values"], by_hand["pixel_values"])
+    assert not torch.allclose(once["pixel_values"], twice["pixel_values"])

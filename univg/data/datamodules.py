@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from univg.data.collate import MODES, GroundingCollator
 from univg.data.loader import ResumableDataLoader
 from univg.data.readers import read_samples
+from univg.data.release_resize import TwoStepResizeProcessor
 from univg.data.schema import GroundingSample
 from univg.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
 
@@ -48,6 +49,8 @@ class GroundingDataModule(L.LightningDataModule):
     ``prompt_template``/``max_pixels`` means the class default (``DEFAULT_TEMPLATE``,
     ``DEFAULT_MAX_PIXELS``). ``limit`` keeps the first N samples of each split (smoke runs).
     ``seed`` drives the train shuffle. Reader reports are printed as one line per file.
+    ``two_step_resize`` resizes each image to multiples of 28 before the processor's own resize,
+    as the release's evaluation did (:mod:`univg.data.release_resize`); off: one resize.
     """
 
     FORMAT: ClassVar[str | None] = None
@@ -78,6 +81,7 @@ class GroundingDataModule(L.LightningDataModule):
         shuffle: bool = True,
         max_length: int | None = None,
         frame: str = "qwen2-vl",
+        two_step_resize: bool = False,
     ) -> None:
         super().__init__()
         if self.FORMAT is not None and format not in (None, self.FORMAT):
@@ -106,6 +110,7 @@ class GroundingDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.max_length = max_length
         self.frame = frame
+        self.two_step_resize = two_step_resize
         self.samples: dict[str, list[GroundingSample] | None] = dict.fromkeys(SPLITS)
         self._processor: Any = None
 
@@ -171,8 +176,9 @@ class GroundingDataModule(L.LightningDataModule):
         return self._processor
 
     def collator(self, mode: str) -> GroundingCollator:
+        processor = TwoStepResizeProcessor(self.processor) if self.two_step_resize else self.processor
         return GroundingCollator(
-            self.processor,
+            processor,
             mode=mode,
             prompt_template=self.prompt_template,
             target_format=self.target_format,
@@ -289,6 +295,7 @@ class VOSDataModule(GroundingDataModule):
         shuffle: bool = True,
         max_length: int | None = None,
         frame: str = "qwen2-vl",
+        two_step_resize: bool = False,
         num_frames: int | None = None,
     ) -> None:
         super().__init__(**self._base_args(locals()))
