@@ -268,3 +268,79 @@ def test_two_step_resize_resamples_first_as_the_release(tmp_path, processor):
     by_hand = processor.process_images([img.resize((1008, 700), Image.BICUBIC)])
     assert torch.allclose(twice["pixel_values"], by_hand["pixel_values"])
     assert not torch.allclose(once["pixel_values"], twice["pixel_values"])
+
+
+# ----------------------------------------------------------------------------- decoding through the module
+def test_checkpoint_decoding_is_used_and_recorded(tmp_path, tiny_model, processor, monkeypatch):
+    import lightning as L
+    import torch
+
+    from univg.backbone import BackboneSpec
+    from univg.data import SyntheticDataModule
+    from univg.modules import GroundingModule
+    from univg.rollout import Rollout
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "generation_config.json").write_text(
+        json.dumps(
+            {"do_sample": False, "top_k": 1, "top_p": 0.001, "temperature": 0.01, "repetition_penalty": 1.05}
+        )
+    )
+    seen = []
+
+    def fake_generate(model, inputs, tokenizer, **kw):
+        seen.append(kw)
+        n = inputs["input_ids"].shape[0]
+        texts = ["<answer>(0, 0), (999, 999)</answer>"] * n
+        return Rollout(
+            dict(inputs),
+            torch.zeros(n, 1, dtype=torch.long),
+            torch.ones(n, 1),
+            texts,
+            torch.zeros(n, dtype=torch.bool),
+            1,
+        )
+
+    monkeypatch.setattr("univg.modules.base.generate", fake_generate)
+    module = GroundingModule(
+        backbone=BackboneSpec(preset="tiny", checkpoint=str(ckpt)),
+        decoding="checkpoint",
+        max_new_tokens=7,
+        num_pictures=0,
+    )
+    module.model, module._tokenizer = tiny_model, processor.tokenizer  # the weights are not what is tested
+    dm = SyntheticDataModule(num_train=0, num_val=0, num_test=2, image_size=56, eval_batch_size=2)
+    dm._processor = processor
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+        module, datamodule=dm
+    )
+    assert seen == [
+        {
+            "max_new_tokens": 7,
+            "do_sample": False,
+            "temperature": 0.01,
+            "top_p": 0.001,
+            "top_k": 1,
+            "repetition_penalty": 1.05,
+        }
+    ]
+    recorded = module.last_results["test"]["decoding"]
+    assert (
+        recorded["mode"] == "checkpoint" and recorded["repetition_penalty"] == 1.05 and recorded["top_k"] == 1
+    )
+    assert module.last_results["test"]["headline_parse"] == "strict"
+
+
+def test_decoding_is_a_typed_cli_option(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from univg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "eval" / "synthetic.yaml")
+    cli = main(["--config", config, "--model.init_args.decoding", "checkpoint"], run=False)
+    assert cli.model.decoding == "checkpoint"
+    with pytest.raises(SystemExit) as exc:  # a typo fails when the command line is parsed
+        main(["--config", config, "--model.init_args.decoding", "sampled"], run=False)
+    assert exc.value.code != 0 and "decoding" in capsys.readouterr().err
