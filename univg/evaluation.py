@@ -6,7 +6,7 @@
   resume, merged into one file at the end of the epoch;
 - gathering across processes (``all_gather_object``) and naming the benchmark of a data module;
 - where to resume from (an unfinished run of the same name in an earlier ``version_N`` folder),
-  whether the output folder is writable, and the ``release`` scores of a prediction.
+  whether the output folder is writable.
 """
 
 from __future__ import annotations
@@ -27,12 +27,7 @@ from PIL import Image
 
 from univg.data.images import resolve_image_path
 from univg.data.schema import GroundingSample, SampleError, validate_sample
-from univg.release_parse import (
-    release_mig_iou,
-    release_mig_parse,
-    release_zero_shot_iou,
-    release_zero_shot_parse,
-)
+from univg.metrics import dedupe_records
 
 #: Reasons a record is not evaluated (keys of ``results["skipped"]``).
 MISSING_IMAGE = "missing image"
@@ -246,9 +241,14 @@ def shard_path(final: str | os.PathLike, rank: int) -> Path:
     return final.with_name(f"{final.stem}.rank{rank}.part.jsonl")
 
 
-def resume_files(final: str | os.PathLike | None, extra: str | os.PathLike | None, stage: str) -> list[str]:
+def resume_files(
+    final: str | os.PathLike | None, extra: str | os.PathLike | None, stage: str, auto: bool = False
+) -> list[str]:
     """Prediction files to resume from: ``final`` and its shards, plus ``extra`` (a file, or a
-    directory whose ``predictions_<stage>*.jsonl`` files are taken)."""
+    directory whose ``predictions_<stage>*.jsonl`` files are taken); with ``auto`` and no
+    ``extra``, the last unfinished run of the same name (:func:`unfinished_run`)."""
+    if auto and extra is None and final is not None:
+        extra = unfinished_run(final, stage)
     files: list[str] = []
     if final is not None:
         final = Path(final)
@@ -265,6 +265,47 @@ def resume_files(final: str | os.PathLike | None, extra: str | os.PathLike | Non
                 f"resume_predictions {extra} does not exist (expected a predictions JSONL file or a run directory)"
             )
     return list(dict.fromkeys(files))
+
+
+def decode_prompts(tokenizer: Any, batch: dict[str, Any]) -> list[str]:
+    """Each row's prompt decoded as the release's zero-shot scripts decoded theirs: special tokens
+    (image pads, chat markers) skipped, no clean-up of spaces, padding left out."""
+    return [
+        tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        for row, m in zip(batch["input_ids"], batch["attention_mask"])
+    ]
+
+
+def load_resumed(
+    files: Sequence[str], key: str, samples: Sequence[GroundingSample]
+) -> tuple[list[dict[str, Any]], dict[str, int], list[str]]:
+    """(rows to keep, notes, lines to print) of an evaluation resuming from ``files``.
+
+    Only rows of this run key (same model, checkpoint, decoding, budget and benchmark) and of a
+    sample still in the split are kept, each id once; the others are counted, not mixed in.
+    """
+    if not files:
+        return [], {}, []
+    records, unreadable = read_jsonl(files)
+    ids = {s.id for s in samples}
+    mine, _ = dedupe_records([r for r in records if r.get("run_key") == key and r["id"] in ids])
+    notes: dict[str, int] = {"resumed": len(mine)}
+    lines = []
+    other = sum(r.get("run_key") != key for r in records)
+    if other:
+        notes["resume_ignored_other_model"] = other
+        lines.append(
+            f"univg: ignored {other} earlier predictions of another model/benchmark in {list(files)}"
+        )
+    if unreadable:
+        notes["unreadable_prediction_lines"] = unreadable
+    if mine:
+        where = ", ".join(sorted({str(Path(f).parent) for f in files}))
+        lines.append(
+            f"univg: resuming: {len(mine)} samples already evaluated in {where} are not generated again "
+            "(--model.init_args.fresh true starts over)"
+        )
+    return mine, notes, lines
 
 
 _VERSION_RE = re.compile(r"version_(\d+)")
@@ -333,33 +374,6 @@ def model_frame_gt(box: Any, frame: Any, size: tuple[int, int] | None) -> list[f
     x1, y1, x2, y2 = box.as_tuple()
     # 6 decimals: a box read from 0-1000 integers comes back as those integers, not 122.99999999
     return [round(x1 * sx, 6), round(y1 * sy, 6), round(x2 * sx, 6), round(y2 * sy, 6)]
-
-
-# ----------------------------------------------------------------------------- release column
-def release_fields(
-    scorer: str,
-    completion: str,
-    prompt: str,
-    gt_model: Sequence[float] | None,
-    gt_normalised: Sequence[float] | None,
-) -> dict[str, Any]:
-    """``pred_release`` / ``iou_release`` of one prediction, as the release's script would score it.
-
-    ``scorer`` is "mig" (``extract_bbox`` on the completion, IoU on raw model-frame values) or
-    "zero_shot" (first pair in prompt + completion, IoU of ``pred / 1000`` with the ground truth
-    in [0, 1]). Without ground truth the IoU is ``None``.
-
-    >>> release_fields("mig", "<think>(1,2),(3,4)</think><answer>(10, 20), (30, 40)</answer>", "",
-    ...     [10.0, 20.0, 30.0, 40.0], [0.01, 0.02, 0.03, 0.04])
-    {'pred_release': [1, 2, 3, 4], 'iou_release': 0.0}
-    """
-    if scorer == "zero_shot":
-        pred = release_zero_shot_parse(prompt, completion)
-        iou = release_zero_shot_iou(pred, gt_normalised) if gt_normalised is not None else None
-    else:
-        pred = release_mig_parse(completion)
-        iou = release_mig_iou(gt_model, pred) if gt_model is not None else None
-    return {"pred_release": list(pred) if pred is not None else None, "iou_release": iou}
 
 
 # ----------------------------------------------------------------------------- processes

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 IntBox = tuple[int, int, int, int]
 ReleaseScorer = Literal["mig", "zero_shot"]
@@ -141,3 +141,29 @@ def release_zero_shot_iou(pred: Sequence[float] | None, gt: Sequence[float]) -> 
     if union == 0:  # the script's exception handler appends 0
         return 0.0
     return max(inter / union, 0.0)  # an inverted prediction gives -0.0 there: it counts as 0
+
+
+def release_fields(
+    scorer: str,
+    completion: str,
+    prompt: str,
+    gt_model: Sequence[float] | None,
+    gt_normalised: Sequence[float] | None,
+) -> dict[str, Any]:
+    """``pred_release`` / ``iou_release`` of one prediction, as the release's script would score it.
+
+    ``scorer`` is "mig" (``extract_bbox`` on the completion, IoU on raw model-frame values) or
+    "zero_shot" (first pair in prompt + completion, IoU of ``pred / 1000`` with the ground truth
+    in [0, 1]). Without ground truth the IoU is ``None``.
+
+    >>> release_fields("mig", "<think>(1,2),(3,4)</think><answer>(10, 20), (30, 40)</answer>", "",
+    ...     [10.0, 20.0, 30.0, 40.0], [0.01, 0.02, 0.03, 0.04])
+    {'pred_release': [1, 2, 3, 4], 'iou_release': 0.0}
+    """
+    if scorer == "zero_shot":
+        pred = release_zero_shot_parse(prompt, completion)
+        iou = release_zero_shot_iou(pred, gt_normalised) if gt_normalised is not None else None
+    else:
+        pred = release_mig_parse(completion)
+        iou = release_mig_iou(gt_model, pred) if gt_model is not None else None
+    return {"pred_release": list(pred) if pred is not None else None, "iou_release": iou}

@@ -17,24 +17,23 @@ from univg.evaluation import (
     append_jsonl,
     check_writable,
     count_reasons,
+    decode_prompts,
     extract_reasoning,
     gather_objects,
     infer_benchmark,
+    load_resumed,
     model_frame_gt,
-    read_jsonl,
     reader_skips,
-    release_fields,
     resume_files,
     run_key,
     sample_notes,
     screen_decodable,
     screen_samples,
     shard_path,
-    unfinished_run,
     write_jsonl,
 )
 from univg.metrics import PARSE_KEYS, PARSES, GroundingMetrics, dedupe_records, metrics_from_records
-from univg.release_parse import release_scorer
+from univg.release_parse import release_fields, release_scorer
 from univg.rollout import generate, model_inputs
 from univg.tokenizer import load_tokenizer
 
@@ -263,16 +262,6 @@ class GroundingModule(L.LightningModule):
         roll = generate(self.model, model_inputs(batch), self.tokenizer, **kw)
         return roll.texts, [bool(t) for t in roll.truncated.tolist()]
 
-    def _prompt_texts(self, batch: dict[str, Any]) -> list[str]:
-        """Each row's prompt decoded as the release's zero-shot scripts did (special tokens skipped)."""
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        return [
-            self.tokenizer.decode(
-                row[m.bool()].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False
-            )
-            for row, m in zip(ids, mask)
-        ]
-
     def _target_frame_sizes(self, batch: dict[str, Any]) -> list[tuple[int, int] | None]:
         """(width, height) in pixels of each sample's *resized* target image (pixel frames need it)."""
         samples, grid = batch.get("samples"), batch.get("image_grid_thw")
@@ -302,7 +291,7 @@ class GroundingModule(L.LightningModule):
         s = self.score_completions(texts, torch.tensor(gt, dtype=torch.float64))
         key = self._eval.get(stage, {}).get("run_key")
         scorer = self._eval.get(stage, {}).get("release_scorer") or release_scorer(self.benchmark)
-        prompts = self._prompt_texts(batch) if scorer == "zero_shot" else [""] * len(texts)
+        prompts = decode_prompts(self.tokenizer, batch) if scorer == "zero_shot" else [""] * len(texts)
         image_root = getattr(self._datamodule(), "image_root", None)
         records = []
         for i, text in enumerate(texts):
@@ -466,29 +455,15 @@ class GroundingModule(L.LightningModule):
         ev["bad"] = reader_skips(samples) + bad
         ev["notes"] = sample_notes(kept)
         if fn != "fit":
-            files = self._resume_files(ev["path"], key)
-            if files:
-                records, unreadable = read_jsonl(files)
-                ids = {s.id for s in kept}
-                mine = [r for r in records if r.get("run_key") == ev["run_key"] and r["id"] in ids]
-                ev["resumed"], _ = dedupe_records(mine)
-                ev["done_ids"] = {r["id"] for r in ev["resumed"]}
-                ev["notes"]["resumed"] = len(ev["resumed"])
-                other = sum(r.get("run_key") != ev["run_key"] for r in records)
-                if other:
-                    ev["notes"]["resume_ignored_other_model"] = other
-                    self.print(
-                        f"univg: ignored {other} earlier predictions of another model/benchmark in {files}"
-                    )
-                if unreadable:
-                    ev["notes"]["unreadable_prediction_lines"] = unreadable
-                if ev["resumed"]:
-                    where = sorted({str(Path(f).parent) for f in files})
-                    self.print(
-                        f"univg: resuming: {len(ev['resumed'])} samples already evaluated in {', '.join(where)} "
-                        "are not generated again (--model.init_args.fresh true starts over)"
-                    )
-                kept = [s for s in kept if s.id not in ev["done_ids"]]
+            if self.fresh:  # start over: this run's stale shard goes, nothing is read
+                shard_path(ev["path"], self.global_rank).unlink(missing_ok=True)
+            files = [] if self.fresh else resume_files(ev["path"], self.resume_predictions, key, auto=True)
+            resumed, notes, lines = load_resumed(files, ev["run_key"], kept)
+            ev["resumed"], ev["done_ids"] = resumed, {r["id"] for r in resumed}
+            ev["notes"].update(notes)
+            for line in lines:
+                self.print(line)
+            kept = [s for s in kept if s.id not in ev["done_ids"]]
         kept, undecodable = screen_decodable(kept, getattr(dm, "image_root", None))
         ev["bad"] += undecodable
         if len(kept) != len(samples):
@@ -497,18 +472,6 @@ class GroundingModule(L.LightningModule):
             dm.samples[split] = kept
         # nothing left (all resumed, or all bad records): Lightning skips the loop; teardown writes results
         ev["nothing_to_run"] = fn != "fit" and not kept
-
-    def _resume_files(self, path: Path, stage: str) -> list[str]:
-        """Prediction files to resume from: this run's own (a fixed ``predictions_dir``), the
-        ``resume_predictions`` given, else the last unfinished run of the same name (an earlier
-        ``version_N``); none with ``fresh`` (this run's stale shard is removed)."""
-        if self.fresh:
-            shard_path(path, self.global_rank).unlink(missing_ok=True)
-            return []
-        extra = self.resume_predictions
-        if extra is None:
-            extra = unfinished_run(path, stage)
-        return resume_files(path, extra, stage)
 
     def teardown(self, stage: str) -> None:
         for key, ev in list(self._eval.items()):
