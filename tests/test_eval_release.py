@@ -344,3 +344,83 @@ def test_decoding_is_a_typed_cli_option(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exc:  # a typo fails when the command line is parsed
         main(["--config", config, "--model.init_args.decoding", "sampled"], run=False)
     assert exc.value.code != 0 and "decoding" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the release column end to end
+def _run(tmp_path, processor, answers, edit=None, **kw):
+    """Evaluate 3 synthetic samples with scripted completions ``answers`` (in sample order);
+    returns (samples, results, prediction rows by id)."""
+    import lightning as L
+
+    from univg.backbone import BackboneSpec
+    from univg.data import SyntheticDataModule
+    from univg.modules import GroundingModule
+
+    dm = SyntheticDataModule(
+        num_train=0, num_val=0, num_test=3, tasks=["diff"], image_size=56, eval_batch_size=3
+    )
+    dm._processor = processor
+    dm.setup("test")
+    samples = list(dm.samples["test"])
+    if edit is not None:
+        edit(samples)
+    by_id = {s.id: a for s, a in zip(samples, answers)}
+
+    class Scripted(GroundingModule):
+        def generate_completions(self, batch):
+            return [by_id[i] for i in batch["ids"]], [False] * len(batch["ids"])
+
+    module = Scripted(
+        backbone=BackboneSpec(preset="tiny"), num_pictures=0, predictions_dir=str(tmp_path), **kw
+    )
+    module._tokenizer = processor.tokenizer
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False).test(
+        module, datamodule=dm
+    )
+    rows = {json.loads(line)["id"]: json.loads(line) for line in (tmp_path / "predictions_test.jsonl").open()}
+    return samples, json.loads((tmp_path / "results_test.json").read_text()), rows
+
+
+def test_zero_shot_release_column_searches_the_prompt(tmp_path, processor):
+    answer = "<think>left</think><answer>(100, 100), (500, 500)</answer>"
+
+    def quote_a_box(samples):
+        samples[0].question = "Is it the one near (1, 2), (3, 4)? " + samples[0].question
+
+    samples, result, rows = _run(tmp_path, processor, [answer] * 3, quote_a_box, benchmark="lisa/test")
+    assert result["release_scorer"] == "zero_shot" and result["headline_parse"] == "strict"
+    # sample 0: the box quoted in the prompt is what the release scores; the others: the answer
+    assert rows[samples[0].id]["pred_release"] == [1, 2, 3, 4]
+    assert rows[samples[0].id]["pred"] == [100, 100, 500, 500]
+    for k, s in enumerate(samples):
+        gt = s.box.as_tuple()
+        pred = [0.001, 0.002, 0.003, 0.004] if k == 0 else [0.1, 0.1, 0.5, 0.5]
+        iw = max(0.0, min(pred[2], gt[2]) - max(pred[0], gt[0]))
+        ih = max(0.0, min(pred[3], gt[3]) - max(pred[1], gt[1]))
+        union = (pred[2] - pred[0]) * (pred[3] - pred[1]) + (gt[2] - gt[0]) * (gt[3] - gt[1]) - iw * ih + 1e-6
+        assert rows[s.id]["iou_release"] == pytest.approx(iw * ih / union, abs=1e-12)
+    m = result["metrics"]
+    assert m["parse_rate/release"] == 1.0
+    assert m["acc@0.5/release"] == pytest.approx(sum(r["iou_release"] >= 0.5 for r in rows.values()) / 3)
+
+
+def test_release_headline_on_mig_scores_float_answers_zero(tmp_path, processor):
+    answers = [
+        "<answer>[0.1, 0.1, 0.5, 0.5]</answer>",  # float list: the release's int() fails -> [0, 0, 0, 0]
+        "<answer>( 0, 0), (999, 999)</answer>",  # a space after "(": no release parse
+        "<answer>(0,0), (999,999)</answer>",
+    ]
+    samples, result, rows = _run(
+        tmp_path, processor, answers, benchmark="mig_bench", headline_parse="release"
+    )
+    assert result["headline_parse"] == "release" and result["release_scorer"] == "mig"
+    assert [rows[s.id]["pred_release"] for s in samples] == [None, None, [0, 0, 999, 999]]
+    m = result["metrics"]
+    assert m["parse_rate/release"] == pytest.approx(1 / 3) and m["parse_rate/compatible"] == pytest.approx(
+        2 / 3
+    )
+    # the headline is the release's: only the third answer scores, IoU of (0,0,999,999) with gt x 1000
+    x1, y1, x2, y2 = (v * 1000 for v in samples[2].box.as_tuple())
+    iou = (x2 - x1) * (y2 - y1) / (999 * 999)
+    assert m["miou"] == pytest.approx(iou / 3)
+    assert m["acc@0.5"] == m["acc@0.5/release"] == (1 / 3 if iou >= 0.5 else 0.0)
