@@ -13,7 +13,7 @@ export MALLOC_MMAP_MAX_ ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format demo bench bench-quick debug clean
+.PHONY: help install test test-slow test-all lint format demo bench bench-quick debug rehearsal clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench: $(VENV)/.installed ## Benchmarks: GRPO step vs TRL (ours, TRL completion-
 
 bench-quick: $(VENV)/.installed ## One quick step of each GRPO benchmark variant (smoke)
 	$(PY) benchmarks/grpo_step.py --quick
+
+rehearsal: $(VENV)/.installed ## The 7B configs as written (tiny preset, 2 CPU processes): stage 1 -> 2 -> eval, invariants checked
+	$(PY) -m univg.rehearsal --out runs/rehearsal
 
 debug: $(VENV)/.installed ## Tiny fit on synthetic data (well under a minute on 2 CPU cores)
 	$(PY) -m univg fit --config configs/debug.yaml

@@ -156,7 +156,7 @@ def test_cot_sft_messages_and_conversations(tmp_path):
     assert a.reasoning == "The cup is on the table." and a.box == Box(0.12, 0.34, 0.56, 0.78)
     assert (a.target_index, a.target_rule) == (0, "record:target_index")
     assert a.images == ["/imgs/x/1.jpg", "/imgs/x/2.jpg"]
-    assert (b.id, b.task, b.prompt_template, b.reasoning) == ("cot-1", "cot_sft", "refcoco_single", None)
+    assert (b.id, b.task, b.prompt_template, b.reasoning) == ("cot-1", "refcoco", "refcoco_single", None)
     assert (b.question, b.target_index, b.target_rule) == ("the red car", 0, "default:last")
 
 

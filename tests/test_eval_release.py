@@ -167,7 +167,7 @@ def test_repetition_penalty_reaches_transformers_generate(tiny_model, processor,
 
     monkeypatch.setattr(type(tiny_model), "generate", spy)
     generate(tiny_model, model_inputs(batch), processor.tokenizer, max_new_tokens=2, repetition_penalty=1.3)
-    assert seen["repetition_penalty"] == 1.3
+    assert seen["generation_config"].repetition_penalty == 1.3
     with pytest.raises(ValueError, match="no repetition penalty"):
         generate(
             tiny_model,

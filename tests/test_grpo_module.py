@@ -63,8 +63,9 @@ def test_phi_is_per_group_in_a_batch_of_two_groups(prompt_batch, tokenizer, monk
     assert s.rewards["total"].tolist() == pytest.approx([2.0] * 4 + [2.0, 0.0, 2.0, 0.0])
     assert s.stats["unparsable"] == 2.0
     assert s.advantages[:4].abs().max() == 0.0  # all-equal group: zero advantage
-    expected = group_advantages(s.rewards["total"], 4)
-    assert torch.allclose(s.advantages, expected)
+    # by hand: group 1 rewards [2, 0, 2, 0]: mean 1, unbiased std sqrt(4/3); A = +-1 / (std + 1e-4)
+    a = 1.0 / (math.sqrt(4.0 / 3.0) + 1e-4)
+    assert s.advantages.tolist() == pytest.approx([0.0] * 4 + [a, -a, a, -a], rel=1e-6)
     assert s.stats["zero_variance_frac"] == 0.5
 
 

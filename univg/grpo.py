@@ -45,12 +45,18 @@ def _unbiased_std(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     return x.std() if dim is None else x.std(dim=dim)
 
 
-def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group") -> torch.Tensor:
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: str = "group", batch_std: float | None = None
+) -> torch.Tensor:
     """``A_i = (r_i - mean_g r) / (std r + 1e-4)``, ``[N]`` -> ``[N]`` float32.
 
     ``scale``: "group" divides by the group's unbiased std (TRL's default), "batch" by the whole
-    batch's unbiased std, "none" does not divide (Dr. GRPO). The mean is always the group's.
-    A group whose rewards are all equal gets exactly 0.
+    batch's unbiased std (``batch_std`` when given: the std over the whole optimiser step on every
+    process, as TRL's generation batch), "none" does not divide (Dr. GRPO). The mean is always the
+    group's. A group whose rewards are all equal gets exactly 0.
+
+    >>> group_advantages(torch.tensor([1.0, 0.0]), group_size=2, scale="batch", batch_std=0.9999)
+    tensor([ 0.5000, -0.5000])
 
     >>> group_advantages(torch.tensor([1.0, 0.0, 2.0, 2.0]), group_size=2)  # 0.5 / (0.7071 + 1e-4)
     tensor([ 0.7070, -0.7070,  0.0000,  0.0000])
@@ -69,7 +75,8 @@ def group_advantages(rewards: torch.Tensor, group_size: int, scale: str = "group
     if scale == "group":
         centred = centred / (_unbiased_std(grouped, dim=1).unsqueeze(1) + STD_EPS)
     elif scale == "batch":
-        centred = centred / (_unbiased_std(grouped) + STD_EPS)
+        std = _unbiased_std(grouped) if batch_std is None else torch.tensor(batch_std, dtype=centred.dtype)
+        centred = centred / (std + STD_EPS)
     return centred.reshape(-1)  # [N]
 
 

@@ -41,8 +41,29 @@ PROMPTS: dict[str, str] = {
     "plain": "{question}",
 }
 
+#: How an answer to a template is scored in training (rewards): "think" is the
+#: ``<think>...</think><answer>(x1, y1), (x2, y2)</answer>`` form; "box" (single-image RefCOCO
+#: prompts, which ask for the box only) accepts a bare ``(x1, y1), (x2, y2)`` anywhere, as the release
+#: scored its COCO prompts. Decided per sample from the sample's own template (the release decided
+#: per batch from the first sample's image path).
+ANSWER_FORMATS: dict[str, str] = {"refcoco_single": "box"}
+
+
+def answer_format(template: str) -> str:
+    """The answer form the rewards expect for a prompt of ``template``: "think" or "box".
+
+    >>> answer_format("refcoco_single"), answer_format("reasoning")
+    ('box', 'think')
+    """
+    return ANSWER_FORMATS.get(_check_name(template), "think")
+
+
 #: Assistant target formats: ``cot`` needs the sample's reasoning; ``auto`` uses it when present.
 TARGET_FORMATS = ("cot", "answer", "auto")
+
+#: The frame the assistant texts of the release's files are written in (a verbatim target is only
+#: valid for a backbone that reads and writes this frame).
+VERBATIM_FRAME = "qwen2-vl"
 
 # Most specific first, so that split_prompt recognises "vos" before the generic "reasoning";
 # "llmseg" renders exactly like "lisa" and is reported as "lisa".
@@ -122,6 +143,12 @@ def target_text(
     reasoning); ``answer``: ``<answer>(x1, y1), (x2, y2)</answer>`` (plain SFT, coordinates only);
     ``auto``: ``cot`` when the sample has reasoning, else ``answer``. Coordinates are in ``frame``.
 
+    A sample that carries its file's own assistant text (``sample.target``, stage-1 files) gets
+    that text verbatim for ``cot`` and ``auto`` (whitespace between the tags and a bare-box answer
+    kept as written), since that is what the release trained on; ``answer`` still re-renders the
+    coordinates alone. The file's text is in the Qwen2-VL 0-1000 frame, so another ``frame``
+    re-renders from ``reasoning`` and ``box``.
+
     >>> from univg.boxes import Box
     >>> from univg.data.schema import GroundingSample
     >>> s = GroundingSample("a", "t", ["1.jpg"], 0, "Where?", Box(0.1, 0.2, 0.35, 0.4), reasoning="It is left.")
@@ -132,10 +159,7 @@ def target_text(
     """
     if target_format not in TARGET_FORMATS:
         raise ValueError(f"unknown target_format {target_format!r}; choose one of {TARGET_FORMATS}")
-    answer = "<answer>" + format_answer(answer_coords(sample, frame, size)) + "</answer>"
-    if target_format == "answer" or (target_format == "auto" and sample.reasoning is None):
-        return answer
-    if sample.reasoning is None:
+    if target_format == "cot" and sample.reasoning is None:
         from univg.data.schema import sample_error
 
         raise sample_error(
@@ -143,6 +167,12 @@ def target_text(
             "reasoning",
             "CoT text for target_format='cot' (use 'auto' or 'answer' for boxes only)",
         )
+    verbatim = sample.target is not None and get_frame(frame).name == VERBATIM_FRAME
+    if verbatim and target_format != "answer":
+        return sample.target  # type: ignore[return-value]
+    answer = "<answer>" + format_answer(answer_coords(sample, frame, size)) + "</answer>"
+    if target_format == "answer" or sample.reasoning is None:  # "auto" without reasoning
+        return answer
     return f"<think>{sample.reasoning}</think>{answer}"
 
 

@@ -6,6 +6,12 @@ columns arrive as keyword arguments) and evaluation. Keyword arguments a reward 
 ignored. Ground-truth ``boxes`` are in the backbone's model frame (``frame``, default "qwen2-vl";
 the pixel frame also needs ``sizes``, one ``(width, height)`` per completion).
 
+Per-sample answer forms (``answer_formats``, one per completion, "think" or "box";
+:func:`univg.prompts.answer_format`): a prompt that asks for the box only (single-image RefCOCO)
+is answered with a bare ``(x1, y1), (x2, y2)``, so for it the format reward accepts such a box
+anywhere and the accuracy reward parses the first box of the whole completion, as the release
+scored its COCO prompts. ``None`` means "think" for every completion.
+
 A reward never raises on bad model output: unparsable, truncated, NaN, negative, out-of-range or
 inverted boxes score 0 or are repaired (swap, clamp) and counted; see :func:`reward_stats`.
 """
@@ -55,6 +61,17 @@ def _sizes(sizes: Sequence[tuple[int, int]] | None, n: int) -> Sequence[tuple[in
     return sizes
 
 
+def _forms(answer_formats: Sequence[str] | None, n: int) -> Sequence[str]:
+    if answer_formats is None:
+        return ["think"] * n
+    if len(answer_formats) != n:
+        raise ValueError(f"rewards: got {len(answer_formats)} answer formats for {n} completions")
+    bad = sorted(set(answer_formats) - {"think", "box"})
+    if bad:
+        raise ValueError(f"rewards: unknown answer format(s) {bad}; expected 'think' or 'box'")
+    return answer_formats
+
+
 def _check_lengths(completions: Sequence[Any], boxes: Sequence[Any]) -> None:
     # A length mismatch is a caller bug (not bad model output): fail loudly instead of zip-truncating.
     if len(completions) != len(boxes):
@@ -69,9 +86,12 @@ def iou_reward(
     frame: str | Frame = "qwen2-vl",
     sizes: Sequence[tuple[int, int]] | None = None,
     fixes: BoxFixes | None = None,
+    answer_formats: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> list[float]:
     """``r_acc``: IoU of the parsed answer with the ground truth, in [0, 1]; unparsable -> 0.
+
+    A "box" completion (``answer_formats``) is parsed for the first box anywhere in its text.
 
     ``boxes``: ``[N]`` ground-truth boxes in the model frame (e.g. ints in [0, 1000)).
     Both boxes are mapped to normalised coordinates (IoU does not change under the frame's
@@ -87,8 +107,9 @@ def iou_reward(
     _check_lengths(completions, boxes)
     frame = get_frame(frame)
     scores = []
-    for text, gt, (w, h) in zip(completions, boxes, _sizes(sizes, len(completions))):
-        coords = parse_answer(text, strict=strict)
+    forms = _forms(answer_formats, len(completions))
+    for text, gt, (w, h), form in zip(completions, boxes, _sizes(sizes, len(completions)), forms):
+        coords = parse_answer(text, strict=strict and form == "think")
         pred = normalise_coords(coords, frame, fixes, w, h) if coords is not None else None
         target = normalise_coords(gt, frame, None, w, h)
         scores.append(box_iou(pred, target) if pred is not None and target is not None else 0.0)
@@ -101,28 +122,38 @@ FORMAT_RE = re.compile(
 )
 # Removed from the end before matching, so the score does not depend on whether the caller decoded
 # with skip_special_tokens: the chat end marker, the pad/eos token and trailing whitespace.
+#: The box-only answer of a "box" prompt: a bare box anywhere (the release's COCO format check).
+BOX_RE = re.compile(r"\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\)", re.ASCII)
 _TRAILING_RE = re.compile(r"(?:\s|<\|im_end\|>|<\|endoftext\|>)+\Z")
 
 
 @register_reward("format")
-def format_reward(completions: Sequence[str], **kwargs: Any) -> list[float]:
+def format_reward(
+    completions: Sequence[str], answer_formats: Sequence[str] | None = None, **kwargs: Any
+) -> list[float]:
     """``r_fmt``: 1 iff the whole completion is ``<think>...</think><answer>(x1, y1), (x2, y2)</answer>``.
 
     Matches ``^<think>.*?</think>\\s*<answer>\\(\\d+,\\s*\\d+\\),\\s*\\(\\d+,\\s*\\d+\\)</answer>$``
     (DOTALL, ASCII digits) against the whole text, after removing trailing whitespace and trailing
     ``<|im_end|>`` / ``<|endoftext|>`` markers (callers may or may not strip them). Leading text,
     text after ``</answer>``, spaces inside the parentheses or a negative number score 0.
-    Non-string items score 0.
+    Non-string items score 0. A "box" completion (``answer_formats``) scores 1 iff a bare
+    ``(x1, y1), (x2, y2)`` appears anywhere in it.
 
     >>> format_reward(["<think>a</think>\\n<answer>(1, 2),(3, 4)</answer><|im_end|>\\n",
     ...                "<answer>(1, 2), (3, 4)</answer>",
     ...                "<think>a</think><answer>( 1, 2), (3, 4)</answer>"])
     [1.0, 0.0, 0.0]
+    >>> format_reward(["(1, 2), (3, 4)", "(1, 2), (3, 4)"], answer_formats=["box", "think"])
+    [1.0, 0.0]
     """
     scores = []
-    for text in completions:
+    for text, form in zip(completions, _forms(answer_formats, len(completions))):
         if not isinstance(text, str):
             scores.append(0.0)
+            continue
+        if form == "box":
+            scores.append(1.0 if BOX_RE.search(text) else 0.0)
             continue
         # fullmatch, not match: "$" alone would also accept a trailing newline.
         stripped = _TRAILING_RE.sub("", text)
@@ -172,6 +203,7 @@ def reward_stats(
     strict: bool = True,
     frame: str | Frame = "qwen2-vl",
     sizes: Sequence[tuple[int, int]] | None = None,
+    answer_formats: Sequence[str] | None = None,
 ) -> dict[str, float]:
     """Counts for logging: ``unparsable`` answers and repaired predicted boxes (:class:`BoxFixes`).
 
@@ -180,6 +212,10 @@ def reward_stats(
     {'unparsable': 1.0, 'swapped': 1.0, 'clamped': 1.0, 'degenerate': 0.0, 'nan': 0.0}
     """
     fixes = BoxFixes()
-    iou_reward(completions, boxes, strict=strict, frame=frame, sizes=sizes, fixes=fixes)
-    unparsable = sum(parse_answer(text, strict=strict) is None for text in completions)
+    iou_reward(completions, boxes, strict, frame, sizes, fixes, answer_formats)
+    forms = _forms(answer_formats, len(completions))
+    unparsable = sum(
+        parse_answer(text, strict=strict and form == "think") is None
+        for text, form in zip(completions, forms)
+    )
     return {"unparsable": float(unparsable), **{k: float(v) for k, v in fixes.as_dict().items()}}

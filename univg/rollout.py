@@ -60,6 +60,11 @@ class Rollout:
     texts: list[str]  # B*G decoded completions, end token excluded
     truncated: torch.Tensor  # [B*G] bool: no end token within max_new_tokens
     group_size: int
+    #: [B*G, C] log-prob of each sampled token under the distribution it was drawn from (after
+    #: temperature, top-k, top-p and any other processing; 0 where masked), when asked for
+    #: (``generate(..., record_logprobs=True)``): the run-time check that the distribution the loss
+    #: scores is the one that was sampled.
+    sampler_logp: torch.Tensor | None = None
 
     @property
     def num_prompts(self) -> int:
@@ -182,24 +187,15 @@ def _check_left_padded(inputs: Mapping[str, torch.Tensor]) -> None:
 
 
 # --------------------------------------------------------------------------------- sampling
-def sample_next(
-    logits: torch.Tensor,
-    do_sample: bool,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    generator: torch.Generator | None = None,
+def sampling_logits(
+    logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0
 ) -> torch.Tensor:
-    """Next token of each row from ``logits`` [N, V]: argmax, or a draw after temperature, top-k
-    (0 = off) and top-p (1.0 = off) in transformers' order. Returns [N] long.
+    """float32 logits [N, V] of the distribution a draw comes from: temperature, then top-k (0 = off)
+    and top-p (1.0 = off) as ``-inf``, in transformers' order.
 
-    >>> sample_next(torch.tensor([[0.0, 2.0, 1.0]]), do_sample=False).tolist()
-    [1]
-    >>> sample_next(torch.tensor([[0.0, 2.0, 1.0]]), do_sample=True, top_k=1).tolist()
-    [1]
+    >>> sampling_logits(torch.tensor([[0.0, 2.0, 1.0]]), top_k=2).tolist()
+    [[-inf, 2.0, 1.0]]
     """
-    if not do_sample:
-        return logits.argmax(dim=-1)
     logits = logits.float()
     if temperature != 1.0:
         logits = logits / temperature
@@ -212,6 +208,32 @@ def sample_next(
         drop = cum <= 1.0 - top_p
         drop[:, -1] = False  # always keep the most likely token
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits
+
+
+def sample_next(
+    logits: torch.Tensor,
+    do_sample: bool,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Next token of each row from ``logits`` [N, V]: argmax, or a draw from
+    :func:`sampling_logits`. Returns [N] long.
+
+    >>> sample_next(torch.tensor([[0.0, 2.0, 1.0]]), do_sample=False).tolist()
+    [1]
+    >>> sample_next(torch.tensor([[0.0, 2.0, 1.0]]), do_sample=True, top_k=1).tolist()
+    [1]
+    """
+    if not do_sample:
+        return logits.argmax(dim=-1)
+    return draw(sampling_logits(logits, temperature, top_p, top_k), generator)
+
+
+def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row from processed float logits [N, V] (``-inf`` = excluded). Returns [N] long."""
     if logits.device.type != "cpu":
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
     weights = (logits - logits.amax(dim=-1, keepdim=True)).exp_()  # [N, V] unnormalised probabilities
@@ -267,11 +289,13 @@ def finish_rollout(
     inputs: Mapping[str, torch.Tensor],
     group_size: int,
     lengths: torch.Tensor | None = None,
+    sampler_logp: torch.Tensor | None = None,
 ) -> Rollout:
     """Mask after the first end token, flag truncation, decode. ``ids`` [N, C].
 
     ``lengths`` [N] (optional): each row's own length when the rows were padded to C (a row that
     stops short without an end token is truncated and masked after its last token).
+    ``sampler_logp`` [N, C] (optional): the sampled tokens' log-probs, kept where the mask is 1.
     """
     mask = completion_mask(ids)
     if lengths is not None:
@@ -284,7 +308,9 @@ def finish_rollout(
         end_tok = ids.gather(1, (kept - 1).clamp(min=0)[:, None]).squeeze(1)  # last kept token
         truncated = (kept == 0) | ~torch.isin(end_tok, torch.tensor(EOS_IDS, device=ids.device))
     texts = decode_completions(tokenizer, ids, mask)
-    return Rollout(dict(inputs), ids, mask, texts, truncated, group_size)
+    if sampler_logp is not None:
+        sampler_logp = sampler_logp * mask.to(sampler_logp.dtype)
+    return Rollout(dict(inputs), ids, mask, texts, truncated, group_size, sampler_logp)
 
 
 @torch.no_grad()
@@ -302,6 +328,7 @@ def generate(
     min_new_tokens: int = 0,
     engine: str = "auto",
     generator: torch.Generator | None = None,
+    record_logprobs: bool = False,
     repetition_penalty: float = 1.0,
 ) -> Rollout:
     """Sample (or greedily decode) ``group_size`` completions per prompt, in eval mode, KV cached.
@@ -317,9 +344,15 @@ def generate(
             ``num_return_sequences=G`` (images and prefill repeated G times); "auto" is "shared"
             (both give the same greedy completions).
         generator: RNG of the draws ("shared" engine); None uses torch's global RNG.
-        repetition_penalty: transformers' repetition penalty (1.0: none); a checkpoint's own
-            generation config may set one (evaluation's ``decoding: checkpoint``). Only the "hf"
+        record_logprobs: when sampling, also return each drawn token's log-prob under the
+            distribution it was drawn from (:attr:`Rollout.sampler_logp`).
+        repetition_penalty: transformers' repetition penalty (1.0: none). Evaluation's
+            ``decoding: checkpoint`` passes a checkpoint's own value explicitly; only the "hf"
             engine applies it, so "auto" picks "hf" when it is not 1.0.
+
+    Every decoding setting is explicit: nothing is inherited from the checkpoint's
+    ``generation_config.json`` (Qwen2-VL-Instruct ships ``repetition_penalty: 1.05``, ``top_k: 1``,
+    ...), so the two engines sample the same distribution, the one the GRPO loss scores.
 
     Returns:
         a :class:`Rollout` of B*G completions, [prompt0 x G, prompt1 x G, ...].
@@ -338,35 +371,67 @@ def generate(
     was_training = model.training
     model.eval()
     try:
+        settings = dict(
+            group_size=group_size,
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            record_logprobs=record_logprobs and do_sample,
+        )
         if engine == "hf":
-            ids = _generate_hf(
-                model,
-                inputs,
-                group_size,
-                max_new_tokens,
-                min_new_tokens,
-                do_sample,
-                temperature,
-                top_p,
-                top_k,
-                repetition_penalty=repetition_penalty,
-            )
+            ids, logp = _generate_hf(model, inputs, repetition_penalty=repetition_penalty, **settings)
         else:
-            ids = _generate_shared(
-                model,
-                inputs,
-                group_size,
-                max_new_tokens,
-                min_new_tokens,
-                do_sample,
-                temperature,
-                top_p,
-                top_k,
-                generator,
-            )
+            ids, logp = _generate_shared(model, inputs, generator=generator, **settings)
     finally:
         model.train(was_training)
-    return finish_rollout(ids, tokenizer, inputs, group_size)
+    return finish_rollout(ids, tokenizer, inputs, group_size, sampler_logp=logp)
+
+
+def explicit_generation_config(
+    group_size: int,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+) -> Any:
+    """A ``GenerationConfig`` that states every setting that changes which tokens come out.
+
+    transformers fills each field left ``None`` from the model's own ``generation_config`` (a
+    released checkpoint's ``generation_config.json``), so every processor and warper is set here to
+    its neutral value; :func:`_generate_hf` also hides the model's config during the call.
+    """
+    from transformers import GenerationConfig
+
+    greedy = not do_sample
+    return GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        do_sample=do_sample,
+        num_beams=1,
+        num_return_sequences=1 if greedy else group_size,
+        temperature=1.0 if greedy else temperature,
+        top_p=1.0 if greedy else top_p,
+        top_k=0 if greedy else top_k,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0,
+        length_penalty=1.0,
+        renormalize_logits=False,
+        remove_invalid_values=False,
+        pad_token_id=PAD_ID,
+        eos_token_id=list(EOS_IDS),
+        suppress_tokens=list(SUPPRESS_IDS),
+        use_cache=True,
+    )
 
 
 def _generate_hf(
@@ -379,28 +444,42 @@ def _generate_hf(
     temperature: float,
     top_p: float,
     top_k: int,
+    record_logprobs: bool = False,
     repetition_penalty: float = 1.0,
-) -> torch.Tensor:
-    kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        do_sample=do_sample,
-        num_return_sequences=group_size,
-        pad_token_id=PAD_ID,
-        eos_token_id=list(EOS_IDS),
-        suppress_tokens=list(SUPPRESS_IDS),
-        use_cache=True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    from transformers import GenerationConfig
+
+    config = explicit_generation_config(
+        group_size, max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k
     )
-    if repetition_penalty != 1.0:
-        kwargs["repetition_penalty"] = repetition_penalty
-    if do_sample:
-        kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
-    else:
+    config.repetition_penalty = repetition_penalty  # 1.0 unless a caller passes one explicitly
+    if not do_sample:
         # transformers refuses num_return_sequences > 1 for greedy search: repeat the prompts instead
-        kwargs.update(temperature=None, top_p=None, top_k=None, num_return_sequences=1)
         inputs = repeat_prompts(inputs, group_size)
-    out = model.generate(**inputs, **kwargs)  # [B*G, P + C]
-    return out[:, inputs["input_ids"].shape[1] :]
+    hf = _hf_model(model)
+    own = hf.generation_config
+    hf.generation_config = GenerationConfig()  # nothing inherited from the checkpoint's file
+    try:
+        out = model.generate(
+            **inputs,
+            generation_config=config,
+            output_scores=record_logprobs,
+            return_dict_in_generate=True,
+        )
+    finally:
+        hf.generation_config = own
+    ids = out.sequences[:, inputs["input_ids"].shape[1] :]  # [B*G, C]
+    logp = None
+    if record_logprobs:
+        # scores: C x [N, V], the logits after every processor and warper (what was sampled from)
+        logp = torch.stack(
+            [
+                torch.log_softmax(sc.float(), -1).gather(1, ids[:, t, None]).squeeze(1)
+                for t, sc in enumerate(out.scores)
+            ],
+            dim=1,
+        )
+    return ids, logp
 
 
 def _generate_shared(
@@ -413,9 +492,11 @@ def _generate_shared(
     temperature: float,
     top_p: float,
     top_k: int,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """Prefill B prompts once, repeat the cache G times, decode. Returns ids [B*G, C] (C <= max)."""
+    generator: torch.Generator | None = None,
+    record_logprobs: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Prefill B prompts once, repeat the cache G times, decode. Returns ids [B*G, C] (C <= max) and,
+    with ``record_logprobs``, the drawn tokens' log-probs [B*G, C]."""
     from transformers import DynamicCache
 
     _check_left_padded(inputs)
@@ -423,7 +504,8 @@ def _generate_shared(
     device = ids.device
     g = group_size
     if max_new_tokens <= 0:
-        return ids.new_zeros(ids.shape[0] * g, 0)
+        empty = ids.new_zeros(ids.shape[0] * g, 0)
+        return empty, (empty.float() if record_logprobs else None)
     pos = rope_positions(model, inputs)  # [3, B, P]
     cache = DynamicCache(config=_hf_model(model).config)
     out = model(**inputs, position_ids=pos, cache=cache, use_cache=True, logits_to_keep=1)
@@ -437,16 +519,23 @@ def _generate_shared(
     done = torch.zeros(n, dtype=torch.bool, device=device)
     active = torch.arange(n, device=device)  # rows still decoding, in cache order
     tokens = torch.full((n, max_new_tokens), PAD_ID, dtype=torch.long, device=device)
+    logp = torch.zeros(n, max_new_tokens, device=device) if record_logprobs else None
     for t in range(max_new_tokens):
         logits[:, suppress] = float("-inf")
         if t < min_new_tokens:
             logits[:, eos] = float("-inf")
-        tok = sample_next(logits, do_sample, temperature, top_p, top_k, generator)  # [n_active]
+        if do_sample:
+            processed = sampling_logits(logits, temperature, top_p, top_k)  # [n_active, V]
+            tok = draw(processed, generator)  # [n_active]
+            if logp is not None:
+                logp[active, t] = torch.log_softmax(processed, -1).gather(1, tok[:, None]).squeeze(1)
+        else:
+            tok = logits.argmax(dim=-1)
         tokens[active, t] = tok
         finished = torch.isin(tok, eos)
         done[active[finished]] = True
         if bool(done.all()) or t == max_new_tokens - 1:
-            return tokens[:, : t + 1]
+            return tokens[:, : t + 1], (logp[:, : t + 1] if logp is not None else None)
         if bool(finished.any()):
             # drop finished rows from the batch (cache, mask, positions): no compute on padding
             keep = (~finished).nonzero().squeeze(1)
@@ -458,7 +547,7 @@ def _generate_shared(
             input_ids=tok[:, None], attention_mask=att, position_ids=step_pos, cache=cache, use_cache=True
         )
         logits = out.logits[:, -1]
-    return tokens  # unreachable: the loop returns at its last step
+    return tokens, logp  # unreachable: the loop returns at its last step
 
 
 # --------------------------------------------------------------------------------- log-probs
@@ -562,17 +651,8 @@ def completion_logprobs(
     gradient (transformers drops the cache in checkpointed layers), where the prompt is repeated.
     """
     inputs = model_inputs(prompt)
-    hf = _hf_model(model)
-    checkpointing = bool(
-        getattr(hf, "is_activation_checkpointing", getattr(hf, "is_gradient_checkpointing", False))
-    )
-    checkpointing = checkpointing and torch.is_grad_enabled()
     if shared_prefix is None:
-        # Off where the prompt's keys/values would reach the loss around a hook: under gradient
-        # checkpointing (transformers drops the cache there) and under FSDP with gradient (the
-        # cache bypasses FSDP's hooks, so a layer is resharded before its backward runs).
-        fsdp_grad = _is_fsdp(model) and torch.is_grad_enabled()
-        shared_prefix = not ((checkpointing and model.training) or fsdp_grad)
+        shared_prefix = not torch.is_grad_enabled() or shared_prefix_allowed(model, model.training)
     if shared_prefix:
         return _logprobs_shared(
             model, inputs, completion_ids, completion_mask, group_size, chunk_size, temperature
@@ -580,6 +660,20 @@ def completion_logprobs(
     return _logprobs_repeated(
         model, inputs, completion_ids, completion_mask, group_size, chunk_size, temperature
     )
+
+
+def shared_prefix_allowed(model: nn.Module, training: bool = True) -> bool:
+    """Whether a log-prob pass *with gradient* may share the prompt prefix (``training``: the model
+    will be in train mode). Not under gradient checkpointing in training (transformers drops the
+    cache in checkpointed layers) nor under FSDP (the cache bypasses FSDP's hooks, so a layer is
+    resharded before its backward runs). Passes without gradient can always share it; GRPO still
+    follows this answer for them so that policy, old policy and reference use the same arithmetic.
+    """
+    hf = _hf_model(model)
+    checkpointing = bool(
+        getattr(hf, "is_activation_checkpointing", getattr(hf, "is_gradient_checkpointing", False))
+    )
+    return not ((checkpointing and training) or _is_fsdp(model))
 
 
 def _row_chunks(lengths: torch.Tensor, chunk_size: int | None) -> list[tuple[torch.Tensor, int]]:

@@ -18,7 +18,14 @@ import torch
 from univg.boxes import Frame, get_frame
 from univg.data.images import load_image
 from univg.data.schema import GroundingSample
-from univg.prompts import TARGET_FORMATS, answer_coords, build_messages, target_text
+from univg.prompts import (
+    TARGET_FORMATS,
+    answer_coords,
+    answer_format,
+    build_messages,
+    sample_template,
+    target_text,
+)
 from univg.tokenizer import EOS_TOKEN, QwenVLProcessor, load_processor, mm_token_type_ids
 
 IGNORE_INDEX = -100
@@ -114,6 +121,8 @@ class GroundingCollator:
         batch["boxes"] = torch.tensor(boxes, dtype=torch.long)  # [B, 4] model frame
         batch["prompt_lengths"] = torch.tensor(prompt_lengths, dtype=torch.long)  # [B]
         batch["tasks"] = [s.task for s in samples]
+        # per sample, from its own template: how the rewards score its answer ("think" or "box")
+        batch["answer_formats"] = [answer_format(sample_template(s, self.prompt_template)) for s in samples]
         batch["ids"] = [s.id for s in samples]
         batch["samples"] = SampleBatch(samples)
         return batch

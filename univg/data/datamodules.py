@@ -8,13 +8,20 @@ draws a seeded mixture of sources.
 
 ``train_mode`` is ``"train"`` for SFT (labels) or ``"generate"`` for GRPO (prompt-only batches,
 left padded); ``eval_mode`` is the same choice for validation/test/predict (default ``"generate"``).
+
+Training data takes an explicit box policy, ``degenerate_boxes`` (:data:`TrainDegeneratePolicy`):
+``swap`` (default: inverted corners are swapped into the box they describe, and counted; a box
+with no area at all is skipped and listed), ``skip`` (every inverted or empty box skipped and
+listed) or ``error``. A training target is never an inverted box kept as it is. Evaluation
+splits are read with the readers' ``keep`` (flagged; the evaluation decides how to score them).
 """
 
 from __future__ import annotations
 
 import inspect
+import random
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
@@ -27,6 +34,10 @@ from univg.data.schema import GroundingSample
 from univg.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
 
 SPLITS = ("train", "val", "test")
+
+#: What training data does with an inverted or empty box (the readers' ``keep`` is not offered:
+#: a kept inverted box would become a training target).
+TrainDegeneratePolicy = Literal["swap", "skip", "error"]
 
 
 class SampleDataset(Dataset):
@@ -49,6 +60,12 @@ class GroundingDataModule(L.LightningDataModule):
     ``prompt_template``/``max_pixels`` means the class default (``DEFAULT_TEMPLATE``,
     ``DEFAULT_MAX_PIXELS``). ``limit`` keeps the first N samples of each split (smoke runs).
     ``seed`` drives the train shuffle. Reader reports are printed as one line per file.
+
+    ``eval_format``/``eval_image_root`` read ``val_file``/``test_file`` with another reader than
+    the training file (e.g. MIG-Bench beside the stage-1 file; default: ``format``/``image_root``);
+    ``val_count`` keeps a seeded draw of that many validation samples (all when ``None``), so a
+    periodic validation sees every task of a file sorted by task. ``degenerate_boxes`` is the
+    training file's box policy (module docstring).
     ``two_step_resize`` resizes each image to multiples of 28 before the processor's own resize,
     as the release's evaluation did (:mod:`univg.data.release_resize`); off: one resize.
     """
@@ -81,6 +98,10 @@ class GroundingDataModule(L.LightningDataModule):
         shuffle: bool = True,
         max_length: int | None = None,
         frame: str = "qwen2-vl",
+        degenerate_boxes: TrainDegeneratePolicy = "swap",
+        eval_format: str | None = None,
+        eval_image_root: str | None = None,
+        val_count: int | None = None,
         two_step_resize: bool = False,
     ) -> None:
         super().__init__()
@@ -110,6 +131,14 @@ class GroundingDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.max_length = max_length
         self.frame = frame
+        if degenerate_boxes not in ("swap", "skip", "error"):  # also checked by the CLI's type
+            raise ValueError(f"degenerate_boxes must be 'swap', 'skip' or 'error', got {degenerate_boxes!r}")
+        if val_count is not None and val_count < 1:
+            raise ValueError(f"val_count must be a positive number of samples or null, got {val_count}")
+        self.degenerate_boxes = degenerate_boxes
+        self.eval_format = eval_format
+        self.eval_image_root = eval_image_root
+        self.val_count = val_count
         self.two_step_resize = two_step_resize
         self.samples: dict[str, list[GroundingSample] | None] = dict.fromkeys(SPLITS)
         self._processor: Any = None
@@ -134,18 +163,44 @@ class GroundingDataModule(L.LightningDataModule):
         path = self.files[split]
         if path is None:
             return None
-        samples = read_samples(path, self.format, image_root=self.image_root, skip_invalid=self.skip_invalid)
+        if split == "train":
+            fmt, root, degenerate = self.format, self.image_root, self.degenerate_boxes
+        else:
+            fmt = self.eval_format or self.format
+            root = self.eval_image_root if self.eval_image_root is not None else self.image_root
+            degenerate = "keep"
+        samples = read_samples(
+            path,
+            fmt,
+            image_root=root,
+            skip_invalid=self.skip_invalid,
+            degenerate=degenerate,
+            **self.reader_options(split),
+        )
         if samples.report is not None:
             print(f"[univg.data] {split}: {samples.report.summary()}")
         return samples
+
+    def reader_options(self, split: str) -> dict[str, Any]:
+        """Further keyword arguments of the reader of ``split`` (a subclass's own reader settings)."""
+        return {}
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
             if self.samples[split] is None:
                 samples = self.read_split(split)
+                if samples is not None and split == "val" and self.val_count is not None:
+                    samples = self.draw_val(samples)
                 if samples is not None and self.limit is not None:
                     samples = samples[: self.limit]
                 self.samples[split] = samples
+
+    def draw_val(self, samples: Sequence[GroundingSample]) -> list[GroundingSample]:
+        """A seeded draw of ``val_count`` samples, in file order (all of them when fewer)."""
+        n = min(self.val_count or len(samples), len(samples))
+        keep = sorted(random.Random(f"{self.seed}/val").sample(range(len(samples)), n))
+        print(f"[univg.data] val: {n} of {len(samples)} samples (seeded draw, val_count {self.val_count})")
+        return [samples[i] for i in keep]
 
     @property
     def train_samples(self) -> list[GroundingSample]:
@@ -305,20 +360,8 @@ class VOSDataModule(GroundingDataModule):
             )
         self.num_frames = num_frames
 
-    def read_split(self, split: str) -> list[GroundingSample] | None:
-        path = self.files[split]
-        if path is None:
-            return None
-        samples = read_samples(
-            path,
-            self.format,
-            image_root=self.image_root,
-            skip_invalid=self.skip_invalid,
-            num_frames=self.num_frames,
-        )
-        if samples.report is not None:
-            print(f"[univg.data] {split}: {samples.report.summary()}")
-        return samples
+    def reader_options(self, split: str) -> dict[str, Any]:
+        return {"num_frames": self.num_frames}
 
 
 class SyntheticDataModule(GroundingDataModule):

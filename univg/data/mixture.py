@@ -1,9 +1,14 @@
-"""Seeded mixtures of sources: stage 1 = 76k CoT MGrounding + 14k RefCOCO, stage 2 = 7k + 3k.
+"""Seeded mixtures of sources, for custom mixes (ablations such as Table 4's 21k rows).
+
+The stage configs do not use it: they read the release's files whole (``stage1_cotsft.json``
+already holds both stage-1 sources, ``stage2_rl.json`` both stage-2 ones; records are told apart
+per record). Use a mixture to draw other counts or to add files.
 
 A source is a dict (YAML mapping)::
 
     {format: cot_sft, path: data/stage1_cotsft.json, count: 76000,    # or ratio: 0.5 of the file
-     prompt_template: reasoning, image_root: data/images, replacement: false, name: mgrounding_cot}
+     prompt_template: reasoning, image_root: data/images, replacement: false, name: mgrounding_cot,
+     source_kind: mgrounding}    # optional: only the records detected as this source (release files)
 
 Each source is drawn **without replacement** with its own ``random.Random((seed, index))`` (so
 adding a source does not change another's draw); ``replacement: true`` draws with replacement,
@@ -21,8 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from univg.data.datamodules import GroundingDataModule
+from univg.data.datamodules import GroundingDataModule, TrainDegeneratePolicy
 from univg.data.readers import read_samples
+from univg.data.readers.common import SOURCE_KINDS
 from univg.data.schema import GroundingSample
 from univg.tokenizer import MIN_PIXELS
 
@@ -36,6 +42,7 @@ _SOURCE_KEYS = {
     "replacement",
     "name",
     "reader",
+    "source_kind",
 }
 
 
@@ -48,6 +55,11 @@ def _check_source(i: int, src: Mapping[str, Any]) -> None:
     for key in ("format", "path"):
         if key not in src:
             raise ValueError(f"mixture source {i}: missing '{key}'")
+    if "source_kind" in src and src["source_kind"] not in SOURCE_KINDS:
+        raise ValueError(
+            f"mixture source {i} ({src['path']}): source_kind must be one of {SOURCE_KINDS}, "
+            f"got {src['source_kind']!r}"
+        )
     if ("count" in src) == ("ratio" in src):
         raise ValueError(f"mixture source {i} ({src['path']}): give exactly one of 'count' or 'ratio'")
 
@@ -77,8 +89,12 @@ def draw_mixture(
     loaded: Mapping[int, Sequence[GroundingSample]] | None = None,
     shuffle: bool = True,
     verbose: bool = True,
+    degenerate: str = "keep",
 ) -> tuple[list[GroundingSample], str]:
     """Draw each source's count (or ratio of its file), tag samples, return (samples, table).
+
+    ``degenerate`` is the readers' box policy (training mixtures pass the module's
+    ``degenerate_boxes``).
 
     ``loaded`` supplies already-read samples by source index (tests, in-memory data). Each drawn
     sample records its source in ``meta["mixture_source"]``; sampling with replacement gives
@@ -93,10 +109,16 @@ def draw_mixture(
             pool = list(loaded[i])
         else:
             pool = read_samples(
-                src["path"], src["format"], image_root=src.get("image_root"), skip_invalid=skip_invalid
+                src["path"],
+                src["format"],
+                image_root=src.get("image_root"),
+                skip_invalid=skip_invalid,
+                degenerate=degenerate,
             )
             if verbose and pool.report is not None:
                 print(f"[univg.data] mixture source {i}: {pool.report.summary()}")
+        if "source_kind" in src:
+            pool = [s for s in pool if s.meta.get("source_kind") == src["source_kind"]]
         count = int(src["count"]) if "count" in src else round(float(src["ratio"]) * len(pool))
         rng = random.Random(f"{seed}/{i}")  # str seeds are hashed deterministically (not by PYTHONHASHSEED)
         picked = draw_source(
@@ -142,14 +164,15 @@ def mixture_table(rows: Sequence[tuple[str, str, int, int, Mapping[str, int]]]) 
 class MixtureDataModule(GroundingDataModule):
     """Train on a seeded mixture of ``sources``; optional val/test sources (drawn the same way).
 
-    Example (stage 1, DESIGN section 5)::
+    For custom mixes (the stage configs read the release's files whole instead). Example, Table 4's
+    21k CoT row drawn from the stage-1 file by detected source::
 
         data:
           class_path: univg.data.MixtureDataModule
           init_args:
             sources:
-              - {format: cot_sft, path: data/stage1_cot.json, count: 76000}
-              - {format: refcoco, path: data/refcoco_train.json, count: 14000, prompt_template: refcoco_single}
+              - {format: cot_sft, path: data/stage1_cotsft.json, count: 18000, source_kind: mgrounding}
+              - {format: cot_sft, path: data/stage1_cotsft.json, count: 3000, source_kind: coco}
             target_format: auto
     """
 
@@ -174,6 +197,7 @@ class MixtureDataModule(GroundingDataModule):
         shuffle: bool = True,
         max_length: int | None = None,
         frame: str = "qwen2-vl",
+        degenerate_boxes: TrainDegeneratePolicy = "swap",
     ) -> None:
         super().__init__(**self._base_args(locals()))  # every argument above but the three sources
         for i, src in enumerate(sources):
@@ -186,5 +210,8 @@ class MixtureDataModule(GroundingDataModule):
         if not sources:
             return None
         print(f"[univg.data] {split} mixture (seed {self.seed}):")
-        samples, self.tables[split] = draw_mixture(sources, seed=self.seed, skip_invalid=self.skip_invalid)
+        degenerate = self.degenerate_boxes if split == "train" else "keep"  # as GroundingDataModule
+        samples, self.tables[split] = draw_mixture(
+            sources, seed=self.seed, skip_invalid=self.skip_invalid, degenerate=degenerate
+        )
         return samples

@@ -18,7 +18,12 @@ class SampleError(ValueError):
     """A record or sample that does not fit the schema.
 
     The message names the file, the record index, the field and what was expected.
+    ``field_name``/``detail`` (set by :func:`sample_error`) let a reader restate a schema check
+    with the file's own field name.
     """
+
+    field_name: str | None = None
+    detail: str | None = None
 
 
 @dataclass
@@ -31,8 +36,12 @@ class GroundingSample:
     ``source``/``index`` say where the record came from (file and record index) for error messages.
     ``target_rule`` records how ``target_index`` was decided (e.g. "question:ordinal").
     ``prompt_template`` overrides the data module's prompt template for this sample (by name).
+    ``target`` is the file's own assistant text (stage-1 files), used verbatim as the SFT target
+    (:func:`univg.prompts.target_text`); ``None`` re-renders the target from ``reasoning`` and ``box``.
     ``meta`` holds reader flags: ``degenerate`` (box kept although x2 <= x1 or y2 <= y1),
-    ``clamped`` (a coordinate was outside [0, 1] and was clamped; ``raw_box`` keeps the original).
+    ``swapped`` (inverted corners swapped by the ``swap`` policy), ``clamped`` (a coordinate was
+    outside [0, 1] and was clamped; ``raw_box`` keeps the original of either fix), ``source_kind``
+    (the source a record of a mixed release file was detected as, e.g. ``coco``/``mgrounding``).
     """
 
     id: str
@@ -48,6 +57,7 @@ class GroundingSample:
     target_rule: str = ""
     prompt_template: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    target: str | None = None
 
     def where(self) -> str:
         """``file:record`` for error messages."""
@@ -57,7 +67,9 @@ class GroundingSample:
 def sample_error(where: str, field_name: str, expected: str, got: Any = None) -> SampleError:
     """``SampleError("<file>:record <i> (id ..): field 'f': expected ..., got ...")``."""
     got_text = "" if got is None else f", got {_short(got)}"
-    return SampleError(f"{where}: field '{field_name}': expected {expected}{got_text}")
+    err = SampleError(f"{where}: field '{field_name}': expected {expected}{got_text}")
+    err.field_name, err.detail = field_name, f"expected {expected}{got_text}"
+    return err
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -113,6 +125,8 @@ def validate_sample(sample: GroundingSample) -> None:
     _check_box(where, "box", sample.box, allow_degenerate=bool(sample.meta.get("degenerate")))
     if sample.reasoning is not None and not isinstance(sample.reasoning, str):
         raise sample_error(where, "reasoning", "a string or None", sample.reasoning)
+    if sample.target is not None and (not isinstance(sample.target, str) or not sample.target.strip()):
+        raise sample_error(where, "target", "a non-empty assistant text or None", sample.target)
     for i, ref in enumerate(sample.ref_boxes):
         _check_box(where, f"ref_boxes[{i}]", ref, allow_degenerate=True)
 
@@ -131,6 +145,7 @@ class ReadReport:
     skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (index, id, reason)
     clamped: list[str] = field(default_factory=list)  # ids whose box was clamped into [0, 1]
     degenerate: list[str] = field(default_factory=list)  # ids kept with a zero-area box
+    swapped: list[str] = field(default_factory=list)  # ids whose inverted corners were swapped
     notes: dict[str, int] = field(default_factory=dict)  # other counted fixes, by name
 
     def note(self, name: str, count: int = 1) -> None:
@@ -144,6 +159,8 @@ class ReadReport:
             f"clamped {len(self.clamped)}" + (f" {self.clamped}" if self.clamped else ""),
             f"degenerate kept {len(self.degenerate)}" + (f" {self.degenerate}" if self.degenerate else ""),
         ]
+        if self.swapped:
+            parts.append(f"inverted corners swapped {len(self.swapped)} {self.swapped}")
         parts += [f"{k} {v}" for k, v in sorted(self.notes.items())]
         return "; ".join(parts)
 

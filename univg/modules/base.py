@@ -11,7 +11,7 @@ import lightning as L
 import torch
 
 from univg.backbone import BackboneSpec, count_parameters
-from univg.boxes import box_iou, parse_answer
+from univg.boxes import parse_answer
 from univg.decoding import DECODING_MODES, Decoding, checkpoint_decoding, greedy_decoding
 from univg.evaluation import (
     append_jsonl,
@@ -34,25 +34,39 @@ from univg.evaluation import (
 )
 from univg.metrics import PARSE_KEYS, PARSES, GroundingMetrics, dedupe_records, metrics_from_records
 from univg.release_parse import release_fields, release_scorer
+from univg.rewards import iou_reward
 from univg.rollout import generate, model_inputs
 from univg.tokenizer import load_tokenizer
+
+#: Learning-rate schedules after the warm-up.
+SCHEDULES = ("cosine", "linear", "constant")
 
 
 def warmup_cosine(
     step: int, total: int, warmup: int, schedule: str = "cosine", min_ratio: float = 0.0
 ) -> float:
-    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine to ``min_ratio`` (or constant).
+    """LR multiplier at optimiser step ``step`` (0-based) of ``total``: linear warm-up over ``warmup``
+    steps, then cosine or linear decay to ``min_ratio`` at step ``total``, or constant.
+
+    After the warm-up these are transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` and
+    ``get_linear_schedule_with_warmup`` (what the release's HF Trainer ran; ``linear`` with no
+    warm-up is its default); during the warm-up step 0 already trains at ``1 / warmup`` of the peak,
+    where transformers starts at 0 (a step that changes nothing).
 
     >>> [round(warmup_cosine(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
     [0.5, 1.0, 1.0, 0.5, 0.0]
     >>> round(warmup_cosine(10, 10, 2, min_ratio=0.1), 3)
     0.1
+    >>> [warmup_cosine(s, 4, 0, "linear") for s in range(5)]
+    [1.0, 0.75, 0.5, 0.25, 0.0]
     """
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -89,8 +103,9 @@ class GroundingModule(L.LightningModule):
         lr: peak learning rate.
         weight_decay: AdamW weight decay.
         warmup_ratio: share of optimiser steps spent warming up linearly.
-        schedule: "cosine" (decay to ``min_lr_ratio`` x lr after warm-up) or "constant".
-        min_lr_ratio: floor of the cosine schedule as a share of ``lr`` (0 decays to zero).
+        schedule: "cosine" or "linear" (decay to ``min_lr_ratio`` x lr after warm-up, reached after
+            the last optimiser step) or "constant".
+        min_lr_ratio: floor of the decay as a share of ``lr`` (0 decays to zero).
         adam_betas: AdamW's (beta1, beta2).
         max_grad_norm: gradient clipping (0 disables).
         max_new_tokens: generation budget at evaluation.
@@ -124,7 +139,7 @@ class GroundingModule(L.LightningModule):
         lr: float = 5e-6,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.015,
-        schedule: str = "cosine",
+        schedule: Literal["cosine", "linear", "constant"] = "cosine",
         min_lr_ratio: float = 0.0,
         adam_betas: tuple[float, float] = (0.9, 0.999),
         max_grad_norm: float = 1.0,
@@ -142,8 +157,8 @@ class GroundingModule(L.LightningModule):
         fresh: bool = False,
     ) -> None:
         super().__init__()
-        if schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if decoding not in DECODING_MODES:
             raise ValueError(f"decoding must be one of {DECODING_MODES}, got {decoding!r}")
         if headline_parse is not None and headline_parse not in PARSES:
@@ -224,12 +239,25 @@ class GroundingModule(L.LightningModule):
             )
         except (RuntimeError, TypeError):  # fused unsupported for this dtype/device
             opt = torch.optim.AdamW(params, lr=self.lr, betas=self.adam_betas, weight_decay=self.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self._trainer is not None else 1
-        warmup = math.ceil(self.warmup_ratio * total)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_cosine(s, total, warmup, self.schedule, self.min_lr_ratio)
-        )
+        self._schedule_total = None  # sized afresh for this fit
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: self.lr_multiplier(step))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def optimizer_steps_total(self) -> int:
+        """Optimiser steps of the whole fit, the length of the lr schedule (Lightning's estimate:
+        batches / gradient accumulation, capped by ``max_steps``)."""
+        if self._trainer is None:
+            return 1
+        return max(1, int(self.trainer.estimated_stepping_batches))
+
+    def lr_multiplier(self, step: int) -> float:
+        """The schedule's lr multiplier at optimiser step ``step`` (0-based)."""
+        if getattr(self, "_schedule_total", None) is None:
+            self._schedule_total = self.optimizer_steps_total()
+        total = self._schedule_total
+        return warmup_cosine(
+            step, total, math.ceil(self.warmup_ratio * total), self.schedule, self.min_lr_ratio
+        )
 
     # ----------------------------------------------------------------------------- evaluation
     # Evaluation writes, per validate/test run, into the predictions directory (default the logger's):
@@ -238,13 +266,21 @@ class GroundingModule(L.LightningModule):
     # pictures_<stage>/*.png. While an epoch runs each process appends its rows to a shard
     # (predictions_<stage>.rank<r>.part.jsonl) so that an interrupted run resumes where it stopped.
 
-    def score_completions(self, texts: list[str], boxes: torch.Tensor) -> dict[str, Any]:
-        """Strict and compatible parses and IoUs of completions against model-frame boxes [B, 4]."""
+    def score_completions(
+        self, texts: list[str], boxes: torch.Tensor, sizes: list[tuple[int, int] | None] | None = None
+    ) -> dict[str, Any]:
+        """Strict and compatible parses and IoUs of completions against model-frame boxes [B, 4].
+
+        The IoU is the accuracy reward's (:func:`univg.rewards.iou_reward`: the predicted box is
+        mapped out of the model frame and clamped into the image), so evaluation and training score
+        a box the same way. ``sizes``: (width, height) of each resized target image (pixel frames).
+        """
         gt = boxes.tolist()
         strict = [parse_answer(t, strict=True) for t in texts]
         compat = [parse_answer(t, strict=False) for t in texts]
-        iou_s = [box_iou(p, g) if p is not None else 0.0 for p, g in zip(strict, gt)]
-        iou_c = [box_iou(p, g) if p is not None else 0.0 for p, g in zip(compat, gt)]
+        known = sizes if sizes is not None and all(sz is not None for sz in sizes) else None
+        iou_s = iou_reward(texts, gt, strict=True, frame=self.frame, sizes=known)
+        iou_c = iou_reward(texts, gt, strict=False, frame=self.frame, sizes=known)
         return {"strict": strict, "compat": compat, "iou_strict": iou_s, "iou_compat": iou_c, "gt": gt}
 
     def decoding_settings(self) -> Decoding:
@@ -288,7 +324,7 @@ class GroundingModule(L.LightningModule):
         gt = batch["boxes"].tolist()
         if samples is not None:  # scored in floats, not the collator's integer target
             gt = [model_frame_gt(smp.box, self.frame, size) for smp, size in zip(samples, sizes)]
-        s = self.score_completions(texts, torch.tensor(gt, dtype=torch.float64))
+        s = self.score_completions(texts, torch.tensor(gt, dtype=torch.float64), sizes)
         key = self._eval.get(stage, {}).get("run_key")
         scorer = self._eval.get(stage, {}).get("release_scorer") or release_scorer(self.benchmark)
         prompts = decode_prompts(self.tokenizer, batch) if scorer == "zero_shot" else [""] * len(texts)

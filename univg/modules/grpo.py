@@ -10,14 +10,17 @@ the ratio is 1 and pi_old = pi_theta detached (no extra pass).
 from __future__ import annotations
 
 import copy
+import json
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from univg.difficulty import PHI_NAMES, difficulty_shares, normalise_weights, phi
+from univg.difficulty import PHI_NAMES, difficulty_shares, phi
 from univg.grpo import (
     LOSS_TYPES,
     SCALES,
@@ -29,7 +32,14 @@ from univg.grpo import (
 )
 from univg.modules.base import GroundingModule
 from univg.rewards import compute_rewards, reward_stats
-from univg.rollout import Rollout, completion_logprobs, generate, images_per_prompt, model_inputs
+from univg.rollout import (
+    Rollout,
+    completion_logprobs,
+    generate,
+    images_per_prompt,
+    model_inputs,
+    shared_prefix_allowed,
+)
 
 ACCURACY = "accuracy"  # the reward whose group mean is mIoU (DESIGN.md section 4)
 
@@ -45,7 +55,7 @@ class ScoredRollout:
     weights: torch.Tensor  # [N] phi of each completion's group
     old_logp: torch.Tensor | None  # [N, C] when num_iterations > 1
     ref_logp: torch.Tensor | None  # [N, C] when beta > 0
-    stats: dict[str, float] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 class GRPOModule(GroundingModule):
@@ -53,7 +63,9 @@ class GRPOModule(GroundingModule):
 
     Args:
         group_size: G completions per prompt.
-        temperature, top_p, top_k: sampling (top_k 0 = off; the paper samples the full vocabulary).
+        temperature, top_p, top_k: sampling (top_k 0 = off). The release sampled with
+            ``GenerationConfig(do_sample=True, temperature=1)``, so transformers' default ``top_k=50``
+            applied: the paper configs set ``top_k: 50``; 0 samples the full vocabulary.
         max_completion_length: max new tokens per completion.
         beta: KL coefficient (k3 estimator to the reference); 0 skips the reference pass.
         eps_low, eps_high: clipping range of the ratio.
@@ -68,6 +80,10 @@ class GRPOModule(GroundingModule):
         prompts_per_step: prompts per optimiser step across all processes (gradient accumulation).
         logprob_chunk_size: rows per log-prob forward (bounds the [rows, C, V] logits); None = all.
         log_completions_every: log a sample of completions as text every N optimiser steps (0 = off).
+        check_invariants: measure GRPO's run-time invariants every optimiser step and log them
+            (``invariants/*``, and one JSON line per step in ``<log dir>/invariants.jsonl``): KL and
+            ratio at the first step, sampled vs scored log-probs, the lr against the schedule, the
+            difficulty weights used. Costs a log-softmax per sampled token; ``make rehearsal`` uses it.
         vllm: sample rollouts with vLLM (GPU only): keyword arguments of
             :class:`univg.engines.VLLMEngine` (``model_name_or_path`` defaults to
             ``backbone.checkpoint``); built on first use, weights pushed after each optimiser step.
@@ -96,6 +112,7 @@ class GRPOModule(GroundingModule):
         prompts_per_step: int = 16,
         logprob_chunk_size: int | None = None,
         log_completions_every: int = 50,
+        check_invariants: bool = False,
         vllm: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -130,6 +147,7 @@ class GRPOModule(GroundingModule):
         self.prompts_per_step = prompts_per_step
         self.logprob_chunk_size = logprob_chunk_size
         self.log_completions_every = log_completions_every
+        self.check_invariants = check_invariants
         if vllm is not None:
             from univg.engines import VLLMEngine
 
@@ -200,6 +218,31 @@ class GRPOModule(GroundingModule):
             )
         return self.prompts_per_step // per_step
 
+    def optimizer_steps_total(self) -> int:
+        """Optimiser steps of the fit: under manual optimisation Lightning's estimate counts
+        micro-batches, while a step here takes ``prompts_per_step`` prompts and runs
+        ``num_iterations`` updates (a last partial step per epoch included)."""
+        if self._trainer is None:
+            return 1
+        trainer = self.trainer
+        batches = trainer.num_training_batches  # per process and epoch, limit_train_batches applied
+        loader = trainer.train_dataloader
+        batch_size = getattr(loader, "batch_size", None) if loader is not None else None
+        if not batch_size or not math.isfinite(batches):
+            return super().optimizer_steps_total()
+        per_epoch = math.ceil(int(batches) / self.micro_batches_per_step(int(batch_size)))
+        total = per_epoch * max(1, trainer.max_epochs or 1) * self.num_iterations
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            total = min(total, trainer.max_steps)
+        return max(1, total)
+
+    def shared_prefix(self) -> bool:
+        """Whether log-probs share each prompt's prefix across its G rows. Decided once for the policy,
+        old-policy and reference passes alike, by what the gradient pass allows (not under gradient
+        checkpointing or FSDP): the three must be scored by the same arithmetic, or KL and the ratio
+        measure the difference between two computations (bf16) instead of between two policies."""
+        return shared_prefix_allowed(self.model)
+
     def sampling_kwargs(self) -> dict[str, Any]:
         """How rollouts are sampled (keyword arguments of :func:`univg.rollout.generate`)."""
         return dict(
@@ -218,22 +261,32 @@ class GRPOModule(GroundingModule):
         t0 = time.perf_counter()
         sampling = self.sampling_kwargs()
         if self.vllm is None:
-            roll = generate(self.model, model_inputs(batch), self.tokenizer, **sampling)
+            roll = generate(
+                self.model,
+                model_inputs(batch),
+                self.tokenizer,
+                **sampling,
+                record_logprobs=self.check_invariants,
+            )
         else:
             roll = self.vllm_engine.generate(model_inputs(batch), self.tokenizer, **sampling)
         t1 = time.perf_counter()
         boxes = batch["boxes"].repeat_interleave(g, dim=0).tolist()  # [N, 4] model frame
-        rewards = compute_rewards(self.reward_weights, roll.texts, boxes, frame=self.frame)
+        forms = batch.get("answer_formats")  # per prompt: "think" or "box" (RefCOCO single image)
+        forms = [f for f in forms for _ in range(g)] if forms is not None else None  # [N]
+        scoring = dict(frame=self.frame, answer_formats=forms)
+        rewards = compute_rewards(self.reward_weights, roll.texts, boxes, **scoring)
         acc = (
             rewards[ACCURACY]
             if ACCURACY in rewards
-            else compute_rewards({ACCURACY: 1.0}, roll.texts, boxes, frame=self.frame)[ACCURACY]
+            else compute_rewards({ACCURACY: 1.0}, roll.texts, boxes, **scoring)[ACCURACY]
         )
         total = rewards["total"]  # [N]
         advantages = group_advantages(total, g, self.scale_rewards)  # [N]
         miou = group_miou(acc, g)  # [num_prompts], per group, never over the micro-batch
         w_group = phi(self.phi_name, miou, self.phi_eps)  # [num_prompts], no gradient
-        stats = reward_stats(roll.texts, boxes, frame=self.frame)
+        stats: dict[str, Any] = dict(reward_stats(roll.texts, boxes, **scoring))
+        stats["total_all"] = total  # every group's rewards, for a step-wide "batch" scale
         zero_var = zero_variance_groups(total, g)  # [num_prompts]
         stats["zero_variance_frac"] = float(zero_var.float().mean())
         stats["truncated"] = float(roll.truncated.float().sum())
@@ -249,28 +302,11 @@ class GRPOModule(GroundingModule):
         device = roll.completion_ids.device
         ref_logp = old_logp = None
         if roll.completion_ids.shape[0] and (self.beta > 0 or self.num_iterations > 1):
-            chunk = self.logprob_chunk_size
             if self.num_iterations > 1:
-                old_logp = completion_logprobs(
-                    self.model,
-                    roll.prompt,
-                    roll.completion_ids,
-                    roll.completion_mask,
-                    g,
-                    chunk,
-                    self.temperature,
-                )
+                old_logp = self.logprobs(self.model, roll)
             if self.beta > 0:
                 with self.reference() as ref:
-                    ref_logp = completion_logprobs(
-                        ref,
-                        roll.prompt,
-                        roll.completion_ids,
-                        roll.completion_mask,
-                        g,
-                        chunk,
-                        self.temperature,
-                    )
+                    ref_logp = self.logprobs(ref, roll)
         t2 = time.perf_counter()
         self._times["generation"] = self._times.get("generation", 0.0) + t1 - t0
         self._times["scoring"] = self._times.get("scoring", 0.0) + t2 - t1
@@ -279,23 +315,37 @@ class GRPOModule(GroundingModule):
             roll, rewards, advantages.to(device), miou_kept, weights.to(device), old_logp, ref_logp, stats
         )
 
-    def loss_terms(self, scored: ScoredRollout, weights: torch.Tensor | None = None) -> GRPOLossTerms:
-        """The GRPO(-Difficulty) loss of one scored micro-batch under the current policy."""
-        r = scored.rollout
-        logp = completion_logprobs(
-            self.model,
-            r.prompt,
-            r.completion_ids,
-            r.completion_mask,
+    def logprobs(self, model: torch.nn.Module, roll: Rollout) -> torch.Tensor:
+        """Per-token log-probs [N, C] of a rollout's completions under ``model`` (policy, old policy
+        or reference: one path for all three, :meth:`shared_prefix`)."""
+        return completion_logprobs(
+            model,
+            roll.prompt,
+            roll.completion_ids,
+            roll.completion_mask,
             self.group_size,
             self.logprob_chunk_size,
             self.temperature,
-        )  # [N, C]
+            shared_prefix=self.shared_prefix(),
+        )
+
+    def loss_terms(
+        self,
+        scored: ScoredRollout,
+        weights: torch.Tensor | None = None,
+        advantages: torch.Tensor | None = None,
+        logp: torch.Tensor | None = None,
+    ) -> GRPOLossTerms:
+        """The GRPO(-Difficulty) loss of one scored micro-batch under the current policy
+        (``logp`` [N, C]: the policy's log-probs when already computed)."""
+        r = scored.rollout
+        if logp is None:
+            logp = self.logprobs(self.model, r)  # [N, C]
         return grpo_loss_terms(
             logp,
             scored.old_logp,
             scored.ref_logp,
-            scored.advantages,
+            scored.advantages if advantages is None else advantages,
             scored.weights if weights is None else weights,
             r.completion_mask,
             beta=self.beta,
@@ -320,26 +370,64 @@ class GRPOModule(GroundingModule):
             self._buffer = []
 
     def optimise(self, buffer: list[ScoredRollout]) -> None:
-        """``num_iterations`` optimiser steps over the buffered rollouts (gradient accumulation)."""
+        """``num_iterations`` optimiser steps over the buffered rollouts (gradient accumulation).
+
+        Everything that is a statistic of the step is taken over the whole step on every process:
+        the "batch" reward scale, ``normalize_phi``, and the loss normalisation (each micro-batch's
+        loss is weighted by its share of the step's sequences, or tokens for ``bnpo``, so that
+        1 micro-batch of 4 prompts and 4 micro-batches of 1 prompt give the same update).
+        """
         opt = self.optimizers()
         sched = self.lr_schedulers()
-        weights = None
+        g = self.group_size
+        world = self.trainer.world_size if self._trainer is not None else 1
+        advantages: list[torch.Tensor | None] = [None] * len(buffer)
+        if self.scale_rewards == "batch":
+            std = _step_std(torch.cat([s.stats["total_all"] for s in buffer]))
+            advantages = [
+                group_advantages(s.rewards["total"], g, "batch", batch_std=std).to(s.advantages.device)
+                for s in buffer
+            ]
+        weights: list[torch.Tensor | None] = [None] * len(buffer)
         if self.normalize_phi:
-            allw = normalise_weights(torch.cat([s.weights for s in buffer]))
-            weights = list(torch.split(allw, [len(s.weights) for s in buffer]))
+            allw = torch.cat([s.weights for s in buffer])
+            total, count = _world_sum([float(allw.sum()), float(allw.numel())])
+            mean = total / count if count else 0.0
+            if mean > 0:  # all-zero weights (every group solved under square): nothing to rescale
+                weights = [s.weights / mean for s in buffer]
+        used = [s.weights if w is None else w for s, w in zip(buffer, weights)]
+        # each micro-batch's share of the step: sequences (grpo, dr_grpo) or tokens (bnpo), all ranks
+        sizes = [
+            float(s.rollout.completion_mask.sum())
+            if self.loss_type == "bnpo"
+            else float(s.rollout.completion_ids.shape[0])
+            for s in buffer
+        ]
+        (step_size,) = _world_sum([sum(sizes)])
+        check = self.check_invariants
+        inv: dict[str, float] = {}
+        if check:
+            inv = {
+                "lr": float(opt.param_groups[0]["lr"]),
+                "lr_expected": self.lr * self.lr_multiplier(self.global_step),
+                "lr_peak": self.lr,
+            }
         t0 = time.perf_counter()
-        for _ in range(self.num_iterations):
+        for it in range(self.num_iterations):
             logs: dict[str, float] = {}
-            n_seq = sum(int(s.rollout.completion_ids.shape[0]) for s in buffer)
             for k, s in enumerate(buffer):
                 n = int(s.rollout.completion_ids.shape[0])
                 if n == 0:
                     continue
-                terms = self.loss_terms(s, None if weights is None else weights[k])
-                # each micro-batch's loss is a mean over its sequences: weight by its share
-                self.manual_backward(terms.loss * (n / max(1, n_seq)))
+                share = sizes[k] / max(step_size, 1.0)
+                logp = self.logprobs(self.model, s.rollout)  # [N, C]
+                terms = self.loss_terms(s, used[k], advantages[k], logp)
+                # DDP and FSDP average gradients over processes: scale back to a sum over the step
+                self.manual_backward(terms.loss * share * world)
                 for key, v in terms.as_dict().items():
-                    logs[key] = logs.get(key, 0.0) + float(v.detach()) * n / max(1, n_seq)
+                    logs[key] = logs.get(key, 0.0) + float(v.detach()) * share * world
+                if check and it == 0:
+                    _measure_invariants(inv, s, logp.detach(), self.beta)
             if self.max_grad_norm > 0:
                 params = [p for p in self.model.parameters() if p.grad is not None]
                 if params:
@@ -353,12 +441,20 @@ class GRPOModule(GroundingModule):
             t1 = time.perf_counter()
             self.vllm_engine.sync_weights(self.model)
             self._times["weight_sync"] = time.perf_counter() - t1
-        self._log_step(buffer, logs, opt)
+        self._log_step(buffer, logs, opt, used, inv if check else None)
 
-    def _log_step(self, buffer: list[ScoredRollout], logs: dict[str, float], opt: Any) -> None:
+    def _log_step(
+        self,
+        buffer: list[ScoredRollout],
+        logs: dict[str, float],
+        opt: Any,
+        used: list[torch.Tensor],
+        invariants: dict[str, float] | None = None,
+    ) -> None:
         rewards = {k: torch.cat([s.rewards[k] for s in buffer]) for k in buffer[0].rewards}
         miou = torch.cat([s.stats["miou_all"] for s in buffer])
-        weights = torch.cat([phi(self.phi_name, s.stats["miou_all"], self.phi_eps) for s in buffer])
+        g = self.group_size
+        weights = torch.cat([w[::g] for w in used])  # [groups]: the weights the loss used
         lengths = torch.cat([s.rollout.completion_mask.sum(1).float() for s in buffer])
         prompt_tokens = sum(int(s.rollout.prompt["attention_mask"].sum()) * self.group_size for s in buffer)
         step_time = sum(self._times.values())
@@ -387,6 +483,8 @@ class GRPOModule(GroundingModule):
 
             out["perf/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         out["train/lr"] = float(opt.param_groups[0]["lr"])
+        if invariants is not None:
+            self._record_invariants(buffer, used, invariants, out)
         self.log_dict(out, on_step=True, prog_bar=False, batch_size=len(miou))
         self.log("reward", out["reward/total_mean"], prog_bar=True, on_step=True, batch_size=len(miou))
         self.last_step_logs = out
@@ -402,6 +500,39 @@ class GRPOModule(GroundingModule):
                     for i, t in enumerate(r.texts[: self.group_size])
                 )
                 exp.add_text("completions", text, self.global_step)
+
+    def _record_invariants(
+        self,
+        buffer: list[ScoredRollout],
+        used: list[torch.Tensor],
+        inv: dict[str, float],
+        out: dict[str, float],
+    ) -> None:
+        """Log the step's invariants and append them, with every group's mIoU and weight gathered
+        from all processes, to ``invariants.jsonl`` (rank 0)."""
+        g = self.group_size
+        local = [
+            (float(m), float(w))
+            for s, ws in zip(buffer, used)
+            for m, w in zip(s.miou.tolist(), ws[::g].tolist())
+        ]
+        groups = [pair for part in _gather(local) for pair in part]
+        inv = {k: _world_max(v) if k.endswith("_max") else v for k, v in inv.items()}
+        out.update({f"invariants/{k}": v for k, v in inv.items()})
+        record = {
+            "step": int(self.global_step) - self.num_iterations,  # the step the lr was used at
+            **inv,
+            "phi": self.phi_name,
+            "phi_eps": self.phi_eps,
+            "normalize_phi": self.normalize_phi,
+            "miou": [m for m, _ in groups],
+            "weights": [w for _, w in groups],
+            "world_size": self.trainer.world_size if self._trainer is not None else 1,
+        }
+        root = self.trainer.log_dir if self._trainer is not None else None
+        if root is not None and (self._trainer is None or self.trainer.is_global_zero):
+            with open(Path(root) / "invariants.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
     # ----------------------------------------------------------------------------- resume
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -458,3 +589,73 @@ def select_prompt_rows(prompt: dict[str, torch.Tensor], keep: torch.Tensor) -> d
         out["pixel_values"] = prompt["pixel_values"][torch.tensor(pix_keep, dtype=torch.bool)]
         out["image_grid_thw"] = grid[torch.tensor(img_keep, dtype=torch.bool)]
     return out
+
+
+# --------------------------------------------------------------------------------- across processes
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _world_sum(values: list[float]) -> list[float]:
+    """Element-wise sums over every process (the values themselves in a single process)."""
+    if not _distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_device())
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def _world_max(value: float) -> float:
+    if not _distributed():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_device())
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t)
+
+
+def _gather(obj: Any) -> list[Any]:
+    if not _distributed():
+        return [obj]
+    out: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _device() -> torch.device:
+    backend = torch.distributed.get_backend()
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+
+def _step_std(totals: torch.Tensor) -> float:
+    """Unbiased std of every reward of the optimiser step, over all processes."""
+    n, s1, s2 = _world_sum(
+        [float(totals.numel()), float(totals.double().sum()), float((totals.double() ** 2).sum())]
+    )
+    if n < 2:
+        return 0.0
+    return math.sqrt(max(0.0, (s2 - s1 * s1 / n) / (n - 1)))
+
+
+def _measure_invariants(inv: dict[str, float], s: ScoredRollout, logp: torch.Tensor, beta: float) -> None:
+    """Fold one micro-batch's first-iteration measurements into ``inv`` (maxima over tokens):
+    ``kl_max`` policy vs reference (0 at the first step: the reference is the initial policy),
+    ``ratio_dev_max`` |ratio - 1| (0 before the first update of a batch), ``sampler_gap_max``
+    scored minus sampled log-prob (<= 0 up to rounding: top-k / top-p only raise the sampled one)
+    and ``sampler_absdiff_max`` (untruncated sampling: the two agree)."""
+    mask = s.rollout.completion_mask.bool()
+    if not bool(mask.any()):
+        return
+
+    def fold(key: str, value: torch.Tensor) -> None:
+        inv[key] = max(inv.get(key, float("-inf")), float(value[mask].max()))
+
+    if s.ref_logp is not None and beta > 0:
+        delta = s.ref_logp - logp
+        fold("kl_max", torch.exp(delta) - delta - 1.0)
+        fold("ref_logp_absdiff_max", delta.abs())
+    if s.old_logp is not None:
+        fold("ratio_dev_max", (torch.exp(logp - s.old_logp) - 1.0).abs())
+    sampled = s.rollout.sampler_logp
+    if sampled is not None:
+        fold("sampler_gap_max", logp - sampled)
+        fold("sampler_absdiff_max", (logp - sampled).abs())

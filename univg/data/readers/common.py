@@ -9,9 +9,17 @@ Box policy (all readers):
 - a coordinate outside [0, 1] by at most :data:`CLAMP_TOLERANCE` is clamped, counted and flagged
   (``meta["clamped"]``, original in ``meta["raw_box"]``); further out is an error (a wrong frame,
   e.g. pixels read as normalised);
-- a degenerate box (x2 <= x1 or y2 <= y1) follows ``degenerate``: ``"keep"`` (default: kept,
-  flagged ``meta["degenerate"]`` and listed; it cannot be hit at evaluation), ``"skip"`` (skipped
-  and listed) or ``"error"``.
+- a degenerate box (x2 <= x1 or y2 <= y1) follows ``degenerate`` (:data:`DegeneratePolicy`):
+  ``"keep"`` (the readers' default, for evaluation files: kept unchanged, flagged
+  ``meta["degenerate"]`` and listed; the evaluation decides how to score it), ``"swap"`` (inverted
+  corners are swapped into a valid box, flagged ``meta["swapped"]``, original in
+  ``meta["raw_box"]``, listed; a box still empty after the swap, x1 == x2 or y1 == y2, is skipped
+  and listed), ``"skip"`` (skipped and listed) or ``"error"``. Training data modules choose
+  ``swap``/``skip``/``error`` explicitly (``degenerate_boxes``), never ``keep``.
+
+Errors name the file's own field: a reader says which file field each schema field came from
+(``run_reader(fields=...)`` or :meth:`Record.map_field`), so a RefCOCO record whose ``problem`` is
+empty says ``field 'problem'``, not the schema's ``question``.
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from univg.boxes import Box, get_frame, parse_box_tokens
 from univg.data.images import ImageNotFoundError, image_size, resolve_image_path
@@ -33,7 +41,9 @@ logger = logging.getLogger("univg.data")
 
 #: How far outside [0, 1] a normalised coordinate may be and still be clamped (MIG-Bench has 1.048).
 CLAMP_TOLERANCE = 0.1
-DEGENERATE_POLICIES = ("keep", "skip", "error")
+#: What a reader does with a box whose corners are inverted or equal (see the module docstring).
+DegeneratePolicy = Literal["keep", "swap", "skip", "error"]
+DEGENERATE_POLICIES: tuple[str, ...] = get_args(DegeneratePolicy)
 _MISSING = object()
 
 ORDINAL_WORDS = {
@@ -141,12 +151,22 @@ def load_records(path: str | os.PathLike) -> list[Any]:
 class Record:
     """One raw record and where it came from; field access raises errors that name all three."""
 
-    def __init__(self, path: str, index: int, raw: Any, report: ReadReport, degenerate: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        index: int,
+        raw: Any,
+        report: ReadReport,
+        degenerate: str,
+        fields: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.path = path
         self.index = index
         self.raw = raw
         self.report = report
         self.degenerate = degenerate
+        # schema field -> the file field it was read from (for error messages; see map_field)
+        self.fields: dict[str, str] = {k: self.name_of(*v) for k, v in (fields or {}).items()}
         rid = raw.get("id") if isinstance(raw, dict) else None
         self.id = str(rid) if rid not in (None, "") else f"{Path(path).stem}-{index}"
 
@@ -177,6 +197,19 @@ class Record:
     def name_of(self, *names: str) -> str:
         """Which alias of a field this record uses (for error messages)."""
         return next((n for n in names if isinstance(self.raw, dict) and n in self.raw), names[0])
+
+    def map_field(self, schema_field: str, *names: str) -> None:
+        """Say that ``schema_field`` of the sample comes from the file field ``names`` (aliases, the
+        first present one is named): a schema check on it then names the file's field."""
+        self.fields[schema_field] = self.name_of(*names)
+
+    def file_error(self, err: SampleError) -> SampleError:
+        """``err`` (a schema check on a sample of this record) with the file's field name."""
+        name = getattr(err, "field_name", None)
+        detail = getattr(err, "detail", None)
+        if name not in self.fields or detail is None:
+            return err
+        return SampleError(f"{self.where}: field '{self.fields[name]}': {detail}")
 
     def str_list(self, *names: str, expected: str = "a non-empty list of image paths") -> list[str]:
         value = self.get(*names, expected=expected, types=(list, str))
@@ -258,8 +291,16 @@ class Record:
                 raise self.error(field, "x1 < x2 and y1 < y2", list(coords))
             if self.degenerate == "skip":
                 raise SkipRecord(f"degenerate box {list(coords)} in field '{field}'")
-            meta["degenerate"] = True
-            self.report.degenerate.append(sample_id)
+            if self.degenerate == "swap":
+                box = Box(min(box.x1, box.x2), min(box.y1, box.y2), max(box.x1, box.x2), max(box.y1, box.y2))
+                if box.is_degenerate:  # x1 == x2 or y1 == y2: no order of the corners has an area
+                    raise SkipRecord(f"empty box {list(coords)} in field '{field}' (no area to swap into)")
+                meta["swapped"] = True
+                meta.setdefault("raw_box", list(coords))
+                self.report.swapped.append(sample_id)
+            else:
+                meta["degenerate"] = True
+                self.report.degenerate.append(sample_id)
         return box, meta
 
     def pixel_box(
@@ -319,8 +360,13 @@ def run_reader(
     parse: Callable[[Record], Iterable[GroundingSample]],
     skip_invalid: bool = False,
     degenerate: str = "keep",
+    fields: Mapping[str, Sequence[str]] | None = None,
 ) -> SampleList:
     """Run ``parse`` over every record of ``path`` and apply the error/skip policy.
+
+    ``fields`` maps schema fields to the file's field (aliases, e.g. ``{"question": ("problem",
+    "question")}``) so that a sample failing the schema check names the field the user wrote;
+    a parser may also map fields per record (:meth:`Record.map_field`).
 
     Returns a :class:`SampleList` whose ``report`` says what was read, skipped, clamped and flagged;
     the one-line summary is logged (warning level when anything was skipped or fixed).
@@ -332,28 +378,39 @@ def run_reader(
     report = ReadReport(path=path, format=fmt, records=len(records))
     out = SampleList()
     for index, raw in enumerate(records):
-        rec = Record(path, index, raw, report, degenerate)
-        n_clamped, n_degenerate = len(report.clamped), len(report.degenerate)
+        rec = Record(path, index, raw, report, degenerate, fields)
+        marks = {name: len(getattr(report, name)) for name in _PER_SAMPLE_LISTS}
+        notes = dict(report.notes)
         try:
             if isinstance(raw, SampleError):
                 raise raw
             samples = list(parse(rec))
             for s in samples:
                 s.source, s.index = path, index
-                validate_sample(s)
+                try:
+                    validate_sample(s)
+                except SampleError as err:
+                    raise rec.file_error(err) from None
         except (SkipRecord, SampleError) as why:
             if isinstance(why, SampleError) and not skip_invalid:
                 raise
-            # Undo the flags of a record that is not kept, so the report lists only kept samples.
-            del report.clamped[n_clamped:], report.degenerate[n_degenerate:]
+            # Undo the flags and counts of a record that is not kept: the report lists kept samples.
+            for name, mark in marks.items():
+                del getattr(report, name)[mark:]
+            report.notes = notes
             report.skipped.append((index, rec.id, str(why)))
             continue
         out.extend(samples)
     report.samples = len(out)
     out.report = report
-    level = logging.WARNING if (report.skipped or report.clamped or report.degenerate) else logging.INFO
+    fixed = report.skipped or report.clamped or report.degenerate or report.swapped
+    level = logging.WARNING if fixed else logging.INFO
     logger.log(level, report.summary())
     return out
+
+
+#: The report's per-sample lists that a skipped record must not leave entries in.
+_PER_SAMPLE_LISTS = ("clamped", "degenerate", "swapped")
 
 
 def make_sample(rec: Record, **fields: Any) -> GroundingSample:
@@ -422,3 +479,49 @@ def single_image_sample(
         target_rule="single",
         meta=meta,
     )
+
+
+#: Images under this folder are COCO's (RefCOCO/+/g); the release detects its single-image
+#: COCO records by the same path component.
+COCO_MARKER = "coco/train2014"
+#: How a single-image record of a release file is told from the multi-image MGrounding ones.
+SOURCE_KINDS = ("coco", "mgrounding")
+
+
+def detect_source(
+    images: Sequence[str], template: str | None, has_reasoning: bool | None = None
+) -> tuple[str, str]:
+    """(source kind, rule) of one record of a mixed release file (``stage1_cotsft.json``,
+    ``stage2_rl.json``): ``coco`` for a single-image RefCOCO/COCO record, else ``mgrounding``.
+
+    A single-image record is ``coco`` when its image is under ``coco/train2014`` (``path``), its
+    prompt is the single-image template (``prompt``), or, in a stage-1 file, its target has no
+    reasoning (``no_reasoning``: the release's stage-1 CoT records all reason). Decided per record,
+    never per batch.
+
+    >>> detect_source(["data/coco/train2014/COCO_train2014_1.jpg"], "plain")
+    ('coco', 'path')
+    >>> detect_source(["x/1.jpg"], "refcoco_single")
+    ('coco', 'prompt')
+    >>> detect_source(["x/1.jpg"], "reasoning", has_reasoning=False)
+    ('coco', 'no_reasoning')
+    >>> detect_source(["x/1.jpg", "x/2.jpg"], "refcoco_single")
+    ('mgrounding', 'multi_image')
+    >>> detect_source(["x/1.jpg"], "reasoning", has_reasoning=True)
+    ('mgrounding', 'single_image')
+    """
+    if len(images) != 1:
+        return "mgrounding", "multi_image"
+    if COCO_MARKER in images[0].replace("\\", "/"):
+        return "coco", "path"
+    if template == "refcoco_single":
+        return "coco", "prompt"
+    if has_reasoning is False:
+        return "coco", "no_reasoning"
+    return "mgrounding", "single_image"
+
+
+def note_source(rec: Record, kind: str, rule: str) -> dict[str, str]:
+    """Count the record's detected source in the report; the meta entries for its sample."""
+    rec.report.note(f"source_kind:{kind}")
+    return {"source_kind": kind, "source_rule": rule}

@@ -12,6 +12,15 @@ Answer coordinates are in the Qwen2-VL 0-1000 frame. The user text is the *rende
 reader recognises the template (:func:`univg.prompts.split_prompt`) and stores the bare question
 with ``prompt_template`` set, so a collated sample reproduces the file's prompt exactly and
 ``write_cot_sft(read_cot_sft(f))`` rewrites the same records.
+
+The release's ``stage1_cotsft.json`` mixes two sources in one file, told apart per record
+(:func:`~univg.data.readers.common.detect_source`, counted in the report as ``source_kind:*``):
+MGrounding CoT records (``<think>...</think><answer>...</answer>``) and single-image RefCOCO/COCO
+records, whose assistant turn may be an ``<answer>`` block without reasoning or the bare box
+``(x1, y1), (x2, y2)`` (optionally in ``<|box_start|>...<|box_end|>``). The assistant text is kept
+verbatim as the sample's ``target`` (the SFT target), unless the reader had to fix the box (clamp
+or corner swap): then the target is re-rendered from the fixed box (counted as
+``target_rerendered_box_fixed``).
 """
 
 from __future__ import annotations
@@ -26,30 +35,74 @@ from typing import Any
 from PIL import Image
 
 from univg.boxes import parse_answer
-from univg.data.readers.common import Record, question_sample, run_reader
+from univg.data.readers.common import (
+    DegeneratePolicy,
+    Record,
+    detect_source,
+    note_source,
+    question_sample,
+    run_reader,
+)
 from univg.data.readers.mgrounding import prompt_and_answer
 from univg.data.schema import GroundingSample, SampleList, sample_error
 from univg.prompts import render_prompt, split_prompt, split_target, target_text
 
+# A whole assistant turn that is one box and nothing else (RefCOCO records of the stage-1 file).
+_BARE_BOX_RE = re.compile(
+    r"\s*(?:<\|box_start\|>)?\s*\(\s*(-?\d+)\s*,\s*(-?\d+)\s*\)\s*,\s*\(\s*(-?\d+)\s*,\s*(-?\d+)\s*\)"
+    r"\s*(?:<\|box_end\|>)?\s*"
+)
+
+
+def answer_box(answer: str) -> tuple[str | None, tuple[int, ...]] | None:
+    """(reasoning or None, 4 ints) of a stage-1 assistant turn, or ``None`` if it is not one.
+
+    >>> answer_box("<think>left dog</think>\\n<answer>(1, 2), (3, 4)</answer>")
+    ('left dog', (1, 2, 3, 4))
+    >>> answer_box("(10,20),(30,40)")
+    (None, (10, 20, 30, 40))
+    >>> answer_box("the dog (10,20),(30,40)") is None
+    True
+    """
+    parts = split_target(answer)
+    if parts is not None:
+        coords = parse_answer(answer, strict=True)
+        return (parts[0], coords) if coords is not None else None
+    bare = _BARE_BOX_RE.fullmatch(answer)
+    return (None, tuple(int(v) for v in bare.groups())) if bare else None
+
 
 def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingSample]:
     images = rec.str_list("images", "image")
+    rec.map_field("images", "images", "image")
     text, answer, answer_field = prompt_and_answer(rec, len(images), "messages", "conversations")
-    parts = split_target(answer)
-    coords = parse_answer(answer, strict=True) if parts is not None else None
-    if parts is None or coords is None:
+    found = answer_box(answer)
+    if found is None:
         raise rec.error(
-            answer_field, "'<think>...</think><answer>(x1, y1), (x2, y2)</answer>' (0-1000)", answer
+            answer_field,
+            "'<think>...</think><answer>(x1, y1), (x2, y2)</answer>' (0-1000; a single-image record "
+            "may also answer '<answer>(x1, y1), (x2, y2)</answer>' or the bare box)",
+            answer,
         )
-    reasoning, _ = parts
+    reasoning, coords = found
     box, meta = rec.box(coords, answer_field, rec.id, frame="qwen2-vl")
     if isinstance(rec.raw, dict) and rec.raw.get("target_index") is not None:
-        target = rec.get("target_index", expected=f"an int in [0, {len(images)})", types=int)
-        rule = "record:target_index"
+        target, rule = (
+            rec.get("target_index", expected=f"an int in [0, {len(images)})", types=int),
+            "record:target_index",
+        )
+        rec.map_field("target_index", "target_index")
     else:
         target, rule = len(images) - 1, "default:last"
     template, question = split_prompt(text)
-    task = rec.get("task", "type", expected="a task name", types=str, default="cot_sft")
+    meta.update(note_source(rec, *detect_source(images, template, has_reasoning=reasoning is not None)))
+    verbatim: str | None = answer
+    if meta.get("clamped") or meta.get("swapped"):
+        verbatim = None  # the file's text still holds the box as written: render the fixed one
+        rec.report.note("target_rerendered_box_fixed")
+    task = rec.get("task", "type", expected="a task name", types=str, default=None)
+    if task is None:
+        task = "refcoco" if meta["source_kind"] == "coco" else "cot_sft"
     return question_sample(
         rec,
         images,
@@ -62,6 +115,7 @@ def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingS
         meta,
         reasoning=reasoning,
         prompt_template=template,
+        target=verbatim,
     )
 
 
@@ -69,7 +123,7 @@ def read_cot_sft(
     path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
     skip_invalid: bool = False,
-    degenerate: str = "keep",
+    degenerate: DegeneratePolicy = "keep",
 ) -> SampleList:
     """Read a stage-1 CoT-SFT file (format above): one sample per record, report attached."""
     return run_reader(path, "cot_sft", lambda rec: _parse(rec, image_root), skip_invalid, degenerate)

@@ -40,6 +40,7 @@ def read_single_image_pixels(
     """One single-image sample with an absolute-pixel box (LISA, LLMSeg)."""
     images = rec.single_image(*image_keys)
     question = rec.get(*question_keys, expected="the instruction text", types=str)
+    rec.map_field("question", *question_keys)  # errors name the file's field (e.g. 'instruction')
     coords, field = pixel_box_field(rec, *box_keys)
     box, meta, size = rec.pixel_box(coords, field, images[0], image_root)
     meta["image_size"] = size

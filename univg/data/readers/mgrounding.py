@@ -16,6 +16,7 @@ import os
 
 from univg.boxes import parse_box_tokens
 from univg.data.readers.common import (
+    DegeneratePolicy,
     Record,
     question_sample,
     run_reader,
@@ -76,11 +77,13 @@ def prompt_and_answer(rec: Record, n_images: int, *names: str) -> tuple[str, str
     (user, user_field), (answer, answer_field), extra = first_exchange(rec, *names)
     if extra:
         rec.report.note("extra_turns_ignored", extra)
+    rec.fields["question"] = user_field  # a schema check on the question names this turn
     return question_text(rec, user, n_images, user_field), answer, answer_field
 
 
 def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingSample]:
     images = rec.str_list("images", "image")
+    rec.map_field("images", "images", "image")
     question, answer, answer_field = prompt_and_answer(rec, len(images), "conversations", "messages")
     boxes = parse_box_tokens(answer)
     if len(boxes) != 1:
@@ -100,7 +103,7 @@ def read_mgrounding(
     path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
     skip_invalid: bool = False,
-    degenerate: str = "keep",
+    degenerate: DegeneratePolicy = "keep",
 ) -> SampleList:
     """Read an MGrounding-630k JSON/JSONL file: one sample per record, report attached."""
     return run_reader(path, "mgrounding", lambda rec: _parse(rec, image_root), skip_invalid, degenerate)

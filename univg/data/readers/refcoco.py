@@ -11,8 +11,17 @@ from __future__ import annotations
 
 import os
 
-from univg.data.readers.common import Record, run_reader, single_image_sample, strip_image_placeholders
+from univg.data.readers.common import (
+    DegeneratePolicy,
+    Record,
+    run_reader,
+    single_image_sample,
+    strip_image_placeholders,
+)
 from univg.data.schema import GroundingSample, SampleList
+
+#: Schema field -> this format's field (aliases), so errors name what the file calls it.
+FILE_FIELDS = {"question": ("problem", "question"), "images": ("image", "images")}
 
 
 def _parse(rec: Record, image_root, task: str) -> list[GroundingSample]:
@@ -40,8 +49,10 @@ def read_refcoco(
     path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
     skip_invalid: bool = False,
-    degenerate: str = "keep",
+    degenerate: DegeneratePolicy = "keep",
     task: str = "refcoco",
 ) -> SampleList:
     """Read a VLM-R1-style RefCOCO file: one sample per record, report attached."""
-    return run_reader(path, "refcoco", lambda rec: _parse(rec, image_root, task), skip_invalid, degenerate)
+    return run_reader(
+        path, "refcoco", lambda rec: _parse(rec, image_root, task), skip_invalid, degenerate, FILE_FIELDS
+    )

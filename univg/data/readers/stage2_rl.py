@@ -3,10 +3,15 @@
 Record: ``question`` (with ``<image>`` placeholders), ``answer`` (4 ints, Qwen2-VL 0-1000 frame, or
 a string holding ``(x1, y1), (x2, y2)``), ``images``; optional ``id``, ``task``/``type``.
 
-Single-image COCO records (``coco/train2014`` in the path, the release's test) are RefCOCO samples:
-task ``refcoco`` and prompt template ``refcoco_single`` (no think tags requested), as the release
-does when ``single_img_with_cot`` is off; pass ``single_image_template=None`` to keep the default.
-The target image is the question's last image mention, else the last image.
+Every record is read (the release trains on the whole file). Single-image COCO records are told
+apart per record (:func:`~univg.data.readers.common.detect_source`: ``coco/train2014`` in the
+path, the release's own test, or a question already in the single-image template), counted in
+the report (``source_kind:coco`` / ``source_kind:mgrounding``) and recorded in
+``meta["source_kind"]``. They are RefCOCO samples: task ``refcoco`` and prompt template
+``refcoco_single`` (no think tags requested; the training reward accepts a bare box for them),
+as the release does with ``single_img_with_cot`` off; pass ``single_image_template=None`` to
+keep the module's template. The target image is the question's last image mention, else the
+last image.
 """
 
 from __future__ import annotations
@@ -14,11 +19,22 @@ from __future__ import annotations
 import os
 
 from univg.boxes import parse_answer
-from univg.data.readers.common import Record, question_sample, run_reader, target_from_question
+from univg.data.readers.common import (
+    COCO_MARKER,  # noqa: F401 - importable from here as before
+    DegeneratePolicy,
+    Record,
+    detect_source,
+    note_source,
+    question_sample,
+    run_reader,
+    target_from_question,
+)
 from univg.data.readers.mgrounding import question_text
 from univg.data.schema import GroundingSample, SampleList
+from univg.prompts import split_prompt
 
-COCO_MARKER = "coco/train2014"
+#: Schema field -> this format's field (aliases), so errors name what the file calls it.
+FILE_FIELDS = {"question": ("question", "problem"), "images": ("images", "image")}
 
 
 def _parse(rec: Record, image_root, single_image_template: str | None) -> list[GroundingSample]:
@@ -37,7 +53,12 @@ def _parse(rec: Record, image_root, single_image_template: str | None) -> list[G
             raise rec.error(field, "'(x1, y1), (x2, y2)' or [x1, y1, x2, y2] in the 0-1000 frame", raw)
         raw = list(parsed)
     box, meta = rec.box(rec.numbers(raw, field), field, rec.id, frame="qwen2-vl")
-    is_coco_single = len(images) == 1 and COCO_MARKER in images[0]
+    written_template, bare_question = split_prompt(question.strip())
+    kind, source_rule = detect_source(images, written_template)
+    meta.update(note_source(rec, kind, source_rule))
+    is_coco_single = kind == "coco"
+    if is_coco_single and written_template == "refcoco_single":
+        question = bare_question  # the template is applied again at collation
     found = target_from_question(question)
     target, rule = (
         found if found is not None and found[0] < len(images) else (len(images) - 1, "default:last")
@@ -59,7 +80,7 @@ def read_stage2_rl(
     path: str | os.PathLike,
     image_root: str | os.PathLike | None = None,
     skip_invalid: bool = False,
-    degenerate: str = "keep",
+    degenerate: DegeneratePolicy = "keep",
     single_image_template: str | None = "refcoco_single",
 ) -> SampleList:
     """Read the stage-2 RL file: one sample per record, report attached."""
@@ -69,4 +90,5 @@ def read_stage2_rl(
         lambda rec: _parse(rec, image_root, single_image_template),
         skip_invalid,
         degenerate,
+        FILE_FIELDS,
     )

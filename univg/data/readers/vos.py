@@ -86,6 +86,7 @@ def _parse(
     box, meta, size = rec.pixel_box(coords, field, frames[target_frame], None)
     meta.update(image_size=size, frame_indices=keep)
     question = rec.get("question", "instruction", "exp", expected="the instruction text", types=str)
+    rec.map_field("question", "question", "instruction", "exp")  # errors name the file's field
     return record_sample(
         rec,
         frames,  # already resolved by _frame_paths
