@@ -19,6 +19,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -117,13 +118,17 @@ def screen_decodable(
     One unreadable file would otherwise stop the whole evaluation in the data loader, at the same
     place on every rerun; like a missing image it is taken out and counted in the footer.
     """
+    paths = {resolve_image_path(r, image_root) for s in samples for r in s.images if isinstance(r, str)}
+    # every image is read once; decoders release the GIL, so threads share the cost over the cores
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        errors = dict(zip(paths, pool.map(_decode_error, paths)))
     kept, bad = [], []
     for s in samples:
         for i, ref in enumerate(s.images):
             if not isinstance(ref, str):
                 continue
             path = resolve_image_path(ref, image_root)
-            why = _decode_error(path)
+            why = errors[path]
             if why is not None:
                 detail = f"{s.where()}: images[{i}] cannot be decoded: {path}: {why}"
                 bad.append({"id": s.id, "task": s.task, "reason": UNDECODABLE_IMAGE, "detail": detail})

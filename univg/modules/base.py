@@ -120,8 +120,9 @@ class GroundingModule(L.LightningModule):
         run_name: the row name of this run in tables; default the logger's experiment name.
         num_pictures: predictions drawn as PNG (and logged to TensorBoard) per evaluation epoch.
         resume_predictions: a predictions JSONL file, or the directory of an interrupted run, whose
-            finished samples are not evaluated again (a validate/test run also resumes from its own
-            predictions directory automatically); records of another model are ignored.
+            finished samples are not evaluated again. Without it a validate/test run resumes from
+            its own predictions directory and from the last unfinished run of the same name (an
+            earlier ``version_N``) by itself; records of another model are ignored.
         pictures_dir: where pictures go; default ``<predictions dir>/pictures_<stage>``.
         decoding: "greedy" (plain greedy, every setting explicit) or "checkpoint" (the settings of
             ``backbone.checkpoint``'s own ``generation_config.json``, read explicitly, as the
