@@ -308,6 +308,7 @@ def test_checkpoint_decoding_is_used_and_recorded(tmp_path, tiny_model, processo
         decoding="checkpoint",
         max_new_tokens=7,
         num_pictures=0,
+        predictions_dir=str(tmp_path / "preds"),  # not the working directory
     )
     module.model, module._tokenizer = tiny_model, processor.tokenizer  # the weights are not what is tested
     dm = SyntheticDataModule(num_train=0, num_val=0, num_test=2, image_size=56, eval_batch_size=2)
