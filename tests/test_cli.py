@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,3 +74,142 @@ def test_data_processor_is_linked_to_the_model_checkpoint(tmp_path):
     cli = main(["--config", cfg, "--model.init_args.backbone.checkpoint", str(tmp_path)], run=False)
     assert cli.datamodule.processor_path == str(tmp_path)
     assert main(["--config", cfg], run=False).datamodule.processor_path is None
+
+
+def _fit_args(save_dir: Path, *extra: str) -> list[str]:
+    """A debug fit logging every step to a CSV flushed every step (what the test watches)."""
+    return [
+        sys.executable, "-m", "univg", "fit", "--config", str(ROOT / "configs/debug.yaml"),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir", str(save_dir),
+        "--trainer.logger.init_args.name", "run",
+        "--trainer.logger.init_args.flush_logs_every_n_steps", "1",
+        "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
+        "--trainer.enable_progress_bar", "false", "--data.init_args.num_train", "96",
+        "--trainer.max_steps", "20", *extra,
+    ]  # fmt: skip
+
+
+def _steps_logged(csv: Path) -> list[int]:
+    import csv as csv_module
+
+    if not csv.exists():
+        return []
+    with csv.open() as handle:
+        return [int(row["step"]) for row in csv_module.DictReader(handle) if row.get("train/loss")]
+
+
+def _weights(path: Path) -> dict:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: v for k, v in state["state_dict"].items() if k.startswith("model.")}
+
+
+@pytest.mark.slow
+def test_sigint_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeats_nothing(tmp_path):
+    """Ctrl+C mid-run: last.ckpt holds every step done (before: no save, so the resumed run
+    redid them from the previous checkpoint), and resuming ends bit-identical to a run never
+    interrupted, taking only the missing steps."""
+    import signal
+    import time
+
+    import torch
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.Popen(_fit_args(tmp_path / "a"), cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    csv = tmp_path / "a" / "run" / "version_0" / "metrics.csv"
+    deadline = time.time() + 400
+    while len(_steps_logged(csv)) < 3 and run.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=300)
+    assert run.returncode != 0, err[-2000:]  # stopped, not finished
+    done = _steps_logged(csv)
+    last = tmp_path / "a" / "run" / "version_0" / "checkpoints" / "last.ckpt"
+    assert last.exists(), err[-2000:]
+    saved = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 3 <= saved < 20 and saved == len(done) == done[-1] + 1  # every finished step, no more
+    assert f"saved {last} at step {saved}" in err
+
+    resumed = subprocess.run(
+        _fit_args(tmp_path / "a", "--ckpt_path", str(last)), cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # the resumed run logs only the steps that were missing
+    assert _steps_logged(tmp_path / "a" / "run" / "version_1" / "metrics.csv") == list(range(saved, 20))
+
+    reference = subprocess.run(_fit_args(tmp_path / "b"), cwd=ROOT, env=env, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    ours = _weights(next((tmp_path / "a" / "run" / "version_1" / "checkpoints").glob("epoch=*.ckpt")))
+    theirs = _weights(next((tmp_path / "b" / "run" / "version_0" / "checkpoints").glob("epoch=*.ckpt")))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+
+class _Toy(L.LightningModule):
+    """A linear model on fixed data; each entry of ``interrupt_at`` (a batch index) sends one SIGINT
+    to this process from inside ``training_step`` (mid-step, where a user's Ctrl+C usually lands)."""
+
+    def __init__(self, interrupt_at: tuple[int, ...] = ()) -> None:
+        import torch
+
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+        self.interrupt_at = interrupt_at
+
+    def training_step(self, batch, batch_idx):
+        import signal
+
+        for _ in range(self.interrupt_at.count(batch_idx)):
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.layer(batch).pow(2).mean()
+
+    def configure_optimizers(self):
+        import torch
+
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        import torch
+
+        return torch.utils.data.DataLoader(torch.arange(64.0).reshape(16, 4), batch_size=1)
+
+
+@pytest.mark.parametrize(
+    ("accumulate", "interrupt_at", "saved_step"),
+    [
+        (1, (2,), 3),  # mid-step 3: that step finishes, then the save
+        (2, (2,), 2),  # first micro-batch of step 2: its window closes (batch 3), then the save
+        (1, (2, 2), 2),  # a second Ctrl+C stops at once, inside step 3: nothing is saved
+    ],
+)
+def test_checkpoint_on_interrupt_saves_at_the_next_step_boundary(
+    tmp_path, accumulate, interrupt_at, saved_step
+):
+    import signal
+
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from univg.callbacks import CheckpointOnInterrupt
+
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_steps=6, accumulate_grad_batches=accumulate, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt"), CheckpointOnInterrupt()],
+    )  # fmt: skip
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as stop:  # Lightning's exit after a KeyboardInterrupt
+            trainer.fit(_Toy(interrupt_at))
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning leaves SIGINT ignored after an interrupt
+    assert stop.value.code == 1
+    last = tmp_path / "ckpt" / "last.ckpt"
+    if len(interrupt_at) > 1:
+        assert not last.exists() and trainer.global_step == saved_step
+        return
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == saved_step == trainer.global_step
+    assert torch.equal(state["state_dict"]["layer.weight"], trainer.lightning_module.layer.weight.detach())

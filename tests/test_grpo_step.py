@@ -356,3 +356,25 @@ def test_refcoco_prompts_are_scored_by_the_bare_box_rule(processor):
     # the box-only answer the RefCOCO template asks for: full marks there, nothing on a think prompt
     assert out["format"].tolist() == [1.0, 0.0]
     assert out["accuracy"].tolist() == [1.0, 0.0]
+
+
+# --------------------------------------------------------------------------------- stage 1 -> stage 2 under FSDP
+def test_init_checkpoint_reads_a_sharded_fsdp_folder(tmp_path):
+    """Stage 1 under the FSDP config writes last.ckpt as a folder of shards; stage 2's
+    ``init_checkpoint`` must take it as it is (before: "does not exist (expected a .ckpt file)")."""
+    import torch.distributed.checkpoint as dcp
+
+    from univg.modules.base import load_model_weights
+
+    torch.manual_seed(1)
+    trained = BackboneSpec(preset="tiny").build()
+    folder = tmp_path / "last.ckpt"
+    dcp.save(
+        {"state_dict": {f"model.{k}": v for k, v in trained.state_dict().items()}}, checkpoint_id=str(folder)
+    )
+    torch.save({"global_step": 2}, folder / "meta.pt")
+    torch.manual_seed(2)
+    fresh = BackboneSpec(preset="tiny").build()
+    load_model_weights(fresh, folder)
+    for (name, a), b in zip(trained.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name

@@ -92,6 +92,9 @@ DtypeName = Literal["float32", "bfloat16", "float16"]
 Quantization = Literal["4bit", "8bit"]
 assert set(get_args(PresetName)) == set(PRESETS), "PresetName must list every preset"
 
+# What a YAML/command-line null can turn into on its way through the parser (see BackboneSpec).
+_NULL_STRINGS = ("None", "null")
+
 
 def _merge(base: dict, overrides: dict) -> dict:
     out = copy.deepcopy(base)
@@ -161,6 +164,11 @@ class BackboneSpec:
     attn_implementation: str = "sdpa"
 
     def __post_init__(self) -> None:
+        if self.checkpoint in _NULL_STRINGS:
+            # `--model.init_args.backbone.checkpoint null` arrives here as the string "None":
+            # jsonargparse re-parses a nested command-line value of a subclass's init_args from
+            # f"--{key}={value}", after the YAML null was already loaded. No checkpoint is meant.
+            self.checkpoint = None
         if self.preset not in PRESETS:
             raise ValueError(f"unknown backbone preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         if self.dtype not in DTYPES:

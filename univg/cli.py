@@ -7,12 +7,20 @@ beside every run's TensorBoard events.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import sys
+from argparse import ArgumentError
+from pathlib import Path
+from typing import Any
 
 import lightning as L
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from univg.callbacks import CheckpointOnInterrupt
+from univg.checkpoints import CheckpointError, check_checkpoint, unreadable
 from univg.modules.base import GroundingModule
 
 # Where runs go unless a config says otherwise: runs/<name>/version_N/.
@@ -29,8 +37,29 @@ def _checkpoint_of(model: object) -> str | None:
     return getattr(getattr(model, "backbone", None), "checkpoint", None)
 
 
+#: Exit status of a run stopped by bad input (config, data, paths, checkpoints), as argparse uses.
+EXIT_USAGE = 2
+
+#: Errors of building the run from its config (the modules' and data modules' own checks).
+_CONSTRUCTION_ERRORS = (ValueError, TypeError, FileNotFoundError, MisconfigurationException)
+
+
+class ConfigError(Exception):
+    """The config could not be turned into a run; the message is one line naming the part."""
+
+
 class UniVGCLI(LightningCLI):
-    """LightningCLI with univg's defaults (TensorBoard under ``runs/``, config saved per run)."""
+    """LightningCLI with univg's defaults (TensorBoard under ``runs/``, config saved per run).
+
+    Every config error ends as one ``univg: error: ...`` line (exit status 2): parse errors name the
+    key (``model.init_args.backbone.preset: ...``), construction errors the part and class; set
+    ``UNIVG_DEBUG=1`` for the full traceback.
+    """
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        # Raise instead of printing the 80-line usage: main() turns the error into one line.
+        kwargs.setdefault("exit_on_error", False)
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
         # One value, two readers: the data's processor (tokenizer, image processor) comes from the
@@ -39,15 +68,72 @@ class UniVGCLI(LightningCLI):
             "model", "data.init_args.processor_path", compute_fn=_checkpoint_of, apply_on="instantiate"
         )
 
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads --ckpt_path here (the whole file, for its hyper-parameters), right after
+        # parsing: the inputs are checked first, so a bad file or path costs nothing and says so.
+        config = self._subcommand_config()
+        if self.config.get("subcommand"):  # run=False only builds: configs may name absent files
+            check_inputs(config)
+        try:
+            super()._parse_ckpt_path()
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            raise unreadable(config.get("ckpt_path"), "--ckpt_path", err) from err
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except _CONSTRUCTION_ERRORS as err:
+            raise ConfigError(_construction_message(err, self._subcommand_config())) from err
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Ctrl+C saves last.ckpt at the next step boundary (see CheckpointOnInterrupt).
+        if not any(isinstance(cb, CheckpointOnInterrupt) for cb in trainer.callbacks):
+            trainer.callbacks.append(CheckpointOnInterrupt())
+        return trainer
+
+    def _subcommand_config(self) -> Any:
+        subcommand = self.config.get("subcommand")
+        return self.config[subcommand] if subcommand else self.config
+
+
+def check_inputs(config: Any) -> None:
+    """Checkpoints and data files of a parsed config, before anything is built.
+
+    Raises :class:`CheckpointError` for an unreadable checkpoint and :class:`ConfigError` for a
+    missing data file or image folder, naming the config key as the user wrote it.
+    """
+    for option, value in (
+        ("--ckpt_path", config.get("ckpt_path")),
+        ("model.init_args.init_checkpoint", config.get("model.init_args.init_checkpoint")),
+    ):
+        # Lightning also takes the names "last", "best", "hpc" and "registry[:...]" here.
+        if isinstance(value, str) and (os.sep in value or Path(value).suffix):
+            check_checkpoint(value, option)
+    data = config.get("data.init_args")
+    for key, value in data.items() if hasattr(data, "items") else ():
+        if isinstance(value, str) and (key.endswith("_file") or key == "image_root"):
+            if not Path(value).exists():
+                raise ConfigError(f"data.init_args.{key}: {value} does not exist")
+
 
 def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
-    """Entry point (also ``univg`` on the PATH). ``run=False`` instantiates without running."""
+    """Entry point (also ``univg`` on the PATH). ``run=False`` instantiates without running.
+
+    Bad input ends as one ``univg: error: ...`` line with exit status 2 (``UNIVG_DEBUG=1`` raises
+    the original error instead).
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return _cli(args, run)
-    except (FileNotFoundError, PermissionError) as err:  # a missing input or unwritable output: one line
-        print(f"univg: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except (ArgumentError, ConfigError, CheckpointError, FileNotFoundError, PermissionError) as err:
+        # A config error, a missing checkpoint, data file or image root, an unwritable output
+        # folder: one line, no traceback.
+        if os.environ.get("UNIVG_DEBUG"):
+            raise
+        message = condense_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
+        print(f"univg: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
 
 
 def _cli(args: list[str] | None, run: bool) -> UniVGCLI:
@@ -64,7 +150,83 @@ def _cli(args: list[str] | None, run: bool) -> UniVGCLI:
     )
 
 
-__all__ = ["main", "UniVGCLI", "TensorBoardLogger"]
+# Lines of jsonargparse's nested union report that carry no information for the user.
+_NOISE = re.compile(
+    r"^(- )?(Does not validate against any of the Union subtypes|Subtypes: |Errors:|Given value|"
+    r"Expected a <class 'NoneType'>|Problem with given class_path)"
+)
+_KEY = re.compile(r'^(- )?Parser key "([^"]+)":\s*(.*)$')
+
+
+def condense_parse_error(message: str) -> str:
+    """One line out of jsonargparse's nested report: the dotted key as a YAML or the command line
+    writes it, and the innermost complaint.
+
+    >>> condense_parse_error('''Parser key "model":
+    ...   Does not validate against any of the Union subtypes
+    ...   Errors:
+    ...     - Problem with given class_path 'univg.modules.SFTModule':
+    ...         Parser key "backbone":
+    ...           Errors:
+    ...             - Problem with given class_path 'univg.backbone.BackboneSpec':
+    ...                 Parser key "preset":
+    ...                   Expected a Literal['tiny']. Got value: qwen9
+    ...     - Expected a <class 'NoneType'>
+    ...   Given value: NestedArg(key='backbone.preset', val='qwen9')''')
+    "model.init_args.backbone.preset: Expected a Literal['tiny']. Got value: qwen9"
+    >>> condense_parse_error("unrecognized arguments: --trainer.max_stepz 3")
+    'unrecognized arguments: --trainer.max_stepz 3'
+    """
+    stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing "Parser key" lines
+    for raw in message.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        indent = len(raw) - len(raw.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        key = _KEY.match(line)
+        if key is not None:
+            stack.append((indent, key.group(2)))
+            if key.group(3):  # the complaint on the same line: 'Parser key "config": File does not exist'
+                return f"{_dotted(stack)}: {key.group(3)}"
+            continue
+        if _NOISE.match(line):
+            continue
+        text = line[2:] if line.startswith("- ") else line
+        unknown = re.match(r"Option '([^']+)' is not accepted", text)
+        if unknown is not None:  # name the unknown key itself: model.init_args.lrr
+            stack.append((indent, unknown.group(1)))
+            text = "no such option"
+        return f"{_dotted(stack)}: {text}" if stack else text
+    return " ".join(message.split())
+
+
+def _dotted(stack: list[tuple[int, str]]) -> str:
+    keys = [key for _, key in stack]
+    # A subclass-mode part (model, data) takes its arguments under init_args.
+    if len(keys) > 1 and keys[0] in ("model", "data"):
+        keys.insert(1, "init_args")
+    return ".".join(keys)
+
+
+def _construction_message(err: BaseException, config: Any) -> str:
+    """``part (class): message`` from the innermost error a class raised while being built."""
+    root = err
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = str(err)
+    part = "model" if "GroundingModule" in text else "data" if "LightningDataModule" in text else None
+    if part is None and isinstance(err, MisconfigurationException):
+        part = "trainer"
+    if part is None:
+        return " ".join(str(root).split())
+    class_path = config.get(f"{part}.class_path") if part else None
+    where = f"{part} ({class_path})" if class_path else part
+    return f"{where}: {' '.join(str(root).split())}"
+
+
+__all__ = ["EXIT_USAGE", "ConfigError", "TensorBoardLogger", "UniVGCLI", "condense_parse_error", "main"]
 
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])

@@ -7,11 +7,15 @@ constant: it carries no gradient.
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 
 from univg.grpo import group_miou
 
-PHI_NAMES = ("none", "exp", "square", "neglog")
+#: The difficulty weights (paper Table 5); a typed config knob, so a typo fails at parse time.
+PhiName = Literal["none", "exp", "square", "neglog"]
+PHI_NAMES: tuple[str, ...] = get_args(PhiName)
 
 
 def phi(name: str, miou: torch.Tensor, eps: float = 0.02) -> torch.Tensor:

@@ -255,14 +255,32 @@ def consolidate_checkpoint(
     tmp = dst.with_name(dst.name + ".tmp")
     dcp_to_torch_save(src, tmp)
     state = torch.load(tmp, map_location="cpu", weights_only=False)
+    checkpoint = _with_meta(src, state, with_optimizer)
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, dst)
+    return dst
+
+
+def read_sharded_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
+    """A sharded (FSDP2) checkpoint folder read into memory as one Lightning checkpoint dict
+    (``state_dict`` with ``model.*`` keys and the run's metadata), without the optimiser state."""
+    import tempfile
+
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(Path(src), Path(tmp) / "state.pt")
+        state = torch.load(Path(tmp) / "state.pt", map_location="cpu", weights_only=False)
+    return _with_meta(Path(src), state, with_optimizer=False)
+
+
+def _with_meta(src: Path, state: dict[str, Any], with_optimizer: bool) -> dict[str, Any]:
     meta = src / "meta.pt"
     checkpoint = torch.load(meta, map_location="cpu", weights_only=False) if meta.is_file() else {}
     checkpoint["state_dict"] = state["state_dict"]
     if with_optimizer:
         checkpoint["optimizer_states"] = [state[k] for k in sorted(state) if k.startswith("optimizer_")]
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, dst)
-    return dst
+    return checkpoint
 
 
 def weights_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

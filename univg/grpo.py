@@ -16,11 +16,15 @@ The difficulty weight ``w`` multiplies the policy-gradient term only, never the 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
-SCALES = ("group", "batch", "none")
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
+#: Advantage scales and loss normalisations: typed config knobs (a typo fails at parse time).
+ScaleRewards = Literal["group", "batch", "none"]
+LossType = Literal["grpo", "bnpo", "dr_grpo"]
+SCALES: tuple[str, ...] = get_args(ScaleRewards)
+LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 #: Added to the std before dividing, as TRL does (keeps zero-variance groups at A = 0).
 STD_EPS = 1e-4
 

@@ -127,13 +127,13 @@ def write_data(root: Path, n_stage1: int, n_stage2: int, n_eval: int) -> dict[st
         if k % 3 == 2:
             s.images = s.images[:1]
             s.target_index, s.reasoning, s.prompt_template = 0, None, "refcoco_single"
+            s.images = image_paths(s, "coco/train2014", k)
             rec = cot_record(s, target_format="answer")
-            rec["images"] = image_paths(s, "coco/train2014", k)
-            x1, y1, x2, y2 = (round(c * 1000) for c in s.box.as_tuple())
+            x1, y1, x2, y2 = (int(c * 1000) for c in s.box.as_tuple())
             rec["messages"][1]["content"] = f"({x1}, {y1}), ({x2}, {y2})"
         else:
+            s.images = image_paths(s, "mg", k)
             rec = cot_record(s, target_format="cot")
-            rec["images"] = image_paths(s, "mg", k)
         stage1.append(rec)
     # stage 2: question with <image> placeholders, answer in the 0-1000 frame
     stage2 = []
@@ -225,6 +225,11 @@ def _common(ckpt: Path, out: Path, name: str, procs: int) -> list[str]:
     ]
 
 
+def _fit_budget() -> list[str]:
+    # the step budget: the configs validate every 100-500 steps; here once, at the end of the epoch
+    return ["--trainer.val_check_interval", "1.0"]
+
+
 def run(out: Path, plan: Plan) -> list[tuple[str, bool, str]]:
     out.mkdir(parents=True, exist_ok=True)
     ckpt = write_checkpoint(out / "Qwen2-VL-tiny-Instruct")
@@ -235,6 +240,7 @@ def run(out: Path, plan: Plan) -> list[tuple[str, bool, str]]:
     timings["stage 1"] = _cli(
         "fit --config configs/cot_sft.yaml",
         _common(ckpt, out, "stage1", plan.procs)
+        + _fit_budget()
         + ["--data.init_args.train_file", str(data["stage1"]), "--data.init_args.image_root", images]
         + val,
         out / "stage1.log",
@@ -243,6 +249,7 @@ def run(out: Path, plan: Plan) -> list[tuple[str, bool, str]]:
     timings["stage 2"] = _cli(
         "fit --config configs/grpo_diff.yaml",
         _common(ckpt, out, "stage2", plan.procs)
+        + _fit_budget()
         + ["--model.init_args.init_checkpoint", str(s1), "--model.init_args.check_invariants", "true"]
         + ["--data.init_args.train_file", str(data["stage2"]), "--data.init_args.image_root", images]
         + val,

@@ -413,7 +413,7 @@ def find_results(paths_or_dirs: Sequence[Any], stage: str | None = None) -> list
         else:
             raise FileNotFoundError(f"no results file or run directory at {p}")
         for f in files:
-            r = json.loads(f.read_text())
+            r = read_results(f)
             r.setdefault("_path", str(f))
             out.append(r)
     if stage is not None:
@@ -425,6 +425,32 @@ def find_results(paths_or_dirs: Sequence[Any], stage: str | None = None) -> list
             r["run"] = f"{r['run']} ({Path(r.get('_path', '?')).parent.name})"
         seen.add((r["run"], r["benchmark"]))
     return out
+
+
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """One ``results_<stage>.json``; a torn or foreign file is a ``ValueError`` naming the file and
+    the position (a run killed while writing, a file copied half-way).
+
+    >>> import tempfile
+    >>> bad = Path(tempfile.mkdtemp()) / "results_test.json"
+    >>> _ = bad.write_text('{"run": "a", "benchmark": ')
+    >>> read_results(bad)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: .../results_test.json: not valid JSON at line 1, column 27 (Expecting value)
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a results object, got a JSON {type(data).__name__}")
+    missing = [key for key in ("run", "benchmark") if key not in data]
+    if missing:
+        raise ValueError(f"{path}: not a univg results file (no {' or '.join(map(repr, missing))} field)")
+    return data
 
 
 def merge_tables(
@@ -476,6 +502,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     show = sub.add_parser("show", help="print one run's table")
     show.add_argument("results", help="a results_<stage>.json file")
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one line naming the file, no traceback
+        if os.environ.get("UNIVG_DEBUG"):
+            raise
+        print(f"univg.reports: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "merge":
         reference = load_reference(args.reference) if args.reference else None
         md, table = merge_tables(args.runs, args.layout, args.stage, reference)
@@ -488,7 +524,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out.with_suffix(".csv").write_text(table)
             print(f"wrote {out} and {out.with_suffix('.csv')}")
         return 0
-    md, _ = render_run(json.loads(Path(args.results).read_text()))
+    md, _ = render_run(read_results(args.results))
     sys.stdout.write(md)
     return 0
 

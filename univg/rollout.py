@@ -398,6 +398,7 @@ def explicit_generation_config(
     temperature: float,
     top_p: float,
     top_k: int,
+    output_scores: bool = False,
 ) -> Any:
     """A ``GenerationConfig`` that states every setting that changes which tokens come out.
 
@@ -414,9 +415,10 @@ def explicit_generation_config(
         do_sample=do_sample,
         num_beams=1,
         num_return_sequences=1 if greedy else group_size,
-        temperature=1.0 if greedy else temperature,
-        top_p=1.0 if greedy else top_p,
-        top_k=0 if greedy else top_k,
+        # greedy ignores the warpers; None keeps transformers from warning about unused flags
+        temperature=None if greedy else temperature,
+        top_p=None if greedy else top_p,
+        top_k=None if greedy else top_k,
         typical_p=1.0,
         epsilon_cutoff=0.0,
         eta_cutoff=0.0,
@@ -431,6 +433,8 @@ def explicit_generation_config(
         eos_token_id=list(EOS_IDS),
         suppress_tokens=list(SUPPRESS_IDS),
         use_cache=True,
+        output_scores=output_scores,
+        return_dict_in_generate=True,
     )
 
 
@@ -450,7 +454,7 @@ def _generate_hf(
     from transformers import GenerationConfig
 
     config = explicit_generation_config(
-        group_size, max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k
+        group_size, max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k, record_logprobs
     )
     config.repetition_penalty = repetition_penalty  # 1.0 unless a caller passes one explicitly
     if not do_sample:
@@ -460,12 +464,7 @@ def _generate_hf(
     own = hf.generation_config
     hf.generation_config = GenerationConfig()  # nothing inherited from the checkpoint's file
     try:
-        out = model.generate(
-            **inputs,
-            generation_config=config,
-            output_scores=record_logprobs,
-            return_dict_in_generate=True,
-        )
+        out = model.generate(**inputs, generation_config=config)
     finally:
         hf.generation_config = own
     ids = out.sequences[:, inputs["input_ids"].shape[1] :]  # [B*G, C]

@@ -15,12 +15,21 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from univg.cot.builder import BuildConfig, CotBuilder, pick_review, relative_images, write_output
 from univg.cot.cache import ResponseCache
 from univg.cot.client import ChatClient
+from univg.cot.report import DEFAULT_MAX_FAILURE_SHARE
+
+#: Exit statuses: a failed run (nothing accepted, too many failed calls), bad input, interrupted.
+EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad input caught before any request is paid: one line, exit status 2."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--review-seed", type=int, default=0)
     b.add_argument("--review-page-size", type=int, default=200)
     b.add_argument("--no-progress", action="store_true")
+    b.add_argument(
+        "--max-failure-share",
+        type=float,
+        default=DEFAULT_MAX_FAILURE_SHARE,
+        help="fail the run (exit 1) when more than this share of the calls sent fails after retries "
+        f"(default {DEFAULT_MAX_FAILURE_SHARE}); a run that accepts no sample always fails",
+    )
 
     r = sub.add_parser("import-review", help="apply accept/reject marks to a built CoT file")
     r.add_argument("--review", required=True, help="the review .jsonl written by build")
@@ -82,8 +98,17 @@ def _build(args: argparse.Namespace) -> int:
     from univg.data import read_samples
 
     if args.review_sample > 0 and not args.review_out:
-        raise SystemExit("--review-sample needs --review-out")
+        raise UsageError("--review-sample needs --review-out")
+    if not 0.0 <= args.max_failure_share <= 1.0:
+        raise UsageError(f"--max-failure-share must be in [0, 1], got {args.max_failure_share}")
     out = Path(args.out)
+    report_path = Path(args.report) if args.report else out.with_suffix(".report.json")
+    # Every output place is checked before the first request is paid for.
+    for flag, path in (("--out", out), ("--report", report_path), ("--review-out", args.review_out)):
+        if path is not None:
+            _check_writable(flag, Path(path))
+    if not args.no_cache:
+        _check_writable("--cache", Path(args.cache or out.with_suffix(".cache")) / "responses.jsonl")
     samples = read_samples(args.input, args.format, image_root=args.image_root)
     if args.limit is not None:
         samples = samples[: args.limit]
@@ -122,16 +147,28 @@ def _build(args: argparse.Namespace) -> int:
         print(
             "interrupted: completed responses are cached; rerun the same command to resume", file=sys.stderr
         )
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         if cache is not None:
             cache.close()
+    failure = report.failure(args.max_failure_share)
+    record = {**report.as_dict(), "max_failure_share": args.max_failure_share, "failure": failure}
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    print(report.summary(causes=failure is None), file=sys.stderr)
+    if report.accepted == 0:
+        # No empty training file: a pipeline must not go on to train on nothing.
+        print(f"univg.cot: error: {failure}; {out} not written; causes in {report_path}", file=sys.stderr)
+        print(report.causes_text(), file=sys.stderr)
+        return EXIT_FAILED
     out.parent.mkdir(parents=True, exist_ok=True)
     write_output(results, out)
-    report_path = Path(args.report) if args.report else out.with_suffix(".report.json")
-    report_path.write_text(json.dumps(report.as_dict(), indent=1), encoding="utf-8")
-    print(report.summary(), file=sys.stderr)
     print(f"wrote {report.accepted} samples to {out}; report {report_path}", file=sys.stderr)
+    if failure is not None:
+        # The accepted samples are kept (and every response is cached), but the run is not a success.
+        print(f"univg.cot: error: {failure}; causes in {report_path}", file=sys.stderr)
+        print(report.causes_text(), file=sys.stderr)
+        return EXIT_FAILED
     if args.review_sample > 0:
         from univg.cot.review import export_review
 
@@ -149,12 +186,45 @@ def _import_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(flag: str, path: Path) -> None:
+    """Raise :class:`UsageError` unless a file can be written at ``path`` (its folders are made).
+
+    Tried for real (a temporary file in the folder), not with ``os.access``, which says yes to root
+    on a read-only file system.
+    """
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory, expected a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(f"{path} is read-only")
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: not writable ({err.strerror or err})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (0 done, 1 failed run, 2 bad input, 130 interrupted)."""
     args = _parser().parse_args(argv)
-    if args.command == "build":
-        return _build(args)
-    return _import_review(args)
+    try:
+        if args.command == "build":
+            return _build(args)
+        return _import_review(args)
+    except (UsageError, OSError, ValueError) as err:
+        # Bad input (a missing file, a malformed record, an unwritable path): one line, no traceback.
+        # Readers' errors name the file, record and field already.
+        if os.environ.get("UNIVG_DEBUG"):
+            raise
+        print(f"univg.cot: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of ``err``; an ``OSError`` without its file name gets it added."""
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in str(err):
+        return f"{err.filename}: {err}"
+    return str(err)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,11 @@ from typing import Any
 
 from univg.boxes import IntBox, Qwen2VLFrame, format_answer
 from univg.cot.cache import ResponseCache, cache_key
-from univg.cot.checks import CHAIN_REASONS, ChainCheck, check_chain
+from univg.cot.checks import ChainCheck, check_chain
 from univg.cot.client import ChatClient, TeacherRequestError
 from univg.cot.prompts import ChatPrompt, judge_prompt, parse_judge_choice, sample_images, teacher_prompt
+from univg.cot.report import SAMPLE_REASONS, BuildReport, tally
 from univg.data import GroundingSample, write_cot_sft
-
-#: Sample-level rejection reasons.
-SAMPLE_REASONS = ("bad_ground_truth", "image_error", "request_error", "no_valid_chain")
 
 _FRAME = Qwen2VLFrame()
 
@@ -107,6 +105,8 @@ class SampleResult:
     selection: str | None = None
     reason: str | None = None
     detail: str = ""
+    #: The judge request's error when it failed for good (the sample then falls back to best IoU).
+    judge_error: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -125,74 +125,6 @@ class SampleResult:
         if not self.accepted:
             raise ValueError(f"{self.sample.where()}: rejected ({self.reason}), nothing to write")
         return dataclasses.replace(self.sample, reasoning=self.reasoning)
-
-
-@dataclass
-class BuildReport:
-    """Counts over one run; ``tokens_*`` are what this run paid for (cached responses are free)."""
-
-    samples_in: int = 0
-    accepted: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)
-    chain_rejected: Counter[str] = field(default_factory=Counter)
-    chains_passed: int = 0
-    selection: Counter[str] = field(default_factory=Counter)
-    calls: int = 0
-    cache_hits: int = 0
-    requests: int = 0
-    retries: int = 0
-    failed_calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    cached_completion_tokens: int = 0
-    seconds: float = 0.0
-    price_in: float | None = None
-    price_out: float | None = None
-    interrupted: bool = False
-
-    @property
-    def cost(self) -> float | None:
-        """Estimated cost of this run's tokens (prices per 1M tokens), or ``None`` without prices."""
-        if self.price_in is None and self.price_out is None:
-            return None
-        return (
-            self.prompt_tokens * (self.price_in or 0.0) + self.completion_tokens * (self.price_out or 0.0)
-        ) / 1e6
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        out["rejected"] = dict(self.rejected)
-        out["chain_rejected"] = dict(self.chain_rejected)
-        out["selection"] = dict(self.selection)
-        out["cost"] = self.cost
-        return out
-
-    def summary(self) -> str:
-        """Human-readable report (several lines)."""
-        lines = [
-            f"samples in {self.samples_in}, accepted {self.accepted}, rejected {sum(self.rejected.values())}"
-            + (" (interrupted)" if self.interrupted else ""),
-        ]
-        for reason in SAMPLE_REASONS:
-            if self.rejected[reason]:
-                lines.append(f"  rejected: {reason:<18} {self.rejected[reason]}")
-        lines.append(f"chains passed {self.chains_passed}; rejected by check:")
-        for reason in (*CHAIN_REASONS, "request_error"):
-            lines.append(f"  {reason:<18} {self.chain_rejected[reason]}")
-        lines.append("selection: " + ", ".join(f"{k} {v}" for k, v in sorted(self.selection.items())))
-        lines.append(
-            f"calls {self.calls} (cache hits {self.cache_hits}), HTTP requests {self.requests}, "
-            f"retries {self.retries}, failed calls {self.failed_calls}"
-        )
-        lines.append(
-            f"tokens paid this run: prompt {self.prompt_tokens:,}, completion {self.completion_tokens:,}"
-            f" (from cache: prompt {self.cached_prompt_tokens:,}, completion {self.cached_completion_tokens:,})"
-        )
-        if self.cost is not None:
-            lines.append(f"estimated cost this run: {self.cost:.4f}")
-        lines.append(f"wall time {self.seconds:.1f} s")
-        return "\n".join(lines)
 
 
 class CotBuilder:
@@ -295,6 +227,7 @@ class CotBuilder:
             if choice is None:
                 result.detail = f"judge reply not understood: {reply[:120]!r}"
         except TeacherRequestError as err:
+            result.judge_error = str(err)
             result.detail = f"judge failed: {err}"
         if choice is None:
             # Best IoU, then the longer reasoning (more content), then the earlier chain.
@@ -343,7 +276,7 @@ class CotBuilder:
                     index = pending.pop(future)
                     result = future.result()
                     results[index] = result
-                    _tally(report, result)
+                    tally(report, result)
                     bar.update(1)
                     bar.set_postfix(accepted=report.accepted, rejected=sum(report.rejected.values()))
                     if on_result is not None:
@@ -365,19 +298,6 @@ class CotBuilder:
                 setattr(report, name, self._calls[name] - calls_before[name])
             report.seconds = time.perf_counter() - start
         return [r for r in results if r is not None], report
-
-
-def _tally(report: BuildReport, result: SampleResult) -> None:
-    for chain in result.chains:
-        if chain.reason is None:
-            report.chains_passed += 1
-        else:
-            report.chain_rejected[chain.reason] += 1
-    if result.accepted:
-        report.accepted += 1
-        report.selection[result.selection or "?"] += 1
-    else:
-        report.rejected[result.reason or "?"] += 1
 
 
 def pick_review(results: Sequence[SampleResult], fraction: float, seed: int = 0) -> list[SampleResult]:
@@ -432,3 +352,16 @@ def relative_images(sample: GroundingSample, image_root: str | os.PathLike[str] 
                 ref = os.path.relpath(absolute, root)
         images.append(ref)
     return dataclasses.replace(sample, images=images)
+
+
+__all__ = [
+    "SAMPLE_REASONS",  # re-exported: the report lives in univg.cot.report
+    "BuildConfig",
+    "BuildReport",
+    "ChainOutcome",
+    "CotBuilder",
+    "SampleResult",
+    "pick_review",
+    "relative_images",
+    "write_output",
+]

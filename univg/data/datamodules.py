@@ -116,6 +116,9 @@ class GroundingDataModule(L.LightningDataModule):
             if mode not in MODES:
                 raise ValueError(f"{name} must be one of {MODES}, got {mode!r}")
         self.eval_mode = eval_mode
+        for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if size is not None and size < 1:  # torch's DataLoader would fail later, naming no key
+                raise ValueError(f"{name} must be >= 1, got {size}")
         self.image_root = image_root
         self.prompt_template = prompt_template or self.DEFAULT_TEMPLATE
         self.target_format = target_format

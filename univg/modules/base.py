@@ -12,6 +12,7 @@ import torch
 
 from univg.backbone import BackboneSpec, count_parameters
 from univg.boxes import parse_answer
+from univg.checkpoints import CheckpointError, check_checkpoint, unreadable
 from univg.decoding import DECODING_MODES, Decoding, checkpoint_decoding, greedy_decoding
 from univg.evaluation import (
     append_jsonl,
@@ -71,17 +72,30 @@ def warmup_cosine(
 
 
 def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load the ``model.*`` weights of a univg Lightning checkpoint into ``model`` (strict).
+    """Load the ``model.*`` weights of a univg Lightning checkpoint into ``model`` (strict): a
+    ``.ckpt`` file or the sharded folder an FSDP run writes.
 
     Only the policy is taken (a GRPO checkpoint's ``ref_model.*`` is ignored): the caller's
     reference model, if any, is then a copy of these weights.
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir() and any(path.glob("*.distcp")):
+        # a sharded checkpoint of an FSDP run (e.g. stage 1 on 8 GPUs): read whole, in memory
+        from univg.distributed import read_sharded_checkpoint
+
+        state = read_sharded_checkpoint(path)
+    elif not path.is_file():
         raise FileNotFoundError(
-            f"init_checkpoint {path} does not exist (expected a .ckpt file of a univg run)"
+            f"init_checkpoint {path} does not exist (expected a .ckpt file or sharded checkpoint folder of a univg run)"
         )
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        check_checkpoint(path, "init_checkpoint")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # torch's errors neither name the file nor say what is wrong with it
+            raise unreadable(path, "init_checkpoint", err) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"init_checkpoint {path}: holds a {type(state).__name__}, not a checkpoint")
     state = state.get("state_dict", state)
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
@@ -158,6 +172,8 @@ class GroundingModule(L.LightningModule):
         fresh: bool = False,
     ) -> None:
         super().__init__()
+        if max_new_tokens < 1:  # nothing generated: every sample would score 0 and the run "pass"
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if decoding not in DECODING_MODES:

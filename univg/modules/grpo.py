@@ -20,11 +20,13 @@ from typing import Any
 
 import torch
 
-from univg.difficulty import PHI_NAMES, difficulty_shares, phi
+from univg.difficulty import PHI_NAMES, PhiName, difficulty_shares, phi
 from univg.grpo import (
     LOSS_TYPES,
     SCALES,
     GRPOLossTerms,
+    LossType,
+    ScaleRewards,
     group_advantages,
     group_miou,
     grpo_loss_terms,
@@ -102,11 +104,11 @@ class GRPOModule(GroundingModule):
         eps_low: float = 0.2,
         eps_high: float = 0.2,
         num_iterations: int = 1,
-        phi: str = "exp",
+        phi: PhiName = "exp",
         phi_eps: float = 0.02,
         normalize_phi: bool = False,
-        loss_type: str = "grpo",
-        scale_rewards: str = "group",
+        loss_type: LossType = "grpo",
+        scale_rewards: ScaleRewards = "group",
         drop_zero_variance: bool = False,
         rewards: dict[str, float] | None = None,
         prompts_per_step: int = 16,
