@@ -13,7 +13,7 @@ leaking between them):
 - ``ours-unshared`` (ablation, on request): our step with ``engine="hf"`` and
   ``shared_prefix=False``, i.e. without the work shared across a group.
 
-Aligned explicitly (DESIGN.md section 10 lists TRL's defaults that differ): loss type grpo,
+Aligned explicitly (docs/design.md section 10 lists TRL's defaults that differ): loss type grpo,
 ``scale_rewards`` group, fp32 (bf16 off), gradient checkpointing off, dropout off, beta 0.04 with a
 frozen reference copy of the initial policy, num_iterations 1 (no old-policy pass), vision tower
 frozen, lr 1e-6 constant, weight decay 0, grad-norm clip 1.0, AdamW, temperature 1 / top-p 1 /

@@ -160,3 +160,31 @@ def test_yaml_class_path():
         }
     )
     assert parser.instantiate_classes(cfg).data.seed == 4
+
+
+def test_eval_format_and_seeded_val_count(tmp_path, capsys):
+    """A training file of one format beside MIG-Bench validation; val_count draws over the whole file."""
+    train = tmp_path / "rl.json"
+    train.write_text(json.dumps([{"question": "<image>dog", "answer": [1, 2, 30, 40], "images": ["a.jpg"]}]))
+
+    def val_ids(seed: int, count: int | None) -> list[str]:
+        dm = Stage2RLDataModule(
+            train_file=str(train),
+            val_file=str(MIG),
+            eval_format="mig_bench",
+            eval_image_root="/mig",
+            val_count=count,
+            seed=seed,
+        )
+        dm.setup("fit")
+        assert dm.val_samples[0].images[0].startswith("/mig/MIG-Bench/images/")
+        return [s.id for s in dm.val_samples]
+
+    drawn = val_ids(0, 40)
+    assert "val: 40 of 4295 samples (seeded draw, val_count 40)" in capsys.readouterr().out
+    index = [int(i.rsplit("-", 1)[1]) for i in drawn]
+    assert len(set(index)) == 40 and index == sorted(index)  # file order kept
+    assert index[-1] > 1000 and drawn == val_ids(0, 40) and drawn != val_ids(1, 40)
+    assert len(val_ids(0, None)) == 4295
+    with pytest.raises(ValueError, match="val_count must be a positive number"):
+        Stage2RLDataModule(val_count=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from univg.boxes import Box
+from univg.boxes import Box, box_iou, normalise_coords
 from univg.data import MIG_TASKS, SampleError, read_mig_bench, read_samples
 
 MIG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mig_bench" / "MIG_data.json"
@@ -117,9 +117,43 @@ def test_out_of_range_and_degenerate_reported(mig):
         0.535,
     ]
     assert mig[703].box.y2 == 1.0 and mig[703].meta["clamped"]
-    # Degenerate boxes are kept unchanged for evaluation (no prediction can hit them) and flagged.
+    # The 5 flagged boxes are kept as written (keep is the readers' default) and flagged. They are
+    # inverted corners, not empty boxes: each has an area once its corners are swapped.
     assert mig[105].box == Box(0.271, 0.382, 0.085, 0.225) and mig[105].meta["degenerate"]
     assert "clamped 2" in report.summary() and "degenerate kept 5" in report.summary()
+    flagged = [mig[i].box for i in (7, 105, 126, 163, 512)]
+    assert [(b.x2 < b.x1, b.y2 < b.y1) for b in flagged] == [
+        (False, True),  # MIG_data-7: [0.027, 0.18, 0.143, 0.051]
+        (True, True),
+        (False, True),
+        (False, True),
+        (True, False),
+    ]
+    assert all(abs(b.x2 - b.x1) > 0.05 and abs(b.y2 - b.y1) > 0.05 for b in flagged)
+
+
+def test_inverted_corners_swapped_can_be_hit():
+    swapped = read_mig_bench(MIG, degenerate="swap")
+    assert len(swapped) == 4295 and swapped.report.degenerate == [] and swapped.report.skipped == []
+    assert swapped.report.swapped == [
+        "MIG_data-7",
+        "MIG_data-105",
+        "MIG_data-126",
+        "MIG_data-163",
+        "MIG_data-512",
+    ]
+    # MIG_data-7 as written: [0.027, 0.18, 0.143, 0.051] -> y swapped; a prediction on that box scores IoU 1
+    seven = swapped[7]
+    assert seven.box == Box(0.027, 0.051, 0.143, 0.18) and seven.meta["raw_box"] == [
+        0.027,
+        0.18,
+        0.143,
+        0.051,
+    ]
+    # a model answer "(27, 51), (143, 180)" (0-1000 frame) hits it, and hits the box kept as written
+    # too: IoU orders each box's corners, so these 5 are reachable ground truth, not unhittable
+    predicted = normalise_coords((27, 51, 143, 180))
+    assert box_iou(predicted, seven.box) > 0.95 and box_iou(predicted, read_mig_bench(MIG)[7].box) > 0.95
 
 
 def test_degenerate_policies():

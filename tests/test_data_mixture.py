@@ -118,3 +118,45 @@ def test_mixture_datamodule(files, capsys):
     assert "train mixture (seed 5)" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no val data configured"):
         dm.val_samples  # noqa: B018
+
+
+def test_source_kind_picks_one_source_of_a_release_file(tmp_path):
+    """Table 4's 21k rows draw each source of the stage-1 file by its detected kind."""
+    records = [
+        {
+            "images": [f"m/{i}a.jpg", f"m/{i}b.jpg"],
+            "messages": [
+                {"role": "user", "content": f"<image><image>Find object {i} in the second image." + SUFFIX},
+                {"role": "assistant", "content": f"<think>s{i}</think><answer>(1, 2), (30, 40)</answer>"},
+            ],
+        }
+        for i in range(4)
+    ] + [
+        {
+            "images": [f"coco/train2014/COCO_{i}.jpg"],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": f"<image>This is a single image grounding task with simple reference. dog {i}",
+                },
+                {"role": "assistant", "content": "(1, 2), (30, 40)"},
+            ],
+        }
+        for i in range(2)
+    ]
+    path = tmp_path / "stage1.json"
+    path.write_text(json.dumps(records))
+    src = [
+        {"format": "cot_sft", "path": str(path), "count": 3, "source_kind": "mgrounding", "name": "cot"},
+        {"format": "cot_sft", "path": str(path), "count": 2, "source_kind": "coco", "name": "ref"},
+    ]
+    drawn, table = draw_mixture(src, verbose=False)
+    by_source = collections.Counter((s.meta["mixture_source"], s.meta["source_kind"]) for s in drawn)
+    assert by_source == {("cot", "mgrounding"): 3, ("ref", "coco"): 2}
+    assert "ref" in table and "refcoco 2" in table  # the detected COCO records are refcoco samples
+    with pytest.raises(ValueError, match=r"asked for 3 samples but the source has 2"):
+        draw_mixture([{**src[1], "count": 3}], verbose=False)
+    with pytest.raises(
+        ValueError, match=r"source_kind must be one of \('coco', 'mgrounding'\), got 'refcoco'"
+    ):
+        draw_mixture([{**src[1], "source_kind": "refcoco"}], verbose=False)

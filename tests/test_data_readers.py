@@ -403,3 +403,80 @@ def test_validate_sample_names_field():
     s.box, s.images = Box(0.1, 0.1, 0.2, 0.2), []
     with pytest.raises(SampleError, match="field 'images'"):
         validate_sample(s)
+
+
+# ---- stage-1 targets: the file's assistant text, verbatim -------------------------------------------
+
+
+def test_cot_sft_targets_are_the_files_text_verbatim(tmp_path):
+    from univg.prompts import target_text
+
+    spaced = "<think>\n  The cup is left of the plate.\n</think>\n\n<answer>(120, 340), (560, 780)</answer>"
+    tight = "<think>a</think><answer>(120,340),(560,780)</answer>"
+    bare = " (5, 6), (700, 800)"
+    over = "<think>b</think><answer>(120, 340), (1040, 780)</answer>"  # 1040: clamped to the frame
+    recs = [cot_rec(0), cot_rec(1), cot_rec(2), cot_rec(3)]
+    for rec, text in zip(recs, (spaced, tight, bare, over)):
+        rec["messages"][1]["content"] = text
+    recs[2]["images"] = ["coco/train2014/COCO_1.jpg"]
+    recs[2]["messages"][0]["content"] = "<image>" + render_prompt("refcoco_single", "the cup")
+    out = read_cot_sft(write(tmp_path / "cot.json", recs))
+    a, b, c, d = out
+    assert (a.target, b.target, c.target, d.target) == (spaced, tight, bare, None)
+    assert a.reasoning == "\n  The cup is left of the plate.\n" and c.reasoning is None
+    assert c.box == Box(0.005, 0.006, 0.7, 0.8) and c.meta["source_kind"] == "coco"
+    assert out.report.notes["target_rerendered_box_fixed"] == 1 and d.meta["clamped"]
+    # cot / auto: the text as written; answer: coordinates only, re-rendered from the box
+    assert (
+        target_text(a, "cot") == spaced and target_text(b, "auto") == tight and target_text(c, "auto") == bare
+    )
+    assert target_text(a, "answer") == "<answer>(120, 340), (560, 780)</answer>"
+    assert target_text(c, "answer") == "<answer>(5, 6), (700, 800)</answer>"
+    with pytest.raises(SampleError, match="field 'reasoning'"):
+        target_text(c, "cot")  # no reasoning in a bare-box record: 'cot' asks for one
+    # a box the reader had to fix is rendered from the fixed box (the file's text still has 1040)
+    assert target_text(d, "cot") == "<think>b</think><answer>(120, 340), (999, 780)</answer>"
+    # another coordinate frame cannot use the 0-1000 text: re-rendered in that frame
+    assert target_text(a, "cot", "pixels", (200, 100)) == (
+        "<think>\n  The cup is left of the plate.\n</think><answer>(24, 34), (112, 78)</answer>"
+    )
+    # no target_index in the record: the question's last image mention names the target image
+    three = cot_rec(9, images=["x/1.jpg", "x/2.jpg", "x/3.jpg"])
+    three["messages"][0]["content"] = (
+        "<image><image><image>The cup of the first image, in the 2th image." + SUFFIX
+    )
+    (e,) = read_cot_sft(write(tmp_path / "three.json", [three]))
+    assert (e.target_index, e.target_rule) == (1, "question:ordinal")
+    # written back, the same texts
+    again = read_cot_sft(tmp_path / "again.json") if write_cot_sft(out, tmp_path / "again.json") else None
+    assert [s.target for s in again[:3]] == [spaced, tight, bare]
+
+
+def test_stage2_writer_round_trip_detects_coco_by_path(tmp_path):
+    """Synthetic samples written in the release's stage-2 layout read back as the same prompts and
+    boxes; single-image samples saved under coco/train2014 are detected as COCO records."""
+    from dataclasses import replace
+
+    from univg.data import write_stage2_rl
+    from univg.data.synthetic import generate_samples
+    from univg.prompts import answer_coords
+
+    multi = generate_samples(3, tasks=["diff", "common_object"], image_size=56, seed=1)
+    single = [
+        replace(s, prompt_template="refcoco_single") for s in generate_samples(2, tasks=["single"], seed=2)
+    ]
+    assert write_stage2_rl(multi, tmp_path / "a.json", image_dir=tmp_path / "img") == 3
+    write_stage2_rl(single, tmp_path / "b.json", image_dir=tmp_path / "coco" / "train2014")
+    records = json.loads((tmp_path / "a.json").read_text()) + json.loads((tmp_path / "b.json").read_text())
+    (tmp_path / "stage2.json").write_text(json.dumps(records))
+    first = records[0]
+    assert first["question"] == "<image><image>" + multi[0].question and first["answer"] == list(
+        answer_coords(multi[0])
+    )
+    out = read_stage2_rl(tmp_path / "stage2.json")
+    assert [s.meta["source_kind"] for s in out] == ["mgrounding"] * 3 + ["coco"] * 2
+    assert out.report.notes == {"source_kind:coco": 2, "source_kind:mgrounding": 3}
+    for written, read in zip(multi + single, out):
+        assert read.question == written.question.strip() and answer_coords(read) == answer_coords(written)
+        assert read.prompt_template == ("refcoco_single" if written in single else None)
+        assert [Image.open(p).size for p in read.images] == [im.size for im in written.images]

@@ -107,7 +107,7 @@ def trainer(root: Path, name: str = "scripted") -> L.Trainer:
     )
 
 
-# the released annotations (DESIGN.md section 6), beside the repository in ../shared
+# the released annotations (docs/design.md section 6), beside the repository in ../shared
 MIG_FILE = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "mig_bench" / "MIG_data.json")
 if not Path(MIG_FILE).exists():
     MIG_FILE = "/work/shared/data/mig_bench/MIG_data.json"

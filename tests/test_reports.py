@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -71,7 +72,8 @@ def test_refcoco_splits_of_one_run_fill_one_row_and_average_unweighted():
     assert univg[1] == "90.00" and univg[5] == "80.00" and univg[8] == "40.00"
     assert univg[-1] == "70.00*"  # (90 + 80 + 40) / 3 over 3 of 8 splits
     assert "* univg: AVG over 3 of 8 columns." in notes
-    assert [r[0] for r in rows][-3:] == ["UniVG-R1 (paper)", "Migician (paper)", "Qwen2-VL-7B (paper)"]
+    # the paper's Table 3 follows in its order: 9 models, ending with Migician and UniVG-R1
+    assert [r[0] for r in rows][-2:] == ["Migician (paper)", "UniVG-R1 (paper)"] and len(rows) == 2 + 9
 
 
 def test_zeroshot_layout_and_complete_row_has_no_star():
@@ -170,9 +172,17 @@ def test_reference_file_fills_paper_rows_and_adds_new_ones(tmp_path, capsys):
     results = [split_result("r", "lisa/val", 0.5)]
     _, rows, notes = build_table(results, "zeroshot", reference=reference)
     by_name = {r[0]: r for r in rows}
-    assert by_name["UniVG-R1 (paper)"] == ["UniVG-R1 (paper)", "60.50", "–", "–", "–", "40.00", "50.25"]
-    assert by_name["Migician (paper)"][1:] == ["–"] * 6  # a built-in row the file does not touch
-    assert not any("not transcribed" in n for n in notes)
+    # the file overrides the cells it names; the others keep the paper's printed values (Table 2)
+    assert by_name["UniVG-R1 (paper)"] == [
+        "UniVG-R1 (paper)",
+        "60.50",
+        "59.69",
+        "50.60",
+        "58.73",
+        "40.00",
+        "50.25",
+    ]
+    assert by_name["Migician (paper)"][1:] == ["36.00", "32.09", "34.68", "33.41", "39.70", "35.18"]
     # a new name is appended; the built-in AVG of a row the file does not name stays
     _, rows, _ = build_table([mig_result("x", dict.fromkeys(MIG_TASKS, 0.5))], "mig", reference=reference)
     by_name = {r[0]: r for r in rows}
@@ -206,3 +216,81 @@ def test_reference_file_errors_name_file_layout_row_and_key(tmp_path, content, m
     with pytest.raises(ValueError, match=message) as err:
         load_reference(ref)
     assert str(ref) in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the paper's tables
+SHARED_TABLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "paper" / "paper_tables.json"
+# the transcription's table names -> our layouts (the paper numbers zero-shot Table 2, RefCOCO Table 3)
+SHARED_KEYS = {
+    "table1_mig_bench_revised": "mig",
+    "table2_zeroshot": "zeroshot",
+    "table3_refcoco": "refcoco",
+    "table4_stages_7b": "table4",
+    "table5_phi_7b": "table5",
+    "table6_2b": "table6",
+}
+
+
+@pytest.mark.skipif(not SHARED_TABLES.is_file(), reason=f"no transcription of the paper at {SHARED_TABLES}")
+def test_every_paper_number_matches_the_transcription():
+    from univg.reports import load_paper_tables
+
+    shared = json.loads(SHARED_TABLES.read_text())
+    ours = load_paper_tables()
+    assert set(ours) == set(SHARED_KEYS.values())
+    checked = 0
+    for key, layout in SHARED_KEYS.items():
+        assert list(ours[layout]) == list(shared[key]), layout  # every row, in the paper's order
+        for row, values in shared[key].items():
+            assert ours[layout][row] == values, (layout, row)
+            checked += len(values)
+    assert checked == 9 * 11 + 3 * 6 + 9 * 9 + (8 + 4 + 4) * 11
+
+
+def test_hand_copied_paper_numbers():
+    # copied by hand from the paper's Tables 1-6 (Acc@0.5 %), independently of the JSON file
+    from univg.reports import PAPER_ABLATION_ROWS, PAPER_RESULTS
+
+    assert PAPER_RESULTS["mig"]["Migician (paper)"]["object_tracking"] == 67.82
+    assert PAPER_RESULTS["mig"]["Qwen2-VL-72B (paper)"]["correspondence"] == 17.94
+    assert PAPER_RESULTS["zeroshot"]["UniVG-R1 (paper)"]["reasonvos"] == 58.73
+    assert PAPER_RESULTS["refcoco"]["GroundingDINO-L (paper)"]["refcoco+/testB"] == 75.9
+    assert PAPER_ABLATION_ROWS["table4"]["sft90k"]["region"] == 86.62
+    assert PAPER_ABLATION_ROWS["table5"]["neglog"]["refer_grounding"] == 83.84
+    assert PAPER_ABLATION_ROWS["table6"]["diff"]["correspondence"] == 29.91
+    assert paper_ablation("table5", "phi_exp") == 72.64  # the table's value; the text quotes 72.62
+
+
+def test_merged_mig_table_shows_all_nine_models_of_table1_with_every_column(tmp_path):
+    write_run_results(mig_result("ours", dict.fromkeys(MIG_TASKS, 0.5)), tmp_path / "ours")
+    md, table = merge_tables([tmp_path], "mig")
+    rows = {r["Model"]: r for r in csv.DictReader(table.splitlines())}
+    models = ["Qwen2-VL-72B", "Mantis", "LLaVA-OV-7B", "MiniCPM2.6", "mPLUG-Owl3", "InternVL2-8B"]
+    models += ["Qwen2-VL-7B", "Migician", "UniVG-R1"]
+    assert list(rows) == ["ours"] + [f"{m} (paper)" for m in models]
+    for name, row in rows.items():
+        assert all(row[c] for c in row), name  # no empty cell anywhere (the CSV writes "–" as "")
+    assert rows["Mantis (paper)"]["OT"] == "12.18" and rows["InternVL2-8B (paper)"]["Refer"] == "34.34"
+    assert rows["UniVG-R1 (paper)"]["AVG"] == "72.64"
+    assert "## Table 1: MIG-Bench" in md and "Table 1 (revised MIG-Bench)" in md
+    # the printed AVG that is not the mean of its columns is said so, with the mean
+    assert "UniVG-R1 (paper): printed AVG 72.64; its columns average to 72.62" in md
+    assert "Migician (paper): printed AVG" not in md
+
+
+def test_ablation_tables_show_every_paper_row_in_full(tmp_path):
+    write_run_results(mig_result("table4_s2diff", dict.fromkeys(MIG_TASKS, 0.7)), tmp_path / "r")
+    for layout, ids in [
+        ("table4", ["base", "rl21k", "cot21k", "sft90k", "cot90k", "s2cot", "s2grpo", "s2diff"]),
+        ("table5", ["none", "neglog", "square", "exp"]),
+        ("table6", ["base", "cot", "grpo", "diff"]),
+    ]:
+        md, table = merge_tables([tmp_path], layout)
+        rows = {r["Model"]: r for r in csv.DictReader(table.splitlines())}
+        assert list(rows)[1:] == [f"{i} (paper)" for i in ids], layout
+        assert f"Paper rows: UniVG-R1 paper (arXiv 2505.14231), Table {layout[-1]}, as printed." in md
+    # the last merge was table6; table 4's sft90k row carries every column and its printed AVG
+    _, table = merge_tables([tmp_path], "table4")
+    rows = {r["Model"]: r for r in csv.DictReader(table.splitlines())}
+    assert rows["sft90k (paper)"]["Region"] == "86.62" and rows["sft90k (paper)"]["AVG"] == "67.30"
+    assert rows["table4_s2diff"]["Paper AVG"] == "72.64" and rows["table4_s2diff"]["Δ"] == "-2.64"

@@ -122,7 +122,7 @@ def test_processor_image_tokens_match_patches(processor, n_images):
     # 2x2 merge: one <|image_pad|> per 4 patches
     assert int((out["input_ids"] == IMAGE_TOKEN_ID).sum()) == int(grid.prod(1).sum()) // 4
     assert torch.equal(out["mm_token_type_ids"], (out["input_ids"] == IMAGE_TOKEN_ID).long())
-    # 112 x 112 -> grid [1, 8, 8] -> 16 tokens (DESIGN.md section 9)
+    # 112 x 112 -> grid [1, 8, 8] -> 16 tokens (docs/design.md section 9)
     assert grid[0].tolist() == [1, 8, 8]
 
 

@@ -81,7 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Hub ids of the released weights for each preset (what users pass as ``checkpoint``).
 HUB_IDS = {"qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct"}
 
-#: Which coordinate frame each preset family reads and writes (DESIGN.md section 1).
+#: Which coordinate frame each preset family reads and writes (docs/design.md section 1).
 PRESET_FRAMES = {"tiny": "qwen2-vl", "qwen2-vl-2b": "qwen2-vl", "qwen2-vl-7b": "qwen2-vl"}
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -278,7 +278,7 @@ def quantization_config(kind: str, compute_dtype: torch.dtype = torch.float32) -
 
 def _disable_cpu_avx512bf16_repack(model: nn.Module) -> None:
     # bitsandbytes repacks 4-bit weights during a no_grad forward on AVX512-BF16 CPUs, after which the
-    # next training step fails (DESIGN.md section 9). Turning the fast path off keeps weights as loaded.
+    # next training step fails (docs/design.md section 9). Turning the fast path off keeps weights as loaded.
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False

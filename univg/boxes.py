@@ -1,7 +1,7 @@
 """Boxes, coordinate frames and answer parsing.
 
 Internally every box is a normalised xyxy :class:`Box` of floats in [0, 1] of its own image.
-What the model reads and writes is a per-backbone *frame* (DESIGN section 1): Qwen2-VL uses
+What the model reads and writes is a per-backbone *frame* (docs/design.md section 1): Qwen2-VL uses
 integers in [0, 1000) (:class:`Qwen2VLFrame`), Qwen2.5-VL absolute pixels of the resized image
 (:class:`PixelFrame`). Rewards and metrics take a frame object or name; none of them hard-code 1000.
 
@@ -359,7 +359,7 @@ def parse_answer(text: str, strict: bool = True) -> IntBox | None:
     ``<answer>...</answer>`` block; a box quoted only in the reasoning, or an answer cut off before
     ``</answer>``, gives ``None``. ``strict=False`` (the release's eval): the first box anywhere in
     the text; only this mode also accepts the list form ``[x1, y1, x2, y2]`` (whichever form comes
-    first), since DESIGN fixes the answer format to corner pairs. Whitespace around numbers, commas
+    first), since docs/design.md section 1 fixes the answer format to corner pairs. Whitespace around numbers, commas
     and brackets is free. Numbers may be negative or out of range: callers clamp and count them.
 
     >>> parse_answer("<think>maybe (1, 2), (3, 4)</think><answer>(12,34),( 56 , 78 )</answer>")

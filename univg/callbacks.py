@@ -1,9 +1,9 @@
-"""Callbacks: runs comparable in TensorBoard, and a last checkpoint that is never stale.
+"""Callbacks: runs comparable in TensorBoard (or any other Lightning logger), and a last checkpoint that is never stale.
 
 :class:`HParamsLogger` writes the run's resolved configuration (the knobs that differ between the
-rows of the paper's tables: method, phi, lr, data counts, backbone, ...) as TensorBoard
-hyper-parameters, with the evaluation metrics registered as HParams columns, so the HParams view
-lines up the grid. Add it to a run with ``--trainer.callbacks+=univg.callbacks.HParamsLogger``
+rows of the paper's tables: method, phi, lr, data counts, backbone, ...) as hyper-parameters of
+every logger of the run; TensorBoard also gets the evaluation metrics registered as HParams
+columns, so the HParams view lines up the grid. Add it to a run with ``--trainer.callbacks+=univg.callbacks.HParamsLogger``
 (the Make grid does this for every row).
 
 :class:`CheckpointOnInterrupt` (added to every ``python -m univg fit`` by the CLI) turns Ctrl+C
@@ -12,6 +12,7 @@ into "finish this optimiser step, write ``last.ckpt``, stop", so a resumed run r
 
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import sys
@@ -96,6 +97,20 @@ def training_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+def takes_metrics(logger: Any) -> bool:
+    """Whether ``logger.log_hyperparams`` accepts ``metrics=`` (TensorBoard does; CSV, W&B, MLflow do not).
+
+    >>> from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+    >>> takes_metrics(TensorBoardLogger("runs")), takes_metrics(CSVLogger("runs"))
+    (True, False)
+    """
+    try:
+        params = inspect.signature(logger.log_hyperparams).parameters
+    except (TypeError, ValueError):  # a C-level or otherwise opaque callable: do not guess
+        return False
+    return "metrics" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 class HParamsLogger(Callback):
     """Log the resolved config as hyper-parameters (rank 0) with :data:`HPARAM_METRICS` as columns.
 
@@ -115,8 +130,12 @@ class HParamsLogger(Callback):
         params = run_hparams(config)
         params.update(training_hparams(config))
         params["run"] = str(getattr(trainer.logger, "name", "") or "")
-        params["stage"] = stage
-        trainer.logger.log_hyperparams(params, metrics={m: math.nan for m in self.metrics})
+        params["stage"] = str(getattr(stage, "value", stage))  # "fit", not the enum (CSV writes its name)
+        for logger in trainer.loggers:
+            if takes_metrics(logger):
+                logger.log_hyperparams(params, metrics={m: math.nan for m in self.metrics})
+            else:  # CSV, W&B, MLflow: plain hyper-parameters (they have no HParams columns to register)
+                logger.log_hyperparams(params)
         self._done = True
 
     @staticmethod
@@ -245,5 +264,6 @@ __all__ = [
     "flatten",
     "last_checkpoint_path",
     "run_hparams",
+    "takes_metrics",
     "training_hparams",
 ]

@@ -1,4 +1,4 @@
-"""Difficulty weighting for GRPO-Difficulty (DESIGN section 4, paper Table 5).
+"""Difficulty weighting for GRPO-Difficulty (docs/design.md section 4, paper Table 5).
 
 A prompt's difficulty is its group's mean IoU, ``mIoU_q = mean_g r_acc``; harder prompts (low
 mIoU) get a larger weight ``w_q = phi(mIoU_q)`` on their policy-gradient term. The weight is a

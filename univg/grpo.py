@@ -1,4 +1,4 @@
-"""GRPO maths as pure tensor functions (DESIGN section 4).
+"""GRPO maths as pure tensor functions (docs/design.md section 4).
 
 Layout convention: a batch holds ``num_prompts`` groups of ``G = group_size`` completions laid out
 prompt by prompt, ``[prompt0 x G, prompt1 x G, ...]``, so ``N = num_prompts * G``. Per-token tensors
@@ -159,7 +159,7 @@ def grpo_loss_terms(
         advantages: ``[N]``.
         weights: ``[N]`` per-sequence difficulty weights phi (detached here); ``None`` means 1.
         mask: ``[N, T]`` 1 on completion tokens, 0 on padding.
-        loss_type: "grpo" (DESIGN default), "bnpo" or "dr_grpo" (sum / (N * max_len)).
+        loss_type: "grpo" (default, docs/design.md section 4), "bnpo" or "dr_grpo" (sum / (N * max_len)).
         max_len: the dr_grpo normaliser's length (e.g. max new tokens); default ``T``.
 
     >>> lp = torch.zeros(1, 2, requires_grad=True)

@@ -1,4 +1,4 @@
-"""Prompt templates (DESIGN section 2), chat messages and assistant targets.
+"""Prompt templates (docs/design.md section 2), chat messages and assistant targets.
 
 A dataset picks a template by name (YAML ``prompt_template: reasoning``); a sample may override it
 (``GroundingSample.prompt_template``, e.g. single-image RefCOCO records inside the stage-2 set).

@@ -10,10 +10,13 @@ and beside it ``results_<stage>.md`` / ``.csv``: the run's row in its paper tabl
 merged into one table by :func:`merge_results` (``python -m univg.reports merge``):
 
 - ``mig``: paper Table 1, MIG-Bench Acc@0.5 in 10 task columns + AVG (unweighted mean of columns);
-- ``refcoco``: Table 2, RefCOCO/+/g in 8 splits + AVG (one run per split, same run name);
-- ``zeroshot``: Table 3, LISA-Grounding val/test, LLMSeg, ReasonVOS, ReVOS + AVG;
+- ``zeroshot``: Table 2, LISA-Grounding val/test, LLMSeg, ReasonVOS, ReVOS + AVG;
+- ``refcoco``: Table 3, RefCOCO/+/g in 8 splits + AVG (one run per split, same run name);
 - ``table4`` / ``table5`` / ``table6``: the ablations (stages, phi, 2B): MIG-Bench columns, AVG and
-  the paper's AVG for the run whose name matches a row id of DESIGN.md section 5.
+  the paper's AVG for the run whose name matches a row id of docs/design.md section 5.
+
+Each table also shows the paper's rows in full (all models of Tables 1-3, every ablation row of
+Tables 4-6), from ``paper_results.json`` beside this module (the UniVG-R1 paper, arXiv 2505.14231).
 
 All numbers are percentages with two decimals, as in the paper. A cell we have no number for is "–".
 """
@@ -63,17 +66,39 @@ BENCHMARKS: dict[str, str] = {
 
 LAYOUTS = ("mig", "refcoco", "zeroshot", "table4", "table5", "table6")
 
-# The paper's numbers (Acc@0.5, %). Only values recorded in DESIGN.md section 5 are filled in; the
-# per-column values of Tables 1-3 were not available offline when this was written and show as "–"
-# until transcribed here (keys: MIG task names / benchmark keys, and "avg").
+#: Where the paper's numbers live: every per-column value of the UniVG-R1 paper's Tables 1-6
+#: (arXiv 2505.14231), Acc@0.5 in %, as printed, keyed by layout and by this module's column keys.
+PAPER_TABLES_FILE = Path(__file__).with_name("paper_results.json")
+
+#: Layout -> the paper's table number and what it shows.
+PAPER_TABLE_TITLES: dict[str, str] = {
+    "mig": "Table 1: MIG-Bench, Acc@0.5 (%)",
+    "zeroshot": "Table 2: zero-shot reasoning grounding, Acc@0.5 (%)",
+    "refcoco": "Table 3: RefCOCO/+/g, Acc@0.5 (%)",
+    "table4": "Table 4: training stages and data (MIG-Bench, Acc@0.5 %)",
+    "table5": "Table 5: difficulty weighting phi (MIG-Bench, Acc@0.5 %)",
+    "table6": "Table 6: 2B model (MIG-Bench, Acc@0.5 %)",
+}
+
+
+def load_paper_tables(path: str | os.PathLike = PAPER_TABLES_FILE) -> dict[str, dict[str, dict[str, float]]]:
+    """The paper's rows by layout (``mig``, ``zeroshot``, ``refcoco``, ``table4``-``table6``).
+
+    >>> tables = load_paper_tables()
+    >>> tables["mig"]["UniVG-R1"]["common_object"], tables["refcoco"]["Shikra"]["avg"], len(tables["mig"])
+    (93.13, 82.97, 9)
+    """
+    data = json.loads(Path(path).read_text())
+    return {layout: rows for layout, rows in data.items() if not layout.startswith("_")}
+
+
+_PAPER = load_paper_tables()
+
+# The paper's rows of the tables that compare models (Tables 1-3), named "<model> (paper)" so a run
+# called "UniVG-R1" stays apart from the published row; in the paper's order.
 PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
-    "mig": {
-        "UniVG-R1 (paper)": {"avg": 72.64},
-        "Migician (paper)": {},
-        "Qwen2-VL-7B (paper)": {"avg": 30.20},
-    },
-    "refcoco": {"UniVG-R1 (paper)": {}, "Migician (paper)": {}, "Qwen2-VL-7B (paper)": {}},
-    "zeroshot": {"UniVG-R1 (paper)": {}, "Migician (paper)": {}, "Qwen2-VL-7B (paper)": {}},
+    layout: {f"{model} (paper)": values for model, values in _PAPER[layout].items()}
+    for layout in ("mig", "refcoco", "zeroshot")
 }
 
 REFERENCE_LAYOUTS = tuple(PAPER_RESULTS)  # the layouts with rows of other models: mig, refcoco, zeroshot
@@ -133,8 +158,9 @@ def reference_rows(
     """The paper rows of ``layout``: the built-in :data:`PAPER_RESULTS`, a row of ``reference``
     with the same name filling (and overriding) its cells, new names appended.
 
-    >>> reference_rows("mig", {"mig": {"Qwen2-VL-7B (paper)": {"region": 50.0}}})["Qwen2-VL-7B (paper)"]
-    {'avg': 30.2, 'region': 50.0}
+    >>> row = reference_rows("mig", {"mig": {"Qwen2-VL-7B (paper)": {"region": 50.0}}})["Qwen2-VL-7B (paper)"]
+    >>> row["region"], row["diff"], row["avg"]
+    (50.0, 29.92, 30.2)
     """
     rows = {name: dict(values) for name, values in PAPER_RESULTS.get(layout, {}).items()}
     for name, values in (reference or {}).get(layout, {}).items():
@@ -142,21 +168,15 @@ def reference_rows(
     return rows
 
 
-#: Paper MIG-Bench AVG of the ablation rows (DESIGN.md section 5), by run id.
+#: The paper's ablation rows by run id (docs/design.md section 5 maps ids to stages): every column.
+PAPER_ABLATION_ROWS: dict[str, dict[str, dict[str, float]]] = {
+    layout: _PAPER[layout] for layout in ("table4", "table5", "table6")
+}
+#: The paper's printed MIG-Bench AVG of each ablation row, by run id ("none" in Table 5 is plain
+#: GRPO, the same run as Table 4's s2grpo).
 PAPER_ABLATIONS: dict[str, dict[str, float]] = {
-    "table4": {
-        "base": 30.20,
-        "rl21k": 57.43,
-        "cot21k": 64.50,
-        "sft90k": 67.30,
-        "cot90k": 69.00,
-        "s2cot": 68.77,
-        "s2grpo": 70.65,
-        "s2diff": 72.64,
-    },
-    # "none" is plain GRPO, the same run as Table 4's s2grpo
-    "table5": {"none": 70.65, "neglog": 71.57, "square": 71.56, "exp": 72.62},
-    "table6": {"base": 18.58, "cot": 41.09, "grpo": 56.57, "diff": 57.96},
+    layout: {row: values["avg"] for row, values in rows.items()}
+    for layout, rows in PAPER_ABLATION_ROWS.items()
 }
 _ALIASES = {
     "table5": {"grpo": "none", "s2grpo": "none", "s2diff": "exp", "phi_exp": "exp"},
@@ -280,15 +300,42 @@ def build_table(
             delta = None if paper_avg is None or avg is None else 100.0 * avg - paper_avg
             row += [_paper(paper_avg), "–" if delta is None else f"{delta:+.2f}"]
         rows.append(row)
-    if paper and layout in REFERENCE_LAYOUTS:
-        for name, values in reference_rows(layout, reference).items():
-            rows.append([name] + [_paper(values.get(k)) for k, _ in cols] + [_paper(values.get("avg"))])
-        if not (reference or {}).get(layout):
-            notes.append(
-                "Paper rows: only the values recorded in DESIGN.md are filled in (– = not transcribed); "
-                "add the others with a reference file (`--reference FILE`, see univg.reports.load_reference)."
-            )
+    if paper:
+        keys = [k for k, _ in cols]
+        if layout in REFERENCE_LAYOUTS:
+            paper_rows = reference_rows(layout, reference)
+        else:
+            paper_rows = {f"{row} (paper)": values for row, values in PAPER_ABLATION_ROWS[layout].items()}
+        for name, values in paper_rows.items():
+            row = [name] + [_paper(values.get(k)) for k in keys] + [_paper(values.get("avg"))]
+            rows.append(row + ["–", "–"] if ablation else row)
+        notes += paper_notes(layout, paper_rows)
     return header, rows, notes
+
+
+def paper_notes(layout: str, paper_rows: dict[str, dict[str, float]]) -> list[str]:
+    """Footnotes of the paper rows: their source, and each row whose printed AVG is not the mean
+    of its printed columns (by more than rounding to two decimals explains).
+
+    >>> row = {"lisa/val": 60.0, "lisa/test": 50.0, "llmseg": 50.0, "reasonvos": 50.0, "revos": 40.0}
+    >>> paper_notes("zeroshot", {"x (paper)": row | {"avg": 50.1}, "y (paper)": row | {"avg": 50.01}})
+    ['Paper rows: UniVG-R1 paper (arXiv 2505.14231), Table 2, as printed.', 'x (paper): printed AVG 50.10; its columns average to 50.00 (AVG shows the printed value).']
+    """
+    source = PAPER_TABLE_TITLES[layout].split(":")[0]
+    on = " (revised MIG-Bench)" if layout == "mig" else ""
+    notes = [f"Paper rows: UniVG-R1 paper (arXiv 2505.14231), {source}{on}, as printed."]
+    n_cols = len(reference_columns(layout if layout in REFERENCE_LAYOUTS else "mig")) - 1
+    for name, values in paper_rows.items():
+        cells = [v for k, v in values.items() if k != "avg"]
+        if "avg" not in values or len(cells) < n_cols:
+            continue
+        col_mean = sum(cells) / len(cells)
+        if round(abs(values["avg"] - col_mean), 4) > 0.015:
+            notes.append(
+                f"{name}: printed AVG {values['avg']:.2f}; its columns average to {col_mean:.2f} "
+                "(AVG shows the printed value)."
+            )
+    return notes
 
 
 def paper_ablation(layout: str, run: str) -> float | None:
@@ -468,14 +515,7 @@ def merge_tables(
     if not results:
         raise ValueError(f"no results for layout {layout!r} in {list(map(str, paths_or_dirs))}")
     header, rows, notes = build_table(results, layout, reference=reference)
-    titles = {
-        "mig": "Table 1: MIG-Bench, Acc@0.5 (%)",
-        "refcoco": "Table 2: RefCOCO/+/g, Acc@0.5 (%)",
-        "zeroshot": "Table 3: zero-shot reasoning grounding, Acc@0.5 (%)",
-        "table4": "Table 4: training stages and data (MIG-Bench, Acc@0.5 %)",
-        "table5": "Table 5: difficulty weighting phi (MIG-Bench, Acc@0.5 %)",
-        "table6": "Table 6: 2B model (MIG-Bench, Acc@0.5 %)",
-    }
+    titles = PAPER_TABLE_TITLES
     md = [f"## {titles[layout]}", "", _markdown(header, rows), "", "AVG: unweighted mean of the columns."]
     md += notes + ["", *footer(results)]
     return "\n".join(md) + "\n", _csv(header, rows)

@@ -1,4 +1,4 @@
-"""Rewards for grounding completions: pure functions, registered by name (DESIGN section 3).
+"""Rewards for grounding completions: pure functions, registered by name (docs/design.md section 3).
 
 Every reward has TRL's calling convention, ``fn(completions, **kwargs) -> list[float]`` with one
 float per completion, so the same functions serve our trainer, TRL's ``GRPOTrainer`` (dataset
@@ -116,7 +116,7 @@ def iou_reward(
     return scores
 
 
-# The DESIGN pattern verbatim; re.ASCII keeps \d to 0-9 so the format reward and the parser agree.
+# The pattern of docs/design.md section 3 verbatim; re.ASCII keeps \d to 0-9 so the format reward and the parser agree.
 FORMAT_RE = re.compile(
     r"^<think>.*?</think>\s*<answer>\(\d+,\s*\d+\),\s*\(\d+,\s*\d+\)</answer>$", re.DOTALL | re.ASCII
 )
@@ -169,7 +169,7 @@ def compute_rewards(
 ) -> dict[str, torch.Tensor]:
     """Each named reward as a float32 ``[N]`` tensor, plus ``"total"`` = sum of weight * reward.
 
-    ``specs`` maps reward names to weights, e.g. ``{"accuracy": 1.0, "format": 1.0}`` (DESIGN:
+    ``specs`` maps reward names to weights, e.g. ``{"accuracy": 1.0, "format": 1.0}`` (docs/design.md section 3:
     ``r = r_acc + r_fmt``). Extra keyword arguments (``strict``, ``frame``, ``sizes``) are passed to
     every reward.
 

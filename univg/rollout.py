@@ -1,7 +1,7 @@
 """Sampling completions and scoring their tokens (log-probs) with a Qwen2-VL policy.
 
 Prompt batches are LEFT padded, so every prompt ends at the same position P and completions start
-at P. Two kinds of work are shared across the G completions of a prompt (DESIGN.md section 8):
+at P. Two kinds of work are shared across the G completions of a prompt (docs/design.md section 8):
 
 - **generation** (``engine="shared"``, the default for G > 1): each prompt's images are encoded
   once and the prompt prefilled once; the KV cache (and the per-row M-RoPE offset) is then
@@ -669,9 +669,14 @@ def shared_prefix_allowed(model: nn.Module, training: bool = True) -> bool:
     follows this answer for them so that policy, old policy and reference use the same arithmetic.
     """
     hf = _hf_model(model)
-    checkpointing = bool(
-        getattr(hf, "is_activation_checkpointing", getattr(hf, "is_gradient_checkpointing", False))
+    # is_gradient_checkpointing is deprecated in transformers 5 (a warning on each read): ask for it
+    # only where the newer name is missing
+    name = (
+        "is_activation_checkpointing"
+        if hasattr(hf, "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
     )
+    checkpointing = bool(getattr(hf, name, False))
     return not ((checkpointing and training) or _is_fsdp(model))
 
 

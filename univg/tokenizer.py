@@ -77,7 +77,7 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-#: Pixel limits of DESIGN.md section 7.
+#: Pixel limits of docs/design.md section 7.
 TRAIN_MAX_PIXELS = 401_408
 LISA_MAX_PIXELS = 640_000
 MIN_PIXELS = 3_136

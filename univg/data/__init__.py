@@ -27,6 +27,7 @@ from univg.data.readers import (
     read_stage2_rl,
     read_vos,
     write_cot_sft,
+    write_stage2_rl,
 )
 from univg.data.schema import GroundingSample, ReadReport, SampleError, SampleList, validate_sample
 
@@ -78,5 +79,6 @@ __all__ = [
     "resolve_image_path",
     "validate_sample",
     "write_cot_sft",
+    "write_stage2_rl",
     *_LAZY,
 ]

@@ -38,7 +38,7 @@ class GroundingSample:
     ``prompt_template`` overrides the data module's prompt template for this sample (by name).
     ``target`` is the file's own assistant text (stage-1 files), used verbatim as the SFT target
     (:func:`univg.prompts.target_text`); ``None`` re-renders the target from ``reasoning`` and ``box``.
-    ``meta`` holds reader flags: ``degenerate`` (box kept although x2 <= x1 or y2 <= y1),
+    ``meta`` holds reader flags: ``degenerate`` (box kept as written although x2 <= x1 or y2 <= y1),
     ``swapped`` (inverted corners swapped by the ``swap`` policy), ``clamped`` (a coordinate was
     outside [0, 1] and was clamped; ``raw_box`` keeps the original of either fix), ``source_kind``
     (the source a record of a mixed release file was detected as, e.g. ``coco``/``mgrounding``).
@@ -144,7 +144,7 @@ class ReadReport:
     samples: int = 0
     skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (index, id, reason)
     clamped: list[str] = field(default_factory=list)  # ids whose box was clamped into [0, 1]
-    degenerate: list[str] = field(default_factory=list)  # ids kept with a zero-area box
+    degenerate: list[str] = field(default_factory=list)  # ids kept with inverted or equal corners as written
     swapped: list[str] = field(default_factory=list)  # ids whose inverted corners were swapped
     notes: dict[str, int] = field(default_factory=dict)  # other counted fixes, by name
 

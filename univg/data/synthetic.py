@@ -116,7 +116,7 @@ def _background_array(kind: str, size: int) -> np.ndarray:
     """``[size, size, 3]`` uint8 background; all values in [64, 192] so no palette colour occurs.
 
     ``gradient`` encodes position in colour (red grows left to right, green top to bottom), which
-    gives a vision tower without absolute position embeddings something to read (DESIGN.md 11).
+    gives a vision tower without absolute position embeddings something to read (docs/design.md section 11).
     ``grid`` draws faint lines every eighth of the side.
     """
     if kind == "plain":
@@ -237,7 +237,7 @@ def _where(box: Box) -> str:
 
 
 def _frame_box(box: Box) -> str:
-    """Reference box in the question, Qwen2-VL 0-1000 frame (``int(x * 1000)``, DESIGN.md 1)."""
+    """Reference box in the question, Qwen2-VL 0-1000 frame (``int(x * 1000)``, docs/design.md section 1)."""
     q = [min(999, int(v * 1000)) for v in box.as_tuple()]
     return f"<|box_start|>({q[0]},{q[1]}),({q[2]},{q[3]})<|box_end|>"
 

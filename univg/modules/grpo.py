@@ -43,7 +43,7 @@ from univg.rollout import (
     shared_prefix_allowed,
 )
 
-ACCURACY = "accuracy"  # the reward whose group mean is mIoU (DESIGN.md section 4)
+ACCURACY = "accuracy"  # the reward whose group mean is mIoU (docs/design.md section 4)
 
 
 @dataclass
@@ -61,7 +61,7 @@ class ScoredRollout:
 
 
 class GRPOModule(GroundingModule):
-    """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. DESIGN.md section 4 is the spec.
+    """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. docs/design.md section 4 is the spec.
 
     Args:
         group_size: G completions per prompt.
@@ -127,6 +127,8 @@ class GRPOModule(GroundingModule):
             raise ValueError(f"unknown scale_rewards {scale_rewards!r}; choose one of {SCALES}")
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 for group-normalised advantages, got {group_size}")
+        if max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {max_completion_length}")
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
         self.automatic_optimization = False

@@ -41,7 +41,7 @@ def answer_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, 
 class SFTModule(GroundingModule):
     """Stage-1 cold start: CoT-SFT (``<think>…</think><answer>…</answer>`` targets) or plain SFT.
 
-    Defaults follow DESIGN.md section 5: lr 5e-6, cosine with 1.5% warm-up, vision tower frozen;
+    Defaults follow docs/design.md section 5: lr 5e-6, cosine with 1.5% warm-up, vision tower frozen;
     the total batch of 24 comes from the data module's batch size x ``accumulate_grad_batches``.
     """
 

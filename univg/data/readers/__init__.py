@@ -18,7 +18,7 @@ from univg.data.readers.llmseg import read_llmseg
 from univg.data.readers.mgrounding import read_mgrounding
 from univg.data.readers.mig_bench import MIG_TASKS, PAPER_COLUMNS, mig_target_index, read_mig_bench
 from univg.data.readers.refcoco import read_refcoco
-from univg.data.readers.stage2_rl import read_stage2_rl
+from univg.data.readers.stage2_rl import read_stage2_rl, stage2_record, write_stage2_rl
 from univg.data.readers.vos import read_vos
 from univg.data.schema import SampleList
 
@@ -62,6 +62,8 @@ __all__ = [
     "read_samples",
     "read_stage2_rl",
     "read_vos",
+    "stage2_record",
     "target_from_question",
     "write_cot_sft",
+    "write_stage2_rl",
 ]

@@ -35,7 +35,14 @@ from typing import Any, Literal, get_args
 
 from univg.boxes import Box, get_frame, parse_box_tokens
 from univg.data.images import ImageNotFoundError, image_size, resolve_image_path
-from univg.data.schema import GroundingSample, ReadReport, SampleError, SampleList, validate_sample
+from univg.data.schema import (
+    GroundingSample,
+    ReadReport,
+    SampleError,
+    SampleList,
+    sample_error,
+    validate_sample,
+)
 
 logger = logging.getLogger("univg.data")
 
@@ -359,7 +366,7 @@ def run_reader(
     fmt: str,
     parse: Callable[[Record], Iterable[GroundingSample]],
     skip_invalid: bool = False,
-    degenerate: str = "keep",
+    degenerate: DegeneratePolicy = "keep",
     fields: Mapping[str, Sequence[str]] | None = None,
 ) -> SampleList:
     """Run ``parse`` over every record of ``path`` and apply the error/skip policy.
@@ -525,3 +532,46 @@ def note_source(rec: Record, kind: str, rule: str) -> dict[str, str]:
     """Count the record's detected source in the report; the meta entries for its sample."""
     rec.report.note(f"source_kind:{kind}")
     return {"source_kind": kind, "source_rule": rule}
+
+
+# ---- writing files in the readers' formats ---------------------------------------------------------
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def image_paths(sample: GroundingSample, image_dir: str | os.PathLike | None) -> list[str]:
+    """The sample's image paths; in-memory images are saved as PNG under ``image_dir`` first."""
+    paths = []
+    for i, img in enumerate(sample.images):
+        if isinstance(img, str):
+            paths.append(img)
+            continue
+        if image_dir is None:
+            raise sample_error(
+                sample.where(), f"images[{i}]", "a path (pass image_dir to save in-memory images)"
+            )
+        out = Path(image_dir) / f"{_safe(sample.id)}_{i}.png"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        img.save(out)
+        paths.append(str(out))
+    return paths
+
+
+def write_records(records: Sequence[Any], path: str | os.PathLike) -> int:
+    """Write ``records`` as a JSON list (JSONL if ``path`` ends in ``.jsonl``); returns the count.
+
+    Written to a temporary file first, so a half-written file never replaces a good one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        if path.suffix == ".jsonl":
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        else:
+            json.dump(list(records), f, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)
+    return len(records)

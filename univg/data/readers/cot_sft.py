@@ -5,7 +5,8 @@ A JSON list (or JSONL) of records::
     {"id": str, "task": str, "images": [paths],
      "messages": [{"role": "user", "content": "<image><image>question..."},
                   {"role": "assistant", "content": "<think>...</think><answer>(x1, y1), (x2, y2)</answer>"}],
-     "target_index": int}          # optional, default: the last image
+     "target_index": int}          # optional, default: the question's last image mention
+                                   # ("... in the 3th image"), else the last image
 
 LLaMA-Factory's ``conversations: [{"from": "human"|"gpt", "value": ...}]`` is accepted too.
 Answer coordinates are in the Qwen2-VL 0-1000 frame. The user text is the *rendered* prompt; the
@@ -25,26 +26,25 @@ or corner swap): then the target is re-rendered from the fixed box (counted as
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
-
-from PIL import Image
 
 from univg.boxes import parse_answer
 from univg.data.readers.common import (
     DegeneratePolicy,
     Record,
     detect_source,
+    image_paths,
     note_source,
     question_sample,
     run_reader,
+    target_from_question,
+    write_records,
 )
 from univg.data.readers.mgrounding import prompt_and_answer
-from univg.data.schema import GroundingSample, SampleList, sample_error
+from univg.data.schema import GroundingSample, SampleList
 from univg.prompts import render_prompt, split_prompt, split_target, target_text
 
 # A whole assistant turn that is one box and nothing else (RefCOCO records of the stage-1 file).
@@ -72,6 +72,19 @@ def answer_box(answer: str) -> tuple[str | None, tuple[int, ...]] | None:
     return (None, tuple(int(v) for v in bare.groups())) if bare else None
 
 
+def _target(rec: Record, question: str, n_images: int) -> tuple[int, str]:
+    """The record's ``target_index`` when it has one; else, as the other multi-image readers, the
+    question's last image mention ("... in the 3th image"); else the last image."""
+    if isinstance(rec.raw, dict) and rec.raw.get("target_index") is not None:
+        rec.map_field("target_index", "target_index")
+        index = rec.get("target_index", expected=f"an int in [0, {n_images})", types=int)
+        return index, "record:target_index"
+    mention = target_from_question(question)
+    if mention is not None and mention[0] < n_images:
+        return mention
+    return n_images - 1, "default:last"
+
+
 def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingSample]:
     images = rec.str_list("images", "image")
     rec.map_field("images", "images", "image")
@@ -86,15 +99,8 @@ def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingS
         )
     reasoning, coords = found
     box, meta = rec.box(coords, answer_field, rec.id, frame="qwen2-vl")
-    if isinstance(rec.raw, dict) and rec.raw.get("target_index") is not None:
-        target, rule = (
-            rec.get("target_index", expected=f"an int in [0, {len(images)})", types=int),
-            "record:target_index",
-        )
-        rec.map_field("target_index", "target_index")
-    else:
-        target, rule = len(images) - 1, "default:last"
     template, question = split_prompt(text)
+    target, rule = _target(rec, question, len(images))
     meta.update(note_source(rec, *detect_source(images, template, has_reasoning=reasoning is not None)))
     verbatim: str | None = answer
     if meta.get("clamped") or meta.get("swapped"):
@@ -129,10 +135,6 @@ def read_cot_sft(
     return run_reader(path, "cot_sft", lambda rec: _parse(rec, image_root), skip_invalid, degenerate)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
 def cot_record(
     sample: GroundingSample,
     prompt_template: str = "reasoning",
@@ -140,19 +142,7 @@ def cot_record(
     image_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """One record of the format above. In-memory images are saved as PNG under ``image_dir``."""
-    paths = []
-    for i, img in enumerate(sample.images):
-        if isinstance(img, Image.Image):
-            if image_dir is None:
-                raise sample_error(
-                    sample.where(), f"images[{i}]", "a path (pass image_dir to save in-memory images)"
-                )
-            out = Path(image_dir) / f"{_safe(sample.id)}_{i}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            img.save(out)
-            paths.append(str(out))
-        else:
-            paths.append(img)
+    paths = image_paths(sample, image_dir)
     user = "<image>" * len(paths) + render_prompt(sample.prompt_template or prompt_template, sample.question)
     return {
         "id": sample.id,
@@ -179,14 +169,4 @@ def write_cot_sft(
     ``<think>`` only for samples that carry reasoning (see :func:`univg.prompts.target_text`).
     """
     records = [cot_record(s, prompt_template, target_format, image_dir) for s in samples]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        else:
-            json.dump(records, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)  # a half-written file never replaces a good one
-    return len(records)
+    return write_records(records, path)

@@ -9,7 +9,7 @@ as they are, so that file is expected in 0-1000. The reader looks at the file's 
 coordinate and says which frame it read in the report (``answer_frame_normalised`` /
 ``answer_frame_0_1000``); ``answer_frame`` forces one.
 
-Target image rules (DESIGN section 6), checked on all 4,295 records of ``MIG_data.json``:
+Target image rules (docs/design.md section 6), checked on all 4,295 records of ``MIG_data.json``:
 
 | rule | tasks | how |
 |---|---|---|
@@ -20,7 +20,10 @@ Target image rules (DESIGN section 6), checked on all 4,295 records of ``MIG_dat
 
 A record whose target cannot be derived, or is outside its images, is malformed (error, or skipped
 with ``skip_invalid``). Box policy: see :mod:`univg.data.readers.common` (the file's 2 answers
-above 1.0 are clamped and listed, its 5 degenerate boxes are kept, flagged and listed).
+above 1.0 are clamped and listed; its 5 "degenerate" boxes, MIG_data-7, -105, -126, -163 and -512,
+are inverted corners (x2 < x1 or y2 < y1), not empty boxes: with the readers' default ``keep`` they
+stay as written, flagged and listed, and a prediction can hit the box they describe once the
+corners are swapped; ``degenerate="swap"`` swaps them at reading).
 """
 
 from __future__ import annotations

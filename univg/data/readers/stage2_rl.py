@@ -17,6 +17,8 @@ last image.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
+from typing import Any
 
 from univg.boxes import parse_answer
 from univg.data.readers.common import (
@@ -24,14 +26,16 @@ from univg.data.readers.common import (
     DegeneratePolicy,
     Record,
     detect_source,
+    image_paths,
     note_source,
     question_sample,
     run_reader,
     target_from_question,
+    write_records,
 )
 from univg.data.readers.mgrounding import question_text
 from univg.data.schema import GroundingSample, SampleList
-from univg.prompts import split_prompt
+from univg.prompts import answer_coords, split_prompt
 
 #: Schema field -> this format's field (aliases), so errors name what the file calls it.
 FILE_FIELDS = {"question": ("question", "problem"), "images": ("images", "image")}
@@ -92,3 +96,24 @@ def read_stage2_rl(
         degenerate,
         FILE_FIELDS,
     )
+
+
+def stage2_record(sample: GroundingSample, image_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """One record of the release's stage-2 layout: bare question after one ``<image>`` per image,
+    the box as 4 ints in the 0-1000 frame. In-memory images are saved as PNG under ``image_dir``
+    (give a COCO-like sample a folder under ``coco/train2014`` to have it detected as the release
+    detects its COCO records)."""
+    return {
+        "id": sample.id,
+        "task": sample.task,
+        "question": "<image>" * len(sample.images) + sample.question,
+        "answer": list(answer_coords(sample)),
+        "images": image_paths(sample, image_dir),
+    }
+
+
+def write_stage2_rl(
+    samples: Iterable[GroundingSample], path: str | os.PathLike, image_dir: str | os.PathLike | None = None
+) -> int:
+    """Write ``samples`` in the stage-2 layout (:func:`stage2_record`); returns the count."""
+    return write_records([stage2_record(s, image_dir) for s in samples], path)

@@ -1,0 +1,51 @@
+"""The console of a run shows progress and results, not Lightning's advertisements or warnings
+caused by our own calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import univg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_trainer_logs_no_advertisement_but_keeps_its_other_lines(tmp_path, caplog):
+    import lightning as L
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    with caplog.at_level(logging.INFO):
+        L.Trainer(accelerator="cpu", logger=TensorBoardLogger(tmp_path), default_root_dir=tmp_path)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("GPU available") for m in messages)  # the filter drops nothing else
+    assert not any("Tip:" in m or "litlogger" in m or "litmodels" in m for m in messages), messages
+
+
+@pytest.mark.slow
+def test_first_debug_fit_prints_progress_and_results_only(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run(
+        [sys.executable, "-W", "default", "-m", "univg", "fit", "--config", str(ROOT / "configs/debug.yaml")]
+        + [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=2"]
+        + ["--trainer.val_check_interval=2", "--data.init_args.num_train=8"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert "Trainer.fit` stopped: `max_steps=2` reached" in text and "train/loss" in text
+    for noise in ("Tip:", "litlogger", "litmodels", "LeafSpec", "args parameter is intended"):
+        assert noise not in text, noise
+    # -W default shows every DeprecationWarning: none may come from univg's own files
+    ours = str(Path(univg.__file__).parent) + os.sep
+    warned = [line for line in text.splitlines() if line.startswith(ours) and "Warning" in line]
+    assert not warned, warned

@@ -1,0 +1,35 @@
+"""``python -m univg.data list [--root DIR]`` | ``prepare NAME... [--root DIR] [--check-only]``
+(also ``python -m univg data ...``): every dataset of the paper, fetched and checked."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from univg.data.prepare import DATASETS, list_datasets, prepare
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m univg.data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="every dataset with its source, expected record count and status")
+    ls.add_argument("--root", default="data", help="the data folder the configs read (default: data)")
+    prep = sub.add_parser("prepare", help="download (where on the Hub), lay out and check datasets")
+    prep.add_argument("names", nargs="+", metavar="NAME", help=f"'all' or any of: {', '.join(DATASETS)}")
+    prep.add_argument("--root", default="data", help="the data folder the configs read (default: data)")
+    prep.add_argument("--check-only", action="store_true", help="do not download; check what is in place")
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        list_datasets(args.root)
+        return 0
+    names = list(DATASETS) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        parser.error(f"unknown dataset(s) {unknown}; choose from {list(DATASETS)} or 'all'")
+    ready = [prepare(n, args.root, fetch_files=not args.check_only) for n in names]
+    return 0 if all(ready) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

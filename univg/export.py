@@ -1,0 +1,418 @@
+"""A trained run as a Hugging Face model folder (and, optionally, a Hub repository).
+
+``python -m univg.export CKPT --out DIR [--merge-lora] [--push-to-hub REPO_ID] [--private]``
+(also ``python -m univg export ...``) reads a univg Lightning checkpoint: a single ``.ckpt`` file
+(full fine-tune or LoRA) or a sharded FSDP2 checkpoint folder (``torch.distributed.checkpoint``),
+and writes what ``transformers``, vLLM, lmms-eval and the release's scripts load:
+
+- ``model.safetensors`` (or shards + index) and ``config.json`` in the layout
+  ``Qwen2VLForConditionalGeneration.from_pretrained`` reads (a LoRA run merged into its base with
+  ``--merge-lora``; without it, the peft adapter beside a base checkpoint named by the run);
+- ``generation_config.json`` stating the evaluation decoding of the paper explicitly (greedy,
+  256 new tokens, no repetition penalty), so a server does not fall back to its own sampling;
+- the tokenizer (with Qwen2-VL's chat template) and the image processor the run used;
+- ``README.md``: a model card with the training config (the run's saved ``config.yaml``) and the
+  run's evaluation results in the paper's table layout, beside the paper's rows.
+
+The backbone (preset, overrides, LoRA) is read from the ``config.yaml`` that LightningCLI saved in
+the run's directory (found beside or above the checkpoint), or from ``--config``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from univg.backbone import DTYPES, BackboneSpec, apply_lora, preset_config
+from univg.tokenizer import EOS_TOKEN, PAD_TOKEN, load_processor
+
+PAPER = "UniVG-R1 (arXiv 2505.14231)"
+
+
+def evaluation_decoding() -> dict[str, Any]:
+    """The decoding every evaluation of the suite (and the paper) uses, as ``generation_config`` keys.
+
+    Greedy, one beam, no repetition penalty; the budget is ``GroundingModule``'s ``max_new_tokens``
+    default (the paper's 256), read from its signature so it is stated once.
+
+    >>> d = evaluation_decoding()
+    >>> d["do_sample"], d["num_beams"], d["max_new_tokens"], d["repetition_penalty"]
+    (False, 1, 256, 1.0)
+    """
+    from univg.modules.base import GroundingModule
+
+    budget = inspect.signature(GroundingModule.__init__).parameters["max_new_tokens"].default
+    return {
+        "do_sample": False,
+        "num_beams": 1,
+        "max_new_tokens": int(budget),
+        "repetition_penalty": 1.0,
+        # greedy ignores these; stated so a server that switches sampling on gets the paper's values
+        "temperature": 1.0,
+        "top_p": 1.0,
+    }
+
+
+# ----------------------------------------------------------------------------- reading a run
+def run_directory(ckpt: Path) -> Path | None:
+    """The run directory that holds LightningCLI's ``config.yaml``: beside or above the checkpoint
+    (``<run>/checkpoints/last.ckpt``, ``<run>/weights.ckpt``, a sharded ``<run>/checkpoints/x.ckpt/``)."""
+    for d in (ckpt.parent, ckpt.parent.parent, ckpt.parent.parent.parent):
+        if (d / "config.yaml").is_file():
+            return d
+    return None
+
+
+def read_run_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a mapping (a LightningCLI config.yaml)")
+    return config
+
+
+def backbone_of(config: dict[str, Any], source: Path) -> BackboneSpec:
+    """The run's ``BackboneSpec`` from its resolved config (``model.init_args.backbone``)."""
+    model = config.get("model")
+    args = model.get("init_args", model) if isinstance(model, dict) else None
+    spec = (args or {}).get("backbone")
+    if spec is None:
+        return BackboneSpec()  # the module's default backbone
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source}: model.init_args.backbone: expected a mapping, got {spec!r}")
+    spec = dict(spec.get("init_args", spec))
+    spec.pop("class_path", None)
+    try:
+        return BackboneSpec(**spec)
+    except TypeError as err:
+        raise ValueError(f"{source}: model.init_args.backbone: {err}") from err
+
+
+def load_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The policy's weights (``model.*`` keys, prefix removed) of a checkpoint file or sharded folder.
+
+    A GRPO checkpoint's ``ref_model.*`` and the optimiser state are left out.
+    """
+    if ckpt.is_dir():
+        if not (ckpt / ".metadata").is_file():
+            raise ValueError(
+                f"{ckpt}: a folder but not a sharded checkpoint (no .metadata of torch.distributed.checkpoint)"
+            )
+        from univg.distributed import consolidate_checkpoint
+
+        with tempfile.TemporaryDirectory() as tmp:
+            state = torch.load(consolidate_checkpoint(ckpt, Path(tmp) / "full.ckpt"), map_location="cpu")
+    elif ckpt.is_file():
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    else:
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist (a .ckpt file or a sharded folder)")
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"{ckpt}: not a Lightning checkpoint (no state_dict)")
+    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    if not weights:
+        raise ValueError(f"{ckpt}: holds no 'model.*' weights (keys: {list(state)[:5]} ...)")
+    return weights
+
+
+def hf_config(spec: BackboneSpec) -> Any:
+    """The ``Qwen2VLConfig`` of the run's backbone: the base checkpoint's own, or the preset's."""
+    if spec.checkpoint is None:
+        return preset_config(spec.preset, spec.overrides)
+    from transformers import AutoConfig
+
+    from univg.tokenizer import resolve_checkpoint
+
+    return AutoConfig.from_pretrained(resolve_checkpoint(spec.checkpoint))
+
+
+def build_model(spec: BackboneSpec, weights: dict[str, torch.Tensor], source: Path) -> nn.Module:
+    """The run's model (peft-wrapped for a LoRA run) holding exactly ``weights`` (strict)."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    config = hf_config(spec)
+    config._attn_implementation = spec.attn_implementation
+    try:  # every weight is overwritten below: skip the (for 7B, minutes-long) random init
+        from transformers.initialization import no_init_weights
+    except ImportError:  # pragma: no cover - older transformers
+        from contextlib import nullcontext as no_init_weights
+    with no_init_weights():
+        model: nn.Module = Qwen2VLForConditionalGeneration(config)
+    model = model.to(spec.torch_dtype)
+    if spec.lora is not None:
+        model = apply_lora(model, spec.lora)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
+    if missing or unexpected:
+        lora = "with" if spec.lora is not None else "without"
+        raise ValueError(
+            f"{source}: the weights do not match the run's backbone ({spec.preset}, {lora} LoRA): "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    if tied:
+        model.tie_weights()
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- the model card
+def find_results(run_dir: Path | None, extra: Sequence[str | os.PathLike] = ()) -> list[dict[str, Any]]:
+    """The run's ``results_test.json`` files (searched under its directory) and any ``extra`` ones."""
+    files = sorted(run_dir.rglob("results_test.json")) if run_dir is not None else []
+    files += [Path(p) for p in extra]
+    out = []
+    for f in files:
+        try:
+            out.append(json.loads(Path(f).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{f}: cannot read evaluation results ({err})") from err
+    return out
+
+
+def results_markdown(results: list[dict[str, Any]]) -> str:
+    """The results in the paper's layouts (one table per layout), beside the paper's rows."""
+    from univg.reports import layout_of, merge_tables
+
+    parts = []
+    for layout in ("mig", "zeroshot", "refcoco"):
+        mine = [r for r in results if layout_of(r.get("benchmark", "")) == layout]
+        if mine:
+            parts.append(merge_tables(mine, layout)[0].replace("## ", "### ", 1))
+    return "\n".join(parts)
+
+
+def model_card(
+    spec: BackboneSpec,
+    run_config: str | None,
+    results: list[dict[str, Any]],
+    source: Path,
+    merged_lora: bool,
+    decoding: dict[str, Any],
+) -> str:
+    base = spec.checkpoint or f"univg preset {spec.preset!r} (random init)"
+    front = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text", "tags:"]
+    front += ["- visual-grounding", "- qwen2_vl", "- univg"]
+    if spec.checkpoint and "/" in spec.checkpoint and not Path(spec.checkpoint).exists():
+        front.append(f"base_model: {spec.checkpoint}")
+    front.append("---")
+    how = "LoRA adapters merged into the base weights" if merged_lora else "full weights"
+    lines = [
+        *front,
+        "",
+        "# Reasoning-guided visual grounding (univg export)",
+        "",
+        f"A Qwen2-VL model trained with univg, a PyTorch Lightning reproduction of {PAPER}.",
+        f"Base: {base}. Exported from `{source.name}` ({how}).",
+        "",
+        "Given an instruction and one or more images, it answers with one box in the target image:",
+        "",
+        "    <think>reasoning</think><answer>(x1, y1), (x2, y2)</answer>",
+        "",
+        "Coordinates are integers in [0, 1000) of the target image (`int(x / width * 1000)`).",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration",
+        "",
+        'model = Qwen2VLForConditionalGeneration.from_pretrained("THIS_FOLDER")',
+        'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")  # chat template included',
+        "```",
+        "",
+        "With torchvision installed, `AutoProcessor.from_pretrained` gives the Qwen2-VL processor;"
+        " `vllm serve THIS_FOLDER` serves it.",
+        "",
+        "## Decoding",
+        "",
+        "`generation_config.json` states the evaluation decoding of the paper: "
+        + ", ".join(f"`{k}={v}`" for k, v in decoding.items() if k in evaluation_decoding())
+        + ".",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    if results:
+        lines += [results_markdown(results)]
+    else:
+        lines += ["No `results_test.json` was found with the run; evaluate with `python -m univg test`."]
+    lines += ["", "## Training configuration", ""]
+    if run_config:
+        lines += ["The run's resolved LightningCLI config:", "", "```yaml", run_config.rstrip(), "```"]
+    else:
+        lines += ["The run's `config.yaml` was not found beside the checkpoint."]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- export
+def write_generation_config(out: Path, tokenizer: Any, decoding: dict[str, Any]) -> None:
+    """``generation_config.json`` with every decoding setting written out (not only non-defaults)."""
+    eos = [tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)]
+    config = {
+        **decoding,
+        "bos_token_id": tokenizer.convert_tokens_to_ids(PAD_TOKEN),
+        "eos_token_id": eos,
+        "pad_token_id": tokenizer.convert_tokens_to_ids(PAD_TOKEN),
+    }
+    (out / "generation_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def write_processor(out: Path, spec: BackboneSpec) -> Any:
+    """Tokenizer (chat template included) and image processor of the run, marked as one Qwen2-VL
+    processor so that ``AutoProcessor`` builds ``Qwen2VLProcessor`` (as for the public checkpoints)."""
+    processor = load_processor(spec.checkpoint)
+    processor.save_pretrained(out)
+    for name in ("preprocessor_config.json", "tokenizer_config.json"):
+        path = out / name
+        data = json.loads(path.read_text())
+        data["processor_class"] = "Qwen2VLProcessor"
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    return processor.tokenizer
+
+
+def export_checkpoint(
+    ckpt: str | os.PathLike,
+    out: str | os.PathLike,
+    merge_lora: bool = False,
+    config: str | os.PathLike | None = None,
+    results: Sequence[str | os.PathLike] = (),
+    dtype: str | None = None,
+    push_to_hub: str | None = None,
+    private: bool = False,
+) -> Path:
+    """Write the Hugging Face model folder of a univg checkpoint; returns ``out``.
+
+    Args:
+        ckpt: a ``.ckpt`` file or a sharded FSDP2 checkpoint folder.
+        out: the folder to write (created; files of the same names are replaced).
+        merge_lora: merge a LoRA run's adapters into its base weights (a plain Qwen2-VL); without it
+            a LoRA run is written as a peft adapter of the base checkpoint it names.
+        config: the run's ``config.yaml``; default the one LightningCLI saved beside the checkpoint.
+        results: extra ``results_test.json`` files for the model card (evaluations run elsewhere).
+        dtype: save in this dtype ("bfloat16", ...); default the run's.
+        push_to_hub: upload the folder to this Hub repository (created if missing).
+        private: create the Hub repository private.
+    """
+    ckpt, out = Path(ckpt), Path(out)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"checkpoint {ckpt} does not exist (a .ckpt file or a sharded folder)")
+    run_dir = run_directory(ckpt)
+    config_path = Path(config) if config is not None else (run_dir / "config.yaml" if run_dir else None)
+    if config_path is None:
+        raise FileNotFoundError(
+            f"no config.yaml beside or above {ckpt}: pass the run's config with --config "
+            "(LightningCLI saves it in the run directory)"
+        )
+    if not config_path.is_file():
+        raise FileNotFoundError(f"run config {config_path} does not exist")
+    run_config = config_path.read_text()
+    spec = backbone_of(read_run_config(config_path), config_path)
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        spec.dtype = dtype  # type: ignore[assignment]
+    if spec.quantization is not None:
+        raise ValueError(
+            f"{config_path}: a {spec.quantization}-quantised run cannot be exported (its base weights are "
+            "stored quantised); train without quantization to export"
+        )
+    is_lora = spec.lora is not None
+    if is_lora and not merge_lora and spec.checkpoint is None:
+        raise ValueError(
+            f"{ckpt}: a LoRA run on the random-init preset {spec.preset!r}: its base weights exist only in "
+            "this checkpoint, so export it with --merge-lora"
+        )
+    model = build_model(spec, load_state_dict(ckpt), ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_lora and merge_lora:
+        model = model.merge_and_unload()
+    if is_lora and not merge_lora:
+        model.peft_config["default"].base_model_name_or_path = spec.checkpoint
+        model.save_pretrained(out, safe_serialization=True)  # adapter_config.json + adapter weights
+    else:
+        model.save_pretrained(out, safe_serialization=True)
+    decoding = evaluation_decoding()
+    tokenizer = write_processor(out, spec)
+    write_generation_config(out, tokenizer, decoding)
+    card = model_card(
+        spec, run_config, find_results(run_dir, results), ckpt, is_lora and merge_lora, decoding
+    )
+    (out / "README.md").write_text(card)
+    if push_to_hub:
+        push_folder(out, push_to_hub, private=private)
+    return out
+
+
+def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
+    """Create ``repo_id`` (if missing) and upload ``folder`` to it; returns the repository URL.
+
+    Credentials come from ``huggingface_hub`` (``HF_TOKEN`` or ``hf auth login``).
+    """
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="model",
+        commit_message="Upload model exported with univg",
+    )
+    return str(url)
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m univg.export", description="Export a univg checkpoint as a Hugging Face model folder."
+    )
+    parser.add_argument("checkpoint", help="a .ckpt file or a sharded FSDP2 checkpoint folder")
+    parser.add_argument("--out", required=True, help="the folder to write")
+    parser.add_argument("--merge-lora", action="store_true", help="merge LoRA adapters into the base weights")
+    parser.add_argument(
+        "--config", default=None, help="the run's config.yaml (default: found beside the checkpoint)"
+    )
+    parser.add_argument("--results", nargs="*", default=[], help="results_test.json files for the model card")
+    parser.add_argument(
+        "--dtype", default=None, choices=sorted(DTYPES), help="save in this dtype (default the run's)"
+    )
+    parser.add_argument(
+        "--push-to-hub", default=None, metavar="REPO_ID", help="upload to this Hub repository"
+    )
+    parser.add_argument("--private", action="store_true", help="create the Hub repository private")
+    args = parser.parse_args(argv)
+    try:
+        out = export_checkpoint(
+            args.checkpoint,
+            args.out,
+            merge_lora=args.merge_lora,
+            config=args.config,
+            results=args.results,
+            dtype=args.dtype,
+            push_to_hub=args.push_to_hub,
+            private=args.private,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"univg export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    return 0
+
+
+__all__ = ["evaluation_decoding", "export_checkpoint", "load_state_dict", "main", "push_folder"]
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
