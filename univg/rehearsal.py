@@ -4,7 +4,8 @@ Stage 1 (``configs/cot_sft.yaml``) -> stage 2 (``configs/grpo_diff.yaml``) -> ev
 (``configs/eval/mig_bench.yaml``), each layered with ``configs/fsdp/7b_8gpu.yaml`` exactly as a user
 runs them on 8 GPUs. Only these are swapped: the preset (tiny, loaded from a checkpoint folder this
 script writes), the devices (2 CPU processes over gloo), the data paths and the step budget (the
-size of the data). Precision (bf16 compute under FSDP, fp32 master weights), gradient
+size of the data, 2 prompts per process per optimiser step where the config has 16 over 8 GPUs,
+validation once at the end of stage 1 instead of every 100-500 steps). Precision (bf16 compute under FSDP, fp32 master weights), gradient
 checkpointing, schedules, full fine-tuning with a frozen reference, G, lengths and sampling stay as
 the configs write them.
 
@@ -176,7 +177,8 @@ class Plan:
 
     procs: int = 2
     stage1_records: int = 12  # batch 1 per device x 2 devices x accumulate 3 -> 2 optimiser steps
-    stage2_records: int = 32  # 16 prompts per step -> 2 optimiser steps
+    stage2_records: int = 8  # 4 prompts per step (2 per process) -> 2 optimiser steps
+    stage2_prompts_per_step: int = 4
     eval_records: int = 4
 
     @property
@@ -185,7 +187,7 @@ class Plan:
 
     @property
     def stage2_steps(self) -> int:
-        return math.ceil(self.stage2_records / 16)
+        return math.ceil(self.stage2_records / self.stage2_prompts_per_step)
 
 
 def _cli(stage_config: str, overrides: list[str], log: Path) -> float:
@@ -227,7 +229,7 @@ def _common(ckpt: Path, out: Path, name: str, procs: int) -> list[str]:
 
 def _fit_budget() -> list[str]:
     # the step budget: the configs validate every 100-500 steps; here once, at the end of the epoch
-    return ["--trainer.val_check_interval", "1.0"]
+    return ["--trainer.val_check_interval", "1.0", "--trainer.num_sanity_val_steps", "0"]
 
 
 def run(out: Path, plan: Plan) -> list[tuple[str, bool, str]]:
@@ -251,6 +253,14 @@ def run(out: Path, plan: Plan) -> list[tuple[str, bool, str]]:
         _common(ckpt, out, "stage2", plan.procs)
         + _fit_budget()
         + ["--model.init_args.init_checkpoint", str(s1), "--model.init_args.check_invariants", "true"]
+        # step budget: 2 prompts per process per optimiser step (the config: 16 over 8 GPUs), and
+        # validation left to stage 1 (the same evaluation code), the evaluation run below
+        + [
+            "--model.init_args.prompts_per_step",
+            str(plan.stage2_prompts_per_step),
+            "--trainer.limit_val_batches",
+            "0",
+        ]
         + ["--data.init_args.train_file", str(data["stage2"]), "--data.init_args.image_root", images]
         + val,
         out / "stage2.log",
