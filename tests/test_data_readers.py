@@ -334,8 +334,12 @@ def test_reasonvos_and_revos(tmp_path):
     assert a.target_index == 2 and a.target_rule == "vos:third" and len(a.images) == 6
     assert a.box == Box(0.02, 0.0, 0.12, 0.2)  # the third frame's box "[2, 0, 12, 10]" on 100 x 50
     assert b.images[2] == str(root / "vid1" / "00004.jpg") and b.box == Box(0.02, 0.0, 0.52, 0.5)
-    # 11 frames -> 6 uniformly sampled [0, 2, 4, 6, 8, 10]; the third is frame 4 and its box.
-    assert c.meta["frame_indices"] == [0, 2, 4, 6, 8, 10] and c.box == Box(0.04, 0.0, 0.5, 0.5)
+    # every listed frame by default (the release): 11 frames, the third is frame 2 and its box
+    assert len(c.images) == 11 and c.meta["frame_indices"] == list(range(11))
+    assert c.box == Box(0.02, 0.0, 0.5, 0.5)
+    # num_frames 6: sampled uniformly [0, 2, 4, 6, 8, 10]; the third is frame 4 and its box
+    c6 = read_vos(path, image_root=root, skip_invalid=True, num_frames=6)[2]
+    assert c6.meta["frame_indices"] == [0, 2, 4, 6, 8, 10] and c6.box == Box(0.04, 0.0, 0.5, 0.5)
 
 
 # ---- shared behaviour -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ def test_prints_reasoning_and_pixel_box_of_the_target_image_and_saves_the_pictur
             "--images", str(tmp_path / "a.png"), str(tmp_path / "b.png"),
             "--instruction", "Find the object of the first image in the second image.",
             "--preset", "tiny",
+            "--random-weights",
             "--max-new-tokens", "4",
             "--out", str(tmp_path / "out"),
         ]

@@ -126,8 +126,9 @@ def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return _cli(args, run)
-    except (ArgumentError, ConfigError, CheckpointError, FileNotFoundError) as err:
-        # A config error, a missing checkpoint, data file or image root: one line, no traceback.
+    except (ArgumentError, ConfigError, CheckpointError, FileNotFoundError, PermissionError) as err:
+        # A config error, a missing checkpoint, data file or image root, an unwritable output
+        # folder: one line, no traceback.
         if os.environ.get("UNIVG_DEBUG"):
             raise
         message = condense_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)

@@ -152,13 +152,28 @@ def dedupe_records(records: Iterable[dict[str, Any]]) -> tuple[list[dict[str, An
     return out, dropped
 
 
+#: Parse -> (IoU key, parsed-box key) of a prediction record.
+PARSE_KEYS: dict[str, tuple[str, str]] = {
+    "strict": ("iou", "pred"),
+    "compatible": ("iou_compatible", "pred_compatible"),
+    "release": ("iou_release", "pred_release"),
+}
+PARSES: tuple[str, ...] = tuple(PARSE_KEYS)
+
+
 def metrics_from_records(
-    records: Sequence[dict[str, Any]], strict: bool = True, thresholds: Sequence[float] = (0.3, 0.5, 0.7)
+    records: Sequence[dict[str, Any]],
+    strict: bool = True,
+    thresholds: Sequence[float] = (0.3, 0.5, 0.7),
+    parse: str | None = None,
 ) -> dict[str, float]:
     """:meth:`GroundingMetrics.compute` over prediction records (one evaluation, no process sync).
 
     Each record needs ``task``, ``iou``/``pred`` (strict parser) and ``iou_compatible``/
-    ``pred_compatible``; ``strict=False`` scores the compatible parse as the primary number.
+    ``pred_compatible``; ``iou_release``/``pred_release`` (the release's scorer) when present.
+    ``parse`` picks the headline ("strict", "compatible" or "release"; default from ``strict``):
+    ``acc@*``, ``miou``, ``avg`` and the per-task columns are that parse's. The other parses are
+    always reported beside it (``acc@0.5/compatible``, ``acc@0.5/release``, ``parse_rate/*``).
 
     >>> recs = [
     ...     {"task": "a", "iou": 0.9, "pred": [1, 1, 2, 2], "iou_compatible": 0.9, "pred_compatible": [1, 1, 2, 2]},
@@ -168,19 +183,36 @@ def metrics_from_records(
     >>> m = metrics_from_records(recs)
     >>> m["acc@0.5/a"], m["acc@0.5/b"], m["avg"], m["parse_rate/strict"], round(m["acc@0.5/compatible"], 3)
     (0.5, 0.0, 0.25, 0.6666666666666666, 0.667)
+    >>> for r, iou in zip(recs, (0.0, 0.7, 0.6)):
+    ...     r.update(iou_release=iou, pred_release=[1, 1, 2, 2] if iou else None)
+    >>> m = metrics_from_records(recs, parse="release")
+    >>> m["acc@0.5/a"], m["acc@0.5/b"], round(m["acc@0.5/release"], 3), round(m["parse_rate/release"], 3)
+    (0.5, 1.0, 0.667, 0.667)
     """
+    parse = parse or ("strict" if strict else "compatible")
+    if parse not in PARSE_KEYS:
+        raise ValueError(f"unknown parse {parse!r}; choose one of {PARSES}")
     metric = GroundingMetrics(thresholds=thresholds, sync_on_compute=False)
     if not records:
         return metric.compute()
-    key, ckey = ("iou", "pred") if strict else ("iou_compatible", "pred_compatible")
+    has_release = all("iou_release" in r for r in records)
+    if parse == "release" and not has_release:
+        raise ValueError("the release parse is the headline but some prediction records have no iou_release")
+    key, pkey = PARSE_KEYS[parse]
     metric.update(
         torch.tensor([float(r[key]) for r in records]),
         [r["task"] for r in records],
-        torch.tensor([r[ckey] is not None for r in records]),
+        torch.tensor([r[pkey] is not None for r in records]),
         torch.tensor([float(r["iou_compatible"]) for r in records]),
         torch.tensor([r["pred_compatible"] is not None for r in records]),
     )
     out = metric.compute()
-    # the strict parse rate is reported as such whichever parser is primary
-    out["parse_rate/strict"] = sum(r["pred"] is not None for r in records) / len(records)
+    # each parse's own rate and Acc@0.5, whichever parse is the headline
+    n = len(records)
+    out["parse_rate/strict"] = sum(r["pred"] is not None for r in records) / n
+    out["acc@0.5/strict"] = sum(float(r["iou"]) >= 0.5 for r in records) / n
+    if has_release:
+        out["parse_rate/release"] = sum(r["pred_release"] is not None for r in records) / n
+        out["acc@0.5/release"] = sum(float(r["iou_release"]) >= 0.5 for r in records) / n
+        out["miou/release"] = sum(float(r["iou_release"]) for r in records) / n
     return out

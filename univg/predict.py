@@ -12,12 +12,17 @@ Lightning CLI (any module config, e.g. a trained run's):
 
 The target image (the one the box is in) is ``--target-index`` (0-based), else the last image the
 instruction names ("in the second image", "image-2"), else the only or the last image.
+
+Without ``--checkpoint`` or ``--init-checkpoint`` it refuses (exit 2) before building anything:
+an untrained model answers nonsense, and the 7B preset alone is ~33 GB in fp32. ``--random-weights``
+runs one anyway (for trying the pipeline).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -95,6 +100,12 @@ class UserImagesDataModule(GroundingDataModule):
         return [user_sample(*self.user)]
 
 
+NO_WEIGHTS = (
+    "univg.predict: error: no weights given: pass --checkpoint (a Hugging Face folder or hub id, e.g. "
+    "GD-ML/UniVG-R1) or --init-checkpoint (a univg .ckpt); --random-weights predicts with an untrained model"
+)
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """``python -m univg.predict``; returns the prediction rows (also printed)."""
     import lightning as L
@@ -109,12 +120,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--preset", default="qwen2-vl-7b", help="backbone preset (size and coordinate frame)")
     p.add_argument("--checkpoint", default=None, help="Hugging Face directory or hub id of the weights")
     p.add_argument("--init-checkpoint", default=None, help="a univg Lightning .ckpt instead")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="predict with an untrained model of --preset (no weights given: for trying the pipeline)",
+    )
     p.add_argument("--template", default="reasoning", help="prompt template (univg.prompts.PROMPTS)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-pixels", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--out", default="predictions", help="pictures go to <out>/pictures_predict/")
     args = p.parse_args(argv)
+    if args.checkpoint is None and args.init_checkpoint is None and not args.random_weights:
+        # refuse before anything is built: an untrained model answers nonsense at full model cost
+        print(NO_WEIGHTS, file=sys.stderr)
+        raise SystemExit(2)
     module = GroundingModule(
         backbone=BackboneSpec(preset=args.preset, checkpoint=args.checkpoint, dtype=args.dtype),
         init_checkpoint=args.init_checkpoint,

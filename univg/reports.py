@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from univg.metrics import MIG_COLUMNS
+from univg.metrics import MIG_COLUMNS, PARSES
 
 REFCOCO_SPLITS: tuple[tuple[str, str], ...] = (
     ("refcoco/val", "RefCOCO val"),
@@ -224,9 +224,8 @@ def layout_of(benchmark: str) -> str:
 def task_columns(metrics: dict[str, float]) -> list[tuple[str, str]]:
     """MIG-Bench's 10 columns, then any other task of ``metrics`` (a synthetic ``single`` task)."""
     known = {t for t, _ in MIG_COLUMNS}
-    extra = sorted(
-        k.split("/", 1)[1] for k in metrics if k.startswith("acc@0.5/") and k != "acc@0.5/compatible"
-    )
+    parses = {f"acc@0.5/{p}" for p in PARSES}  # each parse's overall Acc@0.5, not a task
+    extra = sorted(k.split("/", 1)[1] for k in metrics if k.startswith("acc@0.5/") and k not in parses)
     return list(MIG_COLUMNS) + [(t, t) for t in extra if t not in known]
 
 
@@ -397,6 +396,11 @@ def metrics_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         ["parse rate, compatible (first box anywhere)", pct(m.get("parse_rate/compatible"))],
         ["Acc@0.5, compatible parser", pct(m.get("acc@0.5/compatible"))],
     ]
+    if "acc@0.5/release" in m:  # the release's own scorer (univg.release_parse)
+        rows += [
+            ["parse rate, release (the release's script)", pct(m.get("parse_rate/release"))],
+            ["Acc@0.5, release scorer", pct(m.get("acc@0.5/release"))],
+        ]
     return ["Metric", "Value"], rows
 
 
@@ -406,7 +410,7 @@ def render_run(result: dict[str, Any]) -> tuple[str, str]:
     # the paper's rows compare with real benchmarks only, not with the synthetic stand-in
     header, rows, notes = build_table([result], layout, paper=result["benchmark"] != "synthetic")
     title = BENCHMARKS.get(result["benchmark"], result["benchmark"])
-    parser = "strict" if result.get("strict_parse", True) else "compatible"
+    parser = result.get("headline_parse") or ("strict" if result.get("strict_parse", True) else "compatible")
     md = [
         f"## {title}: {result['run']} ({result.get('stage', 'test')}, step {result.get('step', 0)})",
         "",

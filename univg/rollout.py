@@ -329,6 +329,7 @@ def generate(
     engine: str = "auto",
     generator: torch.Generator | None = None,
     record_logprobs: bool = False,
+    repetition_penalty: float = 1.0,
 ) -> Rollout:
     """Sample (or greedily decode) ``group_size`` completions per prompt, in eval mode, KV cached.
 
@@ -345,6 +346,9 @@ def generate(
         generator: RNG of the draws ("shared" engine); None uses torch's global RNG.
         record_logprobs: when sampling, also return each drawn token's log-prob under the
             distribution it was drawn from (:attr:`Rollout.sampler_logp`).
+        repetition_penalty: transformers' repetition penalty (1.0: none). Evaluation's
+            ``decoding: checkpoint`` passes a checkpoint's own value explicitly; only the "hf"
+            engine applies it, so "auto" picks "hf" when it is not 1.0.
 
     Every decoding setting is explicit: nothing is inherited from the checkpoint's
     ``generation_config.json`` (Qwen2-VL-Instruct ships ``repetition_penalty: 1.05``, ``top_k: 1``,
@@ -355,6 +359,10 @@ def generate(
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown rollout engine {engine!r}; choose one of {ENGINES}")
+    if repetition_penalty != 1.0:
+        if engine == "shared":
+            raise ValueError("the 'shared' rollout engine has no repetition penalty; use engine 'hf'")
+        engine = "hf"
     if engine == "auto" and _is_fsdp(model) and torch.distributed.is_initialized():
         # every rank must take part in every sharded forward: transformers' generate keeps ranks
         # stepping until all are done (synced_gpus); our decode loop drops finished rows and exits early
@@ -374,7 +382,7 @@ def generate(
             record_logprobs=record_logprobs and do_sample,
         )
         if engine == "hf":
-            ids, logp = _generate_hf(model, inputs, **settings)
+            ids, logp = _generate_hf(model, inputs, repetition_penalty=repetition_penalty, **settings)
         else:
             ids, logp = _generate_shared(model, inputs, generator=generator, **settings)
     finally:
@@ -441,12 +449,14 @@ def _generate_hf(
     top_p: float,
     top_k: int,
     record_logprobs: bool = False,
+    repetition_penalty: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     from transformers import GenerationConfig
 
     config = explicit_generation_config(
         group_size, max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k, record_logprobs
     )
+    config.repetition_penalty = repetition_penalty  # 1.0 unless a caller passes one explicitly
     if not do_sample:
         # transformers refuses num_return_sequences > 1 for greedy search: repeat the prompts instead
         inputs = repeat_prompts(inputs, group_size)

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from univg.data.collate import MODES, GroundingCollator
 from univg.data.loader import ResumableDataLoader
 from univg.data.readers import read_samples
+from univg.data.release_resize import TwoStepResizeProcessor
 from univg.data.schema import GroundingSample
 from univg.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
 
@@ -65,6 +66,8 @@ class GroundingDataModule(L.LightningDataModule):
     ``val_count`` keeps a seeded draw of that many validation samples (all when ``None``), so a
     periodic validation sees every task of a file sorted by task. ``degenerate_boxes`` is the
     training file's box policy (module docstring).
+    ``two_step_resize`` resizes each image to multiples of 28 before the processor's own resize,
+    as the release's evaluation did (:mod:`univg.data.release_resize`); off: one resize.
     """
 
     FORMAT: ClassVar[str | None] = None
@@ -99,6 +102,7 @@ class GroundingDataModule(L.LightningDataModule):
         eval_format: str | None = None,
         eval_image_root: str | None = None,
         val_count: int | None = None,
+        two_step_resize: bool = False,
     ) -> None:
         super().__init__()
         if self.FORMAT is not None and format not in (None, self.FORMAT):
@@ -138,6 +142,7 @@ class GroundingDataModule(L.LightningDataModule):
         self.eval_format = eval_format
         self.eval_image_root = eval_image_root
         self.val_count = val_count
+        self.two_step_resize = two_step_resize
         self.samples: dict[str, list[GroundingSample] | None] = dict.fromkeys(SPLITS)
         self._processor: Any = None
 
@@ -168,11 +173,20 @@ class GroundingDataModule(L.LightningDataModule):
             root = self.eval_image_root if self.eval_image_root is not None else self.image_root
             degenerate = "keep"
         samples = read_samples(
-            path, fmt, image_root=root, skip_invalid=self.skip_invalid, degenerate=degenerate
+            path,
+            fmt,
+            image_root=root,
+            skip_invalid=self.skip_invalid,
+            degenerate=degenerate,
+            **self.reader_options(split),
         )
         if samples.report is not None:
             print(f"[univg.data] {split}: {samples.report.summary()}")
         return samples
+
+    def reader_options(self, split: str) -> dict[str, Any]:
+        """Further keyword arguments of the reader of ``split`` (a subclass's own reader settings)."""
+        return {}
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
@@ -220,8 +234,9 @@ class GroundingDataModule(L.LightningDataModule):
         return self._processor
 
     def collator(self, mode: str) -> GroundingCollator:
+        processor = TwoStepResizeProcessor(self.processor) if self.two_step_resize else self.processor
         return GroundingCollator(
-            self.processor,
+            processor,
             mode=mode,
             prompt_template=self.prompt_template,
             target_format=self.target_format,
@@ -306,11 +321,50 @@ class LLMSegDataModule(GroundingDataModule):
 
 
 class VOSDataModule(GroundingDataModule):
-    """ReasonVOS / ReVOS zero-shot eval: 6 frames, ground on the third (max_pixels 640,000)."""
+    """ReasonVOS / ReVOS zero-shot eval: ground on the third frame (max_pixels 640,000).
+
+    Every listed frame is used (the release's evaluation); ``num_frames: 6`` samples records with
+    more frames down to 6, uniformly, which moves the target frame (see :mod:`univg.data.readers.vos`).
+    """
 
     FORMAT = "vos"
     DEFAULT_TEMPLATE = "vos"
     DEFAULT_MAX_PIXELS = LISA_MAX_PIXELS
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        image_root: str | None = None,
+        prompt_template: str | None = None,
+        target_format: str = "cot",
+        train_mode: str | None = None,
+        eval_mode: str = "generate",
+        batch_size: int = 1,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        min_pixels: int = MIN_PIXELS,
+        max_pixels: int | None = None,
+        processor_path: str | None = None,
+        skip_invalid: bool = False,
+        limit: int | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        max_length: int | None = None,
+        frame: str = "qwen2-vl",
+        two_step_resize: bool = False,
+        num_frames: int | None = None,
+    ) -> None:
+        super().__init__(**self._base_args(locals()))
+        if num_frames is not None and num_frames < 3:
+            raise ValueError(
+                f"num_frames must be at least 3 (the target is the third frame) or null, got {num_frames}"
+            )
+        self.num_frames = num_frames
+
+    def reader_options(self, split: str) -> dict[str, Any]:
+        return {"num_frames": self.num_frames}
 
 
 class SyntheticDataModule(GroundingDataModule):

@@ -13,22 +13,28 @@ import torch
 from univg.backbone import BackboneSpec, count_parameters
 from univg.boxes import parse_answer
 from univg.checkpoints import CheckpointError, check_checkpoint, unreadable
+from univg.decoding import DECODING_MODES, Decoding, checkpoint_decoding, greedy_decoding
 from univg.evaluation import (
     append_jsonl,
+    check_writable,
     count_reasons,
+    decode_prompts,
     extract_reasoning,
     gather_objects,
     infer_benchmark,
-    read_jsonl,
+    load_resumed,
+    model_frame_gt,
     reader_skips,
     resume_files,
     run_key,
     sample_notes,
+    screen_decodable,
     screen_samples,
     shard_path,
     write_jsonl,
 )
-from univg.metrics import GroundingMetrics, dedupe_records, metrics_from_records
+from univg.metrics import PARSE_KEYS, PARSES, GroundingMetrics, dedupe_records, metrics_from_records
+from univg.release_parse import release_fields, release_scorer
 from univg.rewards import iou_reward
 from univg.rollout import generate, model_inputs
 from univg.tokenizer import load_tokenizer
@@ -128,9 +134,18 @@ class GroundingModule(L.LightningModule):
         run_name: the row name of this run in tables; default the logger's experiment name.
         num_pictures: predictions drawn as PNG (and logged to TensorBoard) per evaluation epoch.
         resume_predictions: a predictions JSONL file, or the directory of an interrupted run, whose
-            finished samples are not evaluated again (a validate/test run also resumes from its own
-            predictions directory automatically); records of another model are ignored.
+            finished samples are not evaluated again. Without it a validate/test run resumes from
+            its own predictions directory and from the last unfinished run of the same name (an
+            earlier ``version_N``) by itself; records of another model are ignored.
         pictures_dir: where pictures go; default ``<predictions dir>/pictures_<stage>``.
+        decoding: "greedy" (plain greedy, every setting explicit) or "checkpoint" (the settings of
+            ``backbone.checkpoint``'s own ``generation_config.json``, read explicitly, as the
+            release's evaluation inherited them); the settings used go into the results JSON.
+        headline_parse: which parse gives the headline numbers: "strict", "compatible" or
+            "release" (the release's own scorer, ``univg.release_parse``); default from
+            ``strict_parse``. All three are always reported.
+        fresh: start the evaluation over instead of resuming the last unfinished run of the same
+            name and benchmark (an earlier ``version_N`` folder), which is the default.
     """
 
     def __init__(
@@ -152,12 +167,21 @@ class GroundingModule(L.LightningModule):
         num_pictures: int = 8,
         resume_predictions: str | None = None,
         pictures_dir: str | None = None,
+        decoding: Literal["greedy", "checkpoint"] = "greedy",
+        headline_parse: Literal["strict", "compatible", "release"] | None = None,
+        fresh: bool = False,
     ) -> None:
         super().__init__()
         if max_new_tokens < 1:  # nothing generated: every sample would score 0 and the run "pass"
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if decoding not in DECODING_MODES:
+            raise ValueError(f"decoding must be one of {DECODING_MODES}, got {decoding!r}")
+        if headline_parse is not None and headline_parse not in PARSES:
+            raise ValueError(f"headline_parse must be one of {PARSES} or null, got {headline_parse!r}")
+        if fresh and resume_predictions is not None:
+            raise ValueError("fresh: true starts over; it cannot also resume_predictions")
         self.backbone = backbone or BackboneSpec()
         self.lr = lr
         self.weight_decay = weight_decay
@@ -177,6 +201,10 @@ class GroundingModule(L.LightningModule):
         self.num_pictures = num_pictures
         self.resume_predictions = resume_predictions
         self.pictures_dir = pictures_dir
+        self.decoding = decoding
+        self.headline_parse = headline_parse or ("strict" if strict_parse else "compatible")
+        self.fresh = fresh
+        self._decoding: Decoding | None = None
         # Running per-process metrics of the current epoch (the results are computed from the gathered,
         # de-duplicated prediction rows at epoch end; these are for callers that inspect a step).
         self.metrics = torch.nn.ModuleDict(
@@ -272,9 +300,19 @@ class GroundingModule(L.LightningModule):
         iou_c = iou_reward(texts, gt, strict=False, frame=self.frame, sizes=known)
         return {"strict": strict, "compat": compat, "iou_strict": iou_s, "iou_compat": iou_c, "gt": gt}
 
+    def decoding_settings(self) -> Decoding:
+        """The evaluation decode's settings (read once: the checkpoint's file for "checkpoint")."""
+        if self._decoding is None:
+            if self.decoding == "checkpoint":
+                self._decoding = checkpoint_decoding(self.backbone.checkpoint, self.max_new_tokens)
+            else:
+                self._decoding = greedy_decoding(self.max_new_tokens)
+        return self._decoding
+
     def generate_completions(self, batch: dict[str, Any]) -> tuple[list[str], list[bool]]:
-        """Greedy completions of a generate-mode batch: (B texts, B truncated flags)."""
-        roll = generate(self.model, model_inputs(batch), self.tokenizer, max_new_tokens=self.max_new_tokens)
+        """Completions of a generate-mode batch by :meth:`decoding_settings`: (B texts, B truncated flags)."""
+        kw = self.decoding_settings().generate_kwargs()
+        roll = generate(self.model, model_inputs(batch), self.tokenizer, **kw)
         return roll.texts, [bool(t) for t in roll.truncated.tolist()]
 
     def _target_frame_sizes(self, batch: dict[str, Any]) -> list[tuple[int, int] | None]:
@@ -300,12 +338,17 @@ class GroundingModule(L.LightningModule):
 
         samples = batch.get("samples")
         sizes = self._target_frame_sizes(batch)
-        s = self.score_completions(texts, batch["boxes"], sizes)
+        gt = batch["boxes"].tolist()
+        if samples is not None:  # scored in floats, not the collator's integer target
+            gt = [model_frame_gt(smp.box, self.frame, size) for smp, size in zip(samples, sizes)]
+        s = self.score_completions(texts, torch.tensor(gt, dtype=torch.float64), sizes)
         key = self._eval.get(stage, {}).get("run_key")
+        scorer = self._eval.get(stage, {}).get("release_scorer") or release_scorer(self.benchmark)
+        prompts = decode_prompts(self.tokenizer, batch) if scorer == "zero_shot" else [""] * len(texts)
         image_root = getattr(self._datamodule(), "image_root", None)
         records = []
         for i, text in enumerate(texts):
-            primary = s["strict"][i] if self.strict_parse else s["compat"][i]
+            primary = s["compat"][i] if self.headline_parse == "compatible" else s["strict"][i]
             rec: dict[str, Any] = {
                 "id": batch["ids"][i],
                 "task": batch["tasks"][i],
@@ -321,11 +364,15 @@ class GroundingModule(L.LightningModule):
                 "run_key": key,
             }
             sample = samples[i] if samples is not None else None
+            norm = list(sample.box.as_tuple()) if sample is not None else [g / 1000 for g in s["gt"][i]]
+            rec.update(release_fields(scorer, text, prompts[i], s["gt"][i], norm))
+            if self.headline_parse == "release" and rec["pred_release"] is not None:
+                primary = tuple(rec["pred_release"])
             if sample is not None:
                 rec["target_index"] = sample.target_index
                 rec["question"] = sample.question
                 if sample.meta.get("no_gt"):  # user images: no ground truth to score against
-                    rec.update(gt=None, iou=None, iou_compatible=None, no_gt=True)
+                    rec.update(gt=None, iou=None, iou_compatible=None, iou_release=None, no_gt=True)
                 try:
                     width, height = image_size(sample.images[sample.target_index], image_root)
                 except OSError:
@@ -355,8 +402,7 @@ class GroundingModule(L.LightningModule):
         records = [r for r in self.prediction_records(batch, texts, truncated, stage) if r["id"] not in done]
         self._predictions[stage].extend(records)
         if records:
-            key = "iou" if self.strict_parse else "iou_compatible"
-            parsed = "pred" if self.strict_parse else "pred_compatible"
+            key, parsed = PARSE_KEYS[self.headline_parse]
             self.metrics[stage].update(
                 torch.tensor([r[key] for r in records]),
                 [r["task"] for r in records],
@@ -431,6 +477,8 @@ class GroundingModule(L.LightningModule):
         dm = self._datamodule()
         ev: dict[str, Any] = {"bad": [], "notes": {}, "resumed": [], "done_ids": set(), "finalised": False}
         ev["benchmark"] = self.benchmark or infer_benchmark(dm, key)
+        ev["release_scorer"] = release_scorer(ev["benchmark"])
+        decoding = self.decoding_settings()  # a bad decoding setting fails here, before the model is built
         ev["run_key"] = run_key(
             preset=self.backbone.preset,
             checkpoint=self.backbone.checkpoint,
@@ -440,12 +488,19 @@ class GroundingModule(L.LightningModule):
             ckpt_path=str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
             max_new_tokens=self.max_new_tokens,
             benchmark=ev["benchmark"],
+            decoding=decoding.as_dict(),
         )
         self._eval[key] = ev
+        # output folders are checked now: an unwritable one fails before a model is built
+        for what in ("predictions_dir", "pictures_dir"):
+            if getattr(self, what) is not None:
+                check_writable(getattr(self, what), what)
         if key == "predict":
             ev["dir"] = self._output_dir()
             return
         ev["path"] = self.prediction_path(key) if fn != "fit" else None
+        if ev["path"] is not None:
+            check_writable(Path(ev["path"]).parent)
         samples = getattr(dm, "samples", {}).get(split) if dm is not None else None
         if samples is None:
             return
@@ -453,23 +508,17 @@ class GroundingModule(L.LightningModule):
         ev["bad"] = reader_skips(samples) + bad
         ev["notes"] = sample_notes(kept)
         if fn != "fit":
-            files = resume_files(ev["path"], self.resume_predictions, key)
-            if files:
-                records, unreadable = read_jsonl(files)
-                ids = {s.id for s in kept}
-                mine = [r for r in records if r.get("run_key") == ev["run_key"] and r["id"] in ids]
-                ev["resumed"], _ = dedupe_records(mine)
-                ev["done_ids"] = {r["id"] for r in ev["resumed"]}
-                ev["notes"]["resumed"] = len(ev["resumed"])
-                other = sum(r.get("run_key") != ev["run_key"] for r in records)
-                if other:
-                    ev["notes"]["resume_ignored_other_model"] = other
-                    self.print(
-                        f"univg: ignored {other} earlier predictions of another model/benchmark in {files}"
-                    )
-                if unreadable:
-                    ev["notes"]["unreadable_prediction_lines"] = unreadable
-                kept = [s for s in kept if s.id not in ev["done_ids"]]
+            if self.fresh:  # start over: this run's stale shard goes, nothing is read
+                shard_path(ev["path"], self.global_rank).unlink(missing_ok=True)
+            files = [] if self.fresh else resume_files(ev["path"], self.resume_predictions, key, auto=True)
+            resumed, notes, lines = load_resumed(files, ev["run_key"], kept)
+            ev["resumed"], ev["done_ids"] = resumed, {r["id"] for r in resumed}
+            ev["notes"].update(notes)
+            for line in lines:
+                self.print(line)
+            kept = [s for s in kept if s.id not in ev["done_ids"]]
+        kept, undecodable = screen_decodable(kept, getattr(dm, "image_root", None))
+        ev["bad"] += undecodable
         if len(kept) != len(samples):
             # borrow the data module's list for this run; teardown puts the original back
             ev["original_samples"] = (split, samples)
@@ -522,7 +571,7 @@ class GroundingModule(L.LightningModule):
         records, duplicates = dedupe_records(
             list(ev.get("resumed", [])) + [r for part in gathered for r in part]
         )
-        metrics = metrics_from_records(records, strict=self.strict_parse)
+        metrics = metrics_from_records(records, parse=self.headline_parse)
         self.last_eval[stage] = metrics
         if log:
             for k, v in metrics.items():
@@ -539,6 +588,9 @@ class GroundingModule(L.LightningModule):
             "bad_records": ev.get("bad", [])[:1000],
             "predictions": str(path) if path is not None else None,
             "strict_parse": self.strict_parse,
+            "headline_parse": self.headline_parse,
+            "release_scorer": ev.get("release_scorer") or release_scorer(self.benchmark),
+            "decoding": self.decoding_settings().as_dict(),
             "model": {
                 "preset": self.backbone.preset,
                 "checkpoint": self.backbone.checkpoint,

@@ -1,7 +1,13 @@
 """MIG-Bench (Migician): ``MIG_data.json`` and the release's ``revised_MIG_bench.json`` (same keys).
 
-Record: ``task``, ``images`` (paths), ``question``, ``answer`` (normalised xyxy floats),
-``additional_info``, ``need_format``. Records have no id; ours is ``<file stem>-<index>``.
+Record: ``task``, ``images`` (paths), ``question``, ``answer`` (xyxy), ``additional_info``,
+``need_format``. Records have no id; ours is ``<file stem>-<index>``.
+
+The answer's frame is decided per file (:func:`answer_frame`): ``MIG_data.json`` stores [0, 1]
+floats; the release's scorer compares the revised file's values with the model's 0-1000 integers
+as they are, so that file is expected in 0-1000. The reader looks at the file's largest answer
+coordinate and says which frame it read in the report (``answer_frame_normalised`` /
+``answer_frame_0_1000``); ``answer_frame`` forces one.
 
 Target image rules (docs/design.md section 6), checked on all 4,295 records of ``MIG_data.json``:
 
@@ -26,8 +32,10 @@ import os
 import re
 
 from univg.data.readers.common import (
+    CLAMP_TOLERANCE,
     ORDINAL_WORDS,
     Record,
+    load_records,
     question_sample,
     run_reader,
     target_from_question,
@@ -76,7 +84,29 @@ def mig_target_index(task: str, question: str, additional_info: str = "") -> tup
     return target_from_question(question)
 
 
-def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingSample]:
+ANSWER_FRAMES = ("auto", "normalised", "qwen2-vl")
+
+
+def answer_frame(records: list) -> str:
+    """ "normalised" ([0, 1] floats) or "qwen2-vl" (0-1000) for a file's answers, by their largest
+    coordinate: beyond the clamp tolerance of [0, 1] the file cannot be normalised.
+
+    >>> answer_frame([{"answer": [0.1, 0.2, 0.5, 1.04]}, {"answer": "bad"}])
+    'normalised'
+    >>> answer_frame([{"answer": [12, 20, 500, 730]}, {"answer": [0.1, 0.2, 0.3, 0.4]}])
+    'qwen2-vl'
+    """
+    top = 0.0
+    for raw in records:
+        box = raw.get("answer") if isinstance(raw, dict) else None
+        if isinstance(box, list):
+            top = max(
+                [top, *(float(v) for v in box if isinstance(v, int | float) and not isinstance(v, bool))]
+            )
+    return "qwen2-vl" if top > 1 + CLAMP_TOLERANCE else "normalised"
+
+
+def _parse(rec: Record, image_root: str | os.PathLike | None, frame: str) -> list[GroundingSample]:
     task = rec.get("task", expected="a task name", types=str)
     images = rec.str_list("images")
     question = rec.get("question", expected="the question text", types=str)
@@ -95,8 +125,9 @@ def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingS
         raise rec.error(
             field, f"a target image within the record's {len(images)} images", f"image {target + 1}"
         )
-    coords = rec.coords("answer", expected="4 normalised floats", types=list)
-    box, meta = rec.box(coords, "answer", rec.id, frame="normalised")
+    expected = "4 normalised floats" if frame == "normalised" else "4 numbers in 0-1000"
+    coords = rec.coords("answer", expected=expected, types=list)
+    box, meta = rec.box(coords, "answer", rec.id, frame=frame)
     meta.update(
         need_format=rec.get("need_format", expected="a bool", types=bool, default=None),
         additional_info=additional_info,
@@ -110,9 +141,21 @@ def read_mig_bench(
     image_root: str | os.PathLike | None = None,
     skip_invalid: bool = False,
     degenerate: str = "keep",
+    answer_frame: str = "auto",
 ) -> SampleList:
     """Read ``MIG_data.json`` (or the revised file): one sample per record, report attached.
 
     ``image_root`` is the folder the ``./MIG-Bench/images/...`` paths are relative to.
+    ``answer_frame``: "auto" (decided from the file, see :func:`answer_frame`), "normalised" or
+    "qwen2-vl" (0-1000); the frame read is counted in the report's notes.
     """
-    return run_reader(path, "mig_bench", lambda rec: _parse(rec, image_root), skip_invalid, degenerate)
+    if answer_frame not in ANSWER_FRAMES:
+        raise ValueError(f"answer_frame must be one of {ANSWER_FRAMES}, got {answer_frame!r}")
+    frame = _detect_frame(load_records(path)) if answer_frame == "auto" else answer_frame
+    out = run_reader(path, "mig_bench", lambda rec: _parse(rec, image_root, frame), skip_invalid, degenerate)
+    name = "answer_frame_normalised" if frame == "normalised" else "answer_frame_0_1000"
+    out.report.note(name, out.report.records)
+    return out
+
+
+_detect_frame = answer_frame  # the parameter of read_mig_bench shadows the function's name

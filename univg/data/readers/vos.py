@@ -7,8 +7,10 @@ Records (both release eval files are accepted):
   ``question``, ``bbox_list``. The folder ``image_root/video_id`` is listed once per video.
 ``instruction`` / ``exp`` are accepted for ``question``; ``frame_paths`` / ``images`` for ``image_list``.
 
-With more than ``num_frames`` frames, ``num_frames`` are sampled uniformly (first and last
-included) with their boxes; the target is frame ``target_frame`` (0-based, default 2 = the third).
+Every listed frame is used by default, the target being frame ``target_frame`` of the list
+(0-based, default 2 = the third), as the release's evaluation does. ``num_frames=N`` turns on
+sampling: a record with more than N frames keeps N spread uniformly (first and last included), and
+the target is the ``target_frame``-th of those (a different frame of the video: say so in reports).
 Boxes are normalised by the target frame's size (record ``width``/``height``, else its header).
 """
 
@@ -24,15 +26,15 @@ from univg.data.schema import GroundingSample, SampleList
 _FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
-def uniform_indices(n: int, k: int = 6) -> list[int]:
-    """``k`` indices spread evenly over ``range(n)``, first and last included.
+def uniform_indices(n: int, k: int | None = 6) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)``, first and last included (``None``: all).
 
     >>> uniform_indices(11, 6)
     [0, 2, 4, 6, 8, 10]
-    >>> uniform_indices(6, 6)
-    [0, 1, 2, 3, 4, 5]
+    >>> uniform_indices(6, 6), uniform_indices(8, None)
+    ([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5, 6, 7])
     """
-    if n <= k:
+    if k is None or n <= k:
         return list(range(n))
     return [round(i * (n - 1) / (k - 1)) for i in range(k)]
 
@@ -64,7 +66,9 @@ def _frame_paths(rec: Record, image_root) -> list[str]:
     return resolve_all(rec.str_list("image_list", "frame_paths", "images"), image_root)
 
 
-def _parse(rec: Record, image_root, num_frames: int, target_frame: int, task: str) -> list[GroundingSample]:
+def _parse(
+    rec: Record, image_root, num_frames: int | None, target_frame: int, task: str
+) -> list[GroundingSample]:
     frames = _frame_paths(rec, image_root)
     boxes = rec.get("bbox_list", "boxes", expected="one box per frame", types=list)
     box_field = rec.name_of("bbox_list", "boxes")
@@ -73,7 +77,7 @@ def _parse(rec: Record, image_root, num_frames: int, target_frame: int, task: st
     keep = uniform_indices(len(frames), num_frames)
     if len(keep) <= target_frame:
         raise rec.error("image_list", f"at least {target_frame + 1} frames", len(frames))
-    if len(frames) > num_frames:
+    if len(keep) < len(frames):
         rec.report.note("videos_subsampled")
     frames = [frames[i] for i in keep]
     src = keep[target_frame]
@@ -101,11 +105,14 @@ def read_vos(
     image_root: str | os.PathLike | None = None,
     skip_invalid: bool = False,
     degenerate: str = "keep",
-    num_frames: int = 6,
+    num_frames: int | None = None,
     target_frame: int = 2,
     task: str = "vos",
 ) -> SampleList:
-    """Read a ReasonVOS or ReVOS eval file: one 6-frame sample per record, report attached."""
+    """Read a ReasonVOS or ReVOS eval file: one sample per record (every listed frame, or
+    ``num_frames`` sampled uniformly), report attached."""
+    if num_frames is not None and num_frames <= target_frame:
+        raise ValueError(f"num_frames {num_frames} leaves no frame {target_frame} (the target) to ground on")
     return run_reader(
         path,
         "vos",
