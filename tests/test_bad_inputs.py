@@ -199,7 +199,8 @@ def univg_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
         ),
         "unknown_phi": (
             ["fit", "--config", GRPO, "--model.init_args.phi", "expp"],
-            ["model (univg.modules.GRPOModule):", "phi", "'expp'"],
+            # a typed knob: refused while parsing, with the choices, before anything is built
+            ["model.init_args.phi:", "'none', 'exp', 'square', 'neglog'", "expp"],
         ),
         "unknown_preset": (
             ["fit", "--config", DEBUG, "--model.init_args.backbone.preset", "qwen9"],
