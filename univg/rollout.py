@@ -398,7 +398,6 @@ def explicit_generation_config(
     temperature: float,
     top_p: float,
     top_k: int,
-    output_scores: bool = False,
 ) -> Any:
     """A ``GenerationConfig`` that states every setting that changes which tokens come out.
 
@@ -433,9 +432,36 @@ def explicit_generation_config(
         eos_token_id=list(EOS_IDS),
         suppress_tokens=list(SUPPRESS_IDS),
         use_cache=True,
-        output_scores=output_scores,
         return_dict_in_generate=True,
     )
+
+
+class _SampledLogProbs:
+    """A logits processor placed after the warpers: it keeps the last step's log-probabilities
+    ([N, V], one step only) and, at the next step, takes the log-prob of the token drawn from them
+    (the last column of ``input_ids``). :meth:`finish` takes the last step's."""
+
+    def __init__(self, prompt_length: int) -> None:
+        self.prompt_length = prompt_length
+        self.last: torch.Tensor | None = None
+        self.taken: list[torch.Tensor] = []
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        if self.last is not None:
+            self.taken.append(self.last.gather(1, tokens[:, None]).squeeze(1))
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.prompt_length:
+            self._take(input_ids[:, -1])
+        self.last = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, ids: torch.Tensor) -> torch.Tensor:
+        """[N, C] log-probs of the completion tokens ``ids`` [N, C]."""
+        if len(self.taken) < ids.shape[1]:
+            self._take(ids[:, len(self.taken)])
+        self.last = None
+        return torch.stack(self.taken[: ids.shape[1]], dim=1) if ids.shape[1] else ids.float()
 
 
 def _generate_hf(
@@ -451,10 +477,29 @@ def _generate_hf(
     record_logprobs: bool = False,
     repetition_penalty: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers.generation.logits_process import (
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
 
+    processors = LogitsProcessorList()
+    recorder = None
+    if record_logprobs:
+        # transformers puts a caller's processors before its warpers: to see what is sampled from,
+        # the warpers come here in transformers' order, then the recorder (the config states none)
+        if temperature != 1.0:
+            processors.append(TemperatureLogitsWarper(temperature))
+        if top_k:
+            processors.append(TopKLogitsWarper(top_k))
+        if top_p < 1.0:
+            processors.append(TopPLogitsWarper(top_p))
+        recorder = _SampledLogProbs(inputs["input_ids"].shape[1])
+        processors.append(recorder)
+        temperature, top_k, top_p = 1.0, 0, 1.0
     config = explicit_generation_config(
-        group_size, max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k, record_logprobs
+        group_size, max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k
     )
     config.repetition_penalty = repetition_penalty  # 1.0 unless a caller passes one explicitly
     if not do_sample:
@@ -464,21 +509,11 @@ def _generate_hf(
     own = hf.generation_config
     hf.generation_config = GenerationConfig()  # nothing inherited from the checkpoint's file
     try:
-        out = model.generate(**inputs, generation_config=config)
+        out = model.generate(**inputs, generation_config=config, logits_processor=processors)
     finally:
         hf.generation_config = own
     ids = out.sequences[:, inputs["input_ids"].shape[1] :]  # [B*G, C]
-    logp = None
-    if record_logprobs:
-        # scores: C x [N, V], the logits after every processor and warper (what was sampled from)
-        logp = torch.stack(
-            [
-                torch.log_softmax(sc.float(), -1).gather(1, ids[:, t, None]).squeeze(1)
-                for t, sc in enumerate(out.scores)
-            ],
-            dim=1,
-        )
-    return ids, logp
+    return ids, (recorder.finish(ids) if recorder is not None else None)
 
 
 def _generate_shared(
