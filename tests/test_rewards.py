@@ -242,3 +242,26 @@ def test_well_formed_answers_score_format_one_and_self_iou(boxes: list[tuple], t
     assert format_reward(completions) == [1.0] * len(boxes)
     expected = [0.0 if a == c or b == d else 1.0 for a, b, c, d in boxes]  # empty boxes score 0
     assert iou_reward(completions, boxes) == pytest.approx(expected)
+
+
+def test_release_rewards_differ_from_ours_only_where_documented():
+    """The release's format reward searches (text before <think> passes), its accuracy reward reads
+    the first <answer> block and no space after '('; a box-only prompt is scored alike by both."""
+    from univg.rewards import compute_rewards
+
+    gt = [(0, 0, 100, 100)] * 5
+    texts = [
+        "<think>a</think><answer>(0, 0), (100, 100)</answer>",  # both: format 1, IoU 1
+        "so <think>a</think><answer>(0, 0), (100, 100)</answer>",  # preamble: release format 1, ours 0
+        "<think>a</think><answer>(0, 0), (50, 100)</answer><answer>(0, 0), (100, 100)</answer>",
+        "<think>a</think><answer>( 0, 0), (100, 100)</answer>",  # space: release IoU 0
+        "(0, 0), (100, 100)",  # a box-only prompt's bare box
+    ]
+    forms = ["think"] * 4 + ["box"]
+    ours = compute_rewards({"accuracy": 1.0, "format": 1.0}, texts, gt, answer_formats=forms)
+    rel = compute_rewards({"accuracy_release": 1.0, "format_release": 1.0}, texts, gt, answer_formats=forms)
+    assert ours["format"].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert rel["format_release"].tolist() == [1.0, 1.0, 0.0, 0.0, 1.0]
+    # ours: last <answer> (IoU 1 for the third), spaces allowed; release: first block (IoU 0.5)
+    assert ours["accuracy"].tolist() == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert rel["accuracy_release"].tolist() == [1.0, 1.0, 0.5, 0.0, 1.0]

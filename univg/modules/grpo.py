@@ -33,7 +33,7 @@ from univg.grpo import (
     zero_variance_groups,
 )
 from univg.modules.base import GroundingModule
-from univg.rewards import compute_rewards, reward_stats
+from univg.rewards import compute_rewards, get_reward, reward_stats
 from univg.rollout import (
     Rollout,
     completion_logprobs,
@@ -78,7 +78,10 @@ class GRPOModule(GroundingModule):
         loss_type: "grpo", "bnpo" or "dr_grpo".
         scale_rewards: advantage scaling "group", "batch" or "none".
         drop_zero_variance: drop groups whose rewards are all equal (A = 0) from the loss.
-        rewards: reward name -> weight (``univg.rewards`` registry).
+        rewards: reward name -> weight (``univg.rewards`` registry; the release's own variants are
+            ``accuracy_release`` and ``format_release``).
+        miou_reward: the reward whose group mean is a prompt's mIoU (phi's input); with the release's
+            rewards, ``accuracy_release``.
         prompts_per_step: prompts per optimiser step across all processes (gradient accumulation).
         logprob_chunk_size: rows per log-prob forward (bounds the [rows, C, V] logits); None = all.
         log_completions_every: log a sample of completions as text every N optimiser steps (0 = off).
@@ -111,6 +114,7 @@ class GRPOModule(GroundingModule):
         scale_rewards: ScaleRewards = "group",
         drop_zero_variance: bool = False,
         rewards: dict[str, float] | None = None,
+        miou_reward: str = ACCURACY,
         prompts_per_step: int = 16,
         logprob_chunk_size: int | None = None,
         log_completions_every: int = 50,
@@ -148,6 +152,8 @@ class GRPOModule(GroundingModule):
         self.scale_rewards = scale_rewards
         self.drop_zero_variance = drop_zero_variance
         self.reward_weights = dict(rewards) if rewards else {ACCURACY: 1.0, "format": 1.0}
+        get_reward(miou_reward)  # an unknown name fails here, naming the registered rewards
+        self.miou_reward = miou_reward
         self.prompts_per_step = prompts_per_step
         self.logprob_chunk_size = logprob_chunk_size
         self.log_completions_every = log_completions_every
@@ -280,10 +286,11 @@ class GRPOModule(GroundingModule):
         forms = [f for f in forms for _ in range(g)] if forms is not None else None  # [N]
         scoring = dict(frame=self.frame, answer_formats=forms)
         rewards = compute_rewards(self.reward_weights, roll.texts, boxes, **scoring)
+        name = self.miou_reward
         acc = (
-            rewards[ACCURACY]
-            if ACCURACY in rewards
-            else compute_rewards({ACCURACY: 1.0}, roll.texts, boxes, **scoring)[ACCURACY]
+            rewards[name]
+            if name in rewards
+            else compute_rewards({name: 1.0}, roll.texts, boxes, **scoring)[name]
         )
         total = rewards["total"]  # [N]
         advantages = group_advantages(total, g, self.scale_rewards)  # [N]
