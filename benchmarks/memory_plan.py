@@ -210,13 +210,26 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
             reference,
         )
 
-    if overhead_gb is None:  # the fixed overhead: what a tiny run holds beyond its predicted bytes
-        tiny = [r for r in rows if r["preset"] == "tiny"]
-        if not tiny:
-            raise SystemExit("no tiny-preset rows to measure the fixed overhead from: pass --overhead-gb")
-        overhead_gb = min(r["peak_rss_gb"] - max(predict(r)["build"], predict(r)["step"]) / 1e9 for r in tiny)
+    # The fixed overhead (interpreter, torch, data, tokenizer, gloo; GRPO adds its rollout machinery)
+    # is what a tiny run holds beyond its predicted bytes, per stage: tiny weights are ~40 MB.
+    overhead: dict[str, float] = {}
+    for stage in ("sft", "grpo"):
+        tiny = [r for r in rows if r["preset"] == "tiny" and r["stage"] == stage and r["build"] != "legacy"]
+        if overhead_gb is not None:
+            overhead[stage] = overhead_gb
+        elif tiny:
+            overhead[stage] = min(
+                r["peak_rss_gb"] - max(predict(r)["build"], predict(r)["step"]) / 1e9 for r in tiny
+            )
+    missing = {r["stage"] for r in rows} - set(overhead)
+    if missing:
+        raise SystemExit(
+            f"no tiny-preset rows for {sorted(missing)} to measure the fixed overhead from: pass --overhead-gb"
+        )
     print(
-        f"Host memory per rank, predicted (fixed overhead {overhead_gb:.2f} GB + plan) vs measured, GB = 1e9 bytes"
+        "Host memory per rank, predicted (fixed overhead from the tiny rows: "
+        + ", ".join(f"{k} {v:.2f} GB" for k, v in overhead.items())
+        + ", plus the plan) vs measured; GB = 1e9 bytes"
     )
     head = [
         "preset",
@@ -235,7 +248,7 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
     print("|" + "---|" * len(head))
     for r in rows:
         plan = predict(r)
-        peak = overhead_gb + max(plan["build"], plan["step"]) / 1e9
+        peak = overhead[r["stage"]] + max(plan["build"], plan["step"]) / 1e9
         cells = [
             r["preset"], r["procs"], "LoRA" if r["lora"] else "full", r["stage"], r["build"], r.get("rank", 0),
             f"{plan['parameters'] / 1e9:.3f}", f"{r['param_bytes_local'] / 1e9:.3f}",

@@ -35,11 +35,20 @@ def grpo_2b_command(tmp: Path, precision: str) -> list[str]:
     }
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp)}}
     m = "--model.init_args."
+    # as configs/grpo_diff.yaml's backbone (frozen vision, checkpointing, fp32 master weights), with
+    # the 2B preset, random init and LoRA
+    backbone = {
+        "preset": "qwen2-vl-2b",
+        "checkpoint": None,
+        "freeze_vision": True,
+        "gradient_checkpointing": True,
+        "dtype": "float32",
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
+    }
     return [
         sys.executable, "-m", "univg", "fit", "--config", str(ROOT / "configs" / "grpo_diff.yaml"),
-        f"{m}backbone.preset", "qwen2-vl-2b",
-        f"{m}backbone.checkpoint", "null",
-        f"{m}backbone.lora", json.dumps({"r": 8, "alpha": 16, "dropout": 0.05}),
+        # the whole backbone as one value: a dotted "checkpoint null" would parse as the string 'None'
+        f"{m}backbone", json.dumps(backbone),
         f"{m}init_checkpoint", "null",
         f"{m}group_size", "2",
         f"{m}max_completion_length", "8",
