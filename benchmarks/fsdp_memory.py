@@ -71,6 +71,13 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
             if ref is not None:
                 local += rank_state_bytes(ref)["parameters"]
             record["param_bytes_local"] = local
+            self.write(trainer)  # the build's figures survive a step that does not finish
+
+        def write(self, trainer):
+            record["rank"] = trainer.global_rank
+            record["peak_rss_gb"] = round(_peak_rss_gb(), 3)
+            with open(Path(args.out) / f"rank{trainer.global_rank}.json", "w") as f:
+                json.dump(record, f)
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             self.t1 = time.perf_counter()
@@ -130,11 +137,10 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
         callbacks=[Measure()],
         default_root_dir=args.out,
     )
+    measure = trainer.callbacks[0] if isinstance(trainer.callbacks[0], Measure) else None
     trainer.fit(module, datamodule=data)
-    record["rank"] = trainer.global_rank
-    record["peak_rss_gb"] = round(_peak_rss_gb(), 3)
-    with open(Path(args.out) / f"rank{trainer.global_rank}.json", "w") as f:
-        json.dump(record, f)
+    record["finished"] = True
+    (measure or Measure()).write(trainer)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
             print(json.dumps({"error": f"worker exited with {proc.returncode}", "preset": args.preset}))
-            return proc.returncode
-        for r in range(args.procs):
-            print((Path(tmp) / f"rank{r}.json").read_text())
-    return 0
+        for r in range(args.procs):  # an unfinished rank's line has the build figures only
+            path = Path(tmp) / f"rank{r}.json"
+            if path.is_file():
+                print(path.read_text())
+    return proc.returncode
 
 
 if __name__ == "__main__":
