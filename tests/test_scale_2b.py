@@ -11,8 +11,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,7 @@ def grpo_2b_command(tmp: Path, precision: str) -> list[str]:
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
 def test_2b_preset_runs_a_grpo_step_on_cpu(tmp_path: Path, precision: str) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    start = time.perf_counter()
     proc = subprocess.run(
         grpo_2b_command(tmp_path, precision),
         cwd=tmp_path,
@@ -79,6 +82,9 @@ def test_2b_preset_runs_a_grpo_step_on_cpu(tmp_path: Path, precision: str) -> No
         text=True,
         timeout=3600,
     )
+    # for benchmarks/RESULTS.md (pytest -s): wall time and the largest child's peak RSS so far
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+    print(f"2B GRPO step, {precision}: {time.perf_counter() - start:.0f} s, peak RSS {peak:.2f} GB")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
     # the real 2B dimensions: 2,208,985,600 (tied head) plus LoRA r 8 on q (1536 -> 1536) and v
     # (1536 -> 256) of 28 layers: 28 x (8 x 1536 + 1536 x 8 + 8 x 1536 + 256 x 8) = 1,089,536 trainable

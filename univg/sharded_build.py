@@ -70,12 +70,15 @@ def rank_rows(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 @contextmanager
 def meta_parameters(
     on_register: Callable[[nn.Parameter, torch.Tensor], None] | None = None,
+    on_replace: Callable[[nn.Parameter], None] | None = None,
 ) -> Iterator[list[nn.Parameter]]:
     """Modules constructed inside get their parameters on ``meta`` (buffers stay where they are made).
 
     Yields the list of parameters registered, in order (what :class:`RecordShards` tracks).
     ``on_register(meta_param, value)`` sees the host tensor a module created its parameter from
     (e.g. ``torch.ones`` of a norm, or the ``torch.empty`` of ``nn.Linear`` that is written next).
+    ``on_replace(old)`` sees a parameter that a module swaps for another one (weight tying: the
+    head's own weight, drawn and then replaced by the embedding's).
     """
     original = nn.Module.register_parameter
     made: list[nn.Parameter] = []
@@ -88,6 +91,9 @@ def meta_parameters(
                 on_register(param, value)
         if param is not None:
             made.append(param)
+        old = self._parameters.get(name) if "_parameters" in self.__dict__ else None
+        if old is not None and old is not param and on_replace is not None:
+            on_replace(old)
         original(self, name, param)
 
     nn.Module.register_parameter = register  # type: ignore[method-assign]
@@ -120,6 +126,12 @@ class RecordShards(TorchDispatchMode):
         """A parameter was just created with ``value``: it becomes the one being written."""
         self._cut()
         self._current = (p, value)
+
+    def drop(self, p: nn.Parameter) -> None:
+        """``p`` left the model (replaced by a tied parameter): its rows are not needed."""
+        if self._current is not None and self._current[0] is p:
+            self._current = None
+        self.rows.pop(id(p), None)
 
     def _param_of(self, t: Any) -> tuple[nn.Parameter, list[tuple[Any, tuple, dict]]] | None:
         if not isinstance(t, torch.Tensor) or not t.is_meta:
@@ -231,7 +243,9 @@ def build_on_meta(spec: Any, rank: int = 0, world: int = 1, record: bool = True)
     recorder = RecordShards([], rank, world)
     if spec.quantization is not None:
         raise ValueError("FSDP2 with meta init does not support quantised backbones (bitsandbytes)")
-    with meta_parameters(recorder.start if record and spec.checkpoint is None else None) as made:
+    with meta_parameters(
+        recorder.start if record and spec.checkpoint is None else None, recorder.drop
+    ) as made:
         recorder.tracked = made
         if spec.checkpoint is None and record:
             with recorder:
@@ -240,7 +254,7 @@ def build_on_meta(spec: Any, rank: int = 0, world: int = 1, record: bool = True)
             config = spec.config() if spec.checkpoint is None else checkpoint_config(spec.checkpoint)
             model = build_from_config(config, spec.torch_dtype, None, spec.attn_implementation)
     # adapters are made after the backbone, as in an ordinary build: recorded whatever the source
-    with meta_parameters(recorder.start) as made:
+    with meta_parameters(recorder.start, recorder.drop) as made:
         made.extend(recorder.tracked)
         recorder.tracked = made
         with recorder:
