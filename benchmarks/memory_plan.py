@@ -221,7 +221,14 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
             overhead[stage] = min(
                 r["peak_rss_gb"] - max(predict(r)["build"], predict(r)["step"]) / 1e9 for r in tiny
             )
-    missing = {r["stage"] for r in rows} - set(overhead)
+    # the same for the build alone (before any data, rollout or step)
+    tiny = [r for r in rows if r["preset"] == "tiny" and r["build"] != "legacy"]
+    build_overhead = (
+        overhead_gb
+        if overhead_gb is not None or not tiny
+        else min(r["peak_rss_build_gb"] - predict(r)["build"] / 1e9 for r in tiny)
+    )
+    missing = {r["stage"] for r in rows if "seconds_step" in r} - set(overhead)
     if missing:
         raise SystemExit(
             f"no tiny-preset rows for {sorted(missing)} to measure the fixed overhead from: pass --overhead-gb"
@@ -229,7 +236,8 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
     print(
         "Host memory per rank, predicted (fixed overhead from the tiny rows: "
         + ", ".join(f"{k} {v:.2f} GB" for k, v in overhead.items())
-        + ", plus the plan) vs measured; GB = 1e9 bytes"
+        + f", build {build_overhead:.2f} GB, plus the plan) vs measured; GB = 1e9 bytes; a run whose step"
+        + " did not finish has its build figures only"
     )
     head = [
         "preset",
@@ -240,6 +248,8 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
         "rank",
         "params pred",
         "params meas",
+        "build pred",
+        "build meas",
         "peak pred",
         "peak meas",
         "meas/pred",
@@ -248,11 +258,16 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
     print("|" + "---|" * len(head))
     for r in rows:
         plan = predict(r)
-        peak = overhead[r["stage"]] + max(plan["build"], plan["step"]) / 1e9
+        build = build_overhead + plan["build"] / 1e9
+        if "seconds_step" in r:
+            peak = overhead[r["stage"]] + max(plan["build"], plan["step"]) / 1e9
+            step = [f"{peak:.2f}", f"{r['peak_rss_gb']:.2f}", f"{r['peak_rss_gb'] / peak:.2f}"]
+        else:
+            step = ["-", "-", f"{r['peak_rss_build_gb'] / build:.2f} (build)"]
         cells = [
             r["preset"], r["procs"], "LoRA" if r["lora"] else "full", r["stage"], r["build"], r.get("rank", 0),
             f"{plan['parameters'] / 1e9:.3f}", f"{r['param_bytes_local'] / 1e9:.3f}",
-            f"{peak:.2f}", f"{r['peak_rss_gb']:.2f}", f"{r['peak_rss_gb'] / peak:.2f}",
+            f"{build:.2f}", f"{r['peak_rss_build_gb']:.2f}", *step,
         ]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
