@@ -40,6 +40,8 @@ class Shape:
     intermediate: int
     layers: int
     vocab: int
+    largest: int = 0  # the largest single parameter (the embedding): the meta build's scratch
+    lora: int = 0  # LoRA r 8 on q/v (univg.backbone.LoRASpec defaults)
 
 
 def shape_of(preset: str) -> Shape:
@@ -49,6 +51,7 @@ def shape_of(preset: str) -> Shape:
     spec = BackboneSpec(preset=preset)
     cfg = spec.config()
     model = build_from_config(cfg, device="meta")
+    lora = BackboneSpec(preset=preset, lora={}).prepare(build_from_config(cfg, device="meta"))
     units = fsdp_units(model)
     in_units = sum(count_parameters(u) for u in units)
     text = cfg.text_config
@@ -64,6 +67,8 @@ def shape_of(preset: str) -> Shape:
         intermediate=text.intermediate_size,
         layers=text.num_hidden_layers,
         vocab=text.vocab_size,
+        largest=max(p.numel() for p in model.parameters()),
+        lora=count_parameters(lora, trainable_only=True),
     )
 
 
@@ -135,6 +140,141 @@ def print_plan(args: argparse.Namespace) -> None:
         "\n(GiB per rank; add the CUDA context and allocator slack, ~2-4 GiB, and the GRPO reference model: "
         "a second sharded fp32 copy, parameters column again, when beta > 0 without LoRA.)"
     )
+
+
+# ------------------------------------------------------------------------------------------ host memory
+def host_plan(
+    s: Shape,
+    ranks: int,
+    lora: bool,
+    stage: str,
+    tokens: int,
+    logit_tokens: int,
+    build: str = "meta",
+    reference: bool = False,
+) -> dict[str, float]:
+    """Bytes per rank of host memory (CPU training) beyond the runtime's fixed overhead.
+
+    ``build``: "meta" (each rank materialises its rows; one full parameter of scratch), "legacy"
+    (every rank builds the full model, then shards it) or "single" (one process, no FSDP). The peak
+    is the larger of the build and the step. The step holds the sharded fp32 state (weights, the
+    frozen reference copy for full fine-tuning with beta > 0, gradients and AdamW moments of what
+    trains), and, with FSDP, the root unit gathered in bf16 for the whole step (FSDP2 keeps the root
+    unsharded between forward and backward; generate is one FSDP forward) plus one decoder layer
+    and the next one prefetched.
+    """
+    trainable = s.lora if lora else s.total - s.vision
+    params = 4 * (s.total + (s.lora if lora else 0)) / ranks
+    ref = 4 * s.total / ranks if reference and not lora else 0.0
+    state = {
+        "parameters": params + ref,
+        "gradients": 4 * trainable / ranks,
+        "optimizer": 8 * trainable / ranks,
+    }
+    sharded = build != "single"
+    gathered = (2 * s.root + 2 * 2 * s.layer) if sharded else 0.0
+    grad_unsharded = 4 * 2 * s.layer if sharded and not lora else 0.0
+    acts = transient(s, tokens, logit_tokens)
+    step = {
+        **state,
+        "gathered": gathered + grad_unsharded,
+        "activations": acts["activations"],
+        "logits": acts["logits"],
+    }
+    if build == "meta":
+        build_bytes = params + 4 * s.largest
+    elif build == "legacy":
+        build_bytes = 4 * s.total + params  # the full model, and its shard copied out of it
+    else:
+        build_bytes = 4 * s.total
+    return {"build": build_bytes, "step": sum(step.values()), **step}
+
+
+def check_measured(path: str, overhead_gb: float | None) -> None:
+    """Predicted vs measured per rank, for the JSON lines ``benchmarks/fsdp_memory.py`` printed."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip().startswith("{")]
+    rows = [r for r in rows if "peak_rss_gb" in r]
+    shapes = {p: shape_of(p) for p in {r["preset"] for r in rows}}
+    tokens, logit_tokens = CHECK_TOKENS
+
+    def predict(r: dict) -> dict[str, float]:
+        reference = r["stage"] == "grpo" and not r["lora"]
+        return host_plan(
+            shapes[r["preset"]],
+            r["procs"],
+            r["lora"],
+            r["stage"],
+            tokens,
+            logit_tokens,
+            r["build"],
+            reference,
+        )
+
+    # The fixed overhead (interpreter, torch, data, tokenizer, gloo; GRPO adds its rollout machinery)
+    # is what a tiny run holds beyond its predicted bytes, per stage: tiny weights are ~40 MB.
+    overhead: dict[str, float] = {}
+    for stage in ("sft", "grpo"):
+        tiny = [r for r in rows if r["preset"] == "tiny" and r["stage"] == stage and r["build"] != "legacy"]
+        if overhead_gb is not None:
+            overhead[stage] = overhead_gb
+        elif tiny:
+            overhead[stage] = min(
+                r["peak_rss_gb"] - max(predict(r)["build"], predict(r)["step"]) / 1e9 for r in tiny
+            )
+    # the same for the build alone (before any data, rollout or step)
+    tiny = [r for r in rows if r["preset"] == "tiny" and r["build"] != "legacy"]
+    build_overhead = (
+        overhead_gb
+        if overhead_gb is not None or not tiny
+        else min(r["peak_rss_build_gb"] - predict(r)["build"] / 1e9 for r in tiny)
+    )
+    missing = {r["stage"] for r in rows if "seconds_step" in r} - set(overhead)
+    if missing:
+        raise SystemExit(
+            f"no tiny-preset rows for {sorted(missing)} to measure the fixed overhead from: pass --overhead-gb"
+        )
+    print(
+        "Host memory per rank, predicted (fixed overhead from the tiny rows: "
+        + ", ".join(f"{k} {v:.2f} GB" for k, v in overhead.items())
+        + f", build {build_overhead:.2f} GB, plus the plan) vs measured; GB = 1e9 bytes; a run whose step"
+        + " did not finish has its build figures only"
+    )
+    head = [
+        "preset",
+        "ranks",
+        "train",
+        "stage",
+        "build",
+        "rank",
+        "params pred",
+        "params meas",
+        "build pred",
+        "build meas",
+        "peak pred",
+        "peak meas",
+        "meas/pred",
+    ]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    for r in rows:
+        plan = predict(r)
+        build = build_overhead + plan["build"] / 1e9
+        if "seconds_step" in r:
+            peak = overhead[r["stage"]] + max(plan["build"], plan["step"]) / 1e9
+            step = [f"{peak:.2f}", f"{r['peak_rss_gb']:.2f}", f"{r['peak_rss_gb'] / peak:.2f}"]
+        else:
+            step = ["-", "-", f"{r['peak_rss_build_gb'] / build:.2f} (build)"]
+        cells = [
+            r["preset"], r["procs"], "LoRA" if r["lora"] else "full", r["stage"], r["build"], r.get("rank", 0),
+            f"{plan['parameters'] / 1e9:.3f}", f"{r['param_bytes_local'] / 1e9:.3f}",
+            f"{build:.2f}", f"{r['peak_rss_build_gb']:.2f}", *step,
+        ]  # fmt: skip
+        print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+#: Tokens of the fsdp_memory.py step (one 448 x 448 image = 256 tokens plus ~60 of text and answer)
+#: and logit tokens (the completion or answer positions); small next to the weights at these sizes.
+CHECK_TOKENS = (2 * 330, 2 * 30)
 
 
 # ------------------------------------------------------------------------------------------ measure
@@ -209,10 +349,20 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=2304)
     p.add_argument("--completion-len", type=int, default=256)
     p.add_argument("--no-measure", action="store_true", help="skip the 2-process tiny measurement")
+    p.add_argument(
+        "--check",
+        default=None,
+        metavar="JSONL",
+        help="print predicted vs measured host memory for benchmarks/fsdp_memory.py output lines",
+    )
+    p.add_argument("--overhead-gb", type=float, default=None, help="fixed overhead (default: from tiny rows)")
     p.add_argument("--measure-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.measure_worker:
         measure_worker(args.measure_worker)
+        return
+    if args.check:
+        check_measured(args.check, args.overhead_gb)
         return
     print_plan(args)
     if not args.no_measure:

@@ -58,6 +58,20 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
                 record["ref_shards"] = shard_report(pl_module.ref_model)
             flat = _flat_params(pl_module.model)
             record["start_checksum"] = float(flat.double().sum())
+            record["start_param_bytes"] = rank_state_bytes(pl_module.model)["parameters"]
+            base = (
+                pl_module.model.get_base_model()
+                if hasattr(pl_module.model, "get_base_model")
+                else pl_module.model
+            )
+            record["tied"] = base.lm_head.weight is base.model.language_model.embed_tokens.weight
+            # full_tensor() is a collective: every rank gathers, rank 0 saves
+            ref = getattr(pl_module, "ref_model", None)
+            ref_flat = _flat_params(ref) if ref is not None else None
+            if rank == 0 and mode in ("fsdp", "hf", "init"):
+                torch.save(flat, out / f"{mode}_start_params.pt")
+                if ref_flat is not None:
+                    torch.save(ref_flat, out / f"{mode}_start_ref_params.pt")
             if mode == "resume":
                 saved = torch.load(out / "fsdp_final_params.pt")
                 record["start_matches_saved"] = bool(torch.equal(flat, saved))
@@ -91,10 +105,11 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
                 }
 
     L.seed_everything(0)
-    backbone = BackboneSpec(preset="tiny")
-    if mode == "grpo":
+    backbone = BackboneSpec(preset="tiny", checkpoint=str(out / "hf") if mode == "hf" else None)
+    if mode in ("grpo", "init"):
         module = GRPOModule(
             backbone=backbone,
+            init_checkpoint=str(out / "init.ckpt") if mode == "init" else None,
             lr=1e-3,
             group_size=2,
             max_completion_length=6,
@@ -123,7 +138,7 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
         accelerator="cpu",
         devices=2,
         strategy=strategy,
-        max_steps=STEPS + 1 if mode == "resume" else (1 if mode == "grpo" else STEPS),
+        max_steps=STEPS + 1 if mode == "resume" else (1 if mode in ("grpo", "hf", "init") else STEPS),
         logger=False,
         enable_checkpointing=mode == "fsdp",
         enable_progress_bar=False,
@@ -133,13 +148,15 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
         val_check_interval=1 if mode == "grpo" else None,
         callbacks=callbacks,
         # as configs/sft.yaml: clipping by the trainer (over DTensor gradients under FSDP2)
-        gradient_clip_val=None if mode == "grpo" else 1.0,
+        gradient_clip_val=None if mode in ("grpo", "init") else 1.0,
         default_root_dir=str(out),
     )
     ckpt = str(ckpt_dir / "last.ckpt") if mode == "resume" else None
     trainer.fit(module, datamodule=data, ckpt_path=ckpt)
     if mode == "grpo":
         record["val"] = module.last_eval.get("val", {})
+    if mode == "hf":
+        record["checkpoint_dir"] = str(out / "hf")
     with open(out / f"{mode}_rank{rank}.json", "w") as f:
         json.dump(record, f)
 
@@ -202,6 +219,26 @@ def test_fsdp_shards_every_parameter_across_ranks(runs):
 
 
 @pytest.mark.slow
+def test_fsdp_ranks_materialise_only_their_shard_of_the_single_process_weights(runs):
+    """Built on meta, each rank filled only its rows, and those rows are the weights one process
+    builds with the same seed (the random draws replayed in the same order), bit for bit."""
+    import lightning as L
+
+    from univg.backbone import BackboneSpec
+
+    fsdp = runs["fsdp"]
+    total = sum(full for _, full in fsdp[0]["shards"].values()) * 4  # fp32 bytes of the whole model
+    for r in fsdp:
+        # about half of the model each (dim-0 chunks: at most one row more than half per tensor)
+        assert abs(r["start_param_bytes"] - total / 2) < 0.001 * total, r["start_param_bytes"]
+        assert r["tied"]  # the tied head is still the embedding's parameter
+    assert fsdp[0]["start_param_bytes"] + fsdp[1]["start_param_bytes"] == total
+    L.seed_everything(0)
+    single = _flat_params(BackboneSpec(preset="tiny").build())
+    assert torch.equal(torch.load(runs["out"] / "fsdp_start_params.pt"), single)
+
+
+@pytest.mark.slow
 def test_fsdp_step_matches_ddp(runs):
     ddp, fsdp = runs["ddp"], runs["fsdp"]
     for r in (0, 1):
@@ -249,6 +286,45 @@ def test_grpo_under_fsdp_shards_reference_and_generates_in_sync(tmp_path):
         assert "train/loss" in r["grpo_logs"] and r["grpo_logs"]["train/kl"] >= 0.0
         assert r["val"]["count"] == 2.0  # each rank evaluated one of the 2 prompts; results gathered once
     assert [r["generated_lengths"] for r in ranks] == [2, 5]
+
+
+@pytest.mark.slow
+def test_fsdp_reads_each_rank_rows_of_a_hf_checkpoint(tmp_path):
+    """``backbone.checkpoint`` under FSDP: the safetensors rows each rank reads make up exactly the
+    model ``from_pretrained`` loads in one process (released key names, tied head stored once)."""
+    import lightning as L
+
+    from univg.backbone import BackboneSpec, load_pretrained
+    from univg.tokenizer import load_tokenizer
+
+    L.seed_everything(1)  # other weights than the seed-0 random init the worker would draw
+    BackboneSpec(preset="tiny").build().save_pretrained(tmp_path / "hf")
+    load_tokenizer().save_pretrained(tmp_path / "hf")
+    ranks = _run("hf", tmp_path)
+    assert all(r["sharded"] and r["tied"] for r in ranks)
+    loaded = _flat_params(load_pretrained(tmp_path / "hf"))
+    assert torch.equal(torch.load(tmp_path / "hf_start_params.pt"), loaded)
+
+
+@pytest.mark.slow
+def test_fsdp_init_checkpoint_and_full_finetuning_reference(tmp_path):
+    """``init_checkpoint`` (a univg .ckpt) under FSDP: policy and frozen reference both start from
+    its weights, the reference sharded like the policy and built without a full copy."""
+    import lightning as L
+
+    from univg.backbone import BackboneSpec
+
+    L.seed_everything(2)
+    model = BackboneSpec(preset="tiny").build()
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "global_step": 7}, tmp_path / "init.ckpt")
+    ranks = _run("init", tmp_path)
+    for r in ranks:
+        assert r["sharded"] and r["ref_sharded"]
+        assert all(0 < local < full for local, full in r["ref_shards"].values() if full > 1)
+    expected = _flat_params(model)
+    assert torch.equal(torch.load(tmp_path / "init_start_params.pt"), expected)
+    assert torch.equal(torch.load(tmp_path / "init_start_ref_params.pt"), expected)
 
 
 if __name__ == "__main__":  # torchrun worker

@@ -231,6 +231,13 @@ def build_from_config(
     return model.to(dtype) if device != "meta" else model.to(dtype=dtype)
 
 
+def checkpoint_config(checkpoint: str | os.PathLike) -> Any:
+    """The ``Qwen2VLConfig`` saved with a checkpoint (a local path or hub id); no weights are read."""
+    from transformers import Qwen2VLConfig
+
+    return Qwen2VLConfig.from_pretrained(resolve_checkpoint(checkpoint))
+
+
 def load_pretrained(
     checkpoint: str | os.PathLike,
     dtype: torch.dtype = torch.float32,

@@ -25,9 +25,10 @@ head, final norm) are gathered for the whole call. Trap: a rank whose batch has 
 vision tower while another rank runs it, and the all-gathers no longer pair up; univg's grounding
 batches always carry images.
 
-All ranks must build the same initial weights before sharding (each keeps its own slice of its
-own copy): a checkpoint does this by itself; a random-init preset needs ``seed_everything``,
-which every univg config sets.
+Each rank holds only its shard from the start: the model is built on the meta device, sharded,
+and each rank fills its rows (:mod:`univg.sharded_build`). A random-init preset gets the same
+weights as an unsharded build with the same seed (``seed_everything``, which every univg config
+sets); a checkpoint is read row-sliced from its files.
 """
 
 from __future__ import annotations
@@ -61,12 +62,16 @@ class FSDPSettings:
         reshard_after_forward: free gathered parameters after each unit's forward (ZeRO-3); False
             keeps them until backward (ZeRO-2 like: more memory, fewer all-gathers).
         cpu_offload: keep sharded parameters, gradients and optimiser state in host memory.
+        meta_init: build the model on the meta device and materialise only this rank's shard
+            (:mod:`univg.sharded_build`); False builds the full model on every rank, then shards it
+            (the earlier path: host memory per rank = the whole model).
     """
 
     param_dtype: str | None = None
     reduce_dtype: str | None = None
     reshard_after_forward: bool = True
     cpu_offload: bool = False
+    meta_init: bool = True
 
     def __post_init__(self) -> None:
         for name in ("param_dtype", "reduce_dtype"):
@@ -106,6 +111,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         reduce_dtype: str | None = None,
         reshard_after_forward: bool = True,
         cpu_offload: bool = False,
+        meta_init: bool = True,
         process_group_backend: str | None = None,
         timeout: timedelta | None = timedelta(minutes=30),
     ) -> None:
@@ -120,7 +126,7 @@ class FSDP2Strategy(ModelParallelStrategy):
             process_group_backend=process_group_backend,
             timeout=timeout,
         )
-        self.fsdp = FSDPSettings(param_dtype, reduce_dtype, reshard_after_forward, cpu_offload)
+        self.fsdp = FSDPSettings(param_dtype, reduce_dtype, reshard_after_forward, cpu_offload, meta_init)
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":
@@ -174,22 +180,36 @@ def shard_model(model: nn.Module, mesh: Any, settings: FSDPSettings | None = Non
 
 
 def shard_module(module: nn.Module) -> None:
-    """Shard a univg LightningModule's policy (and GRPO reference) over its device mesh.
+    """Build (if needed) and shard a univg LightningModule's policy and GRPO reference over its mesh.
 
     Called from ``configure_model`` when Lightning's ``ModelParallelStrategy`` has set
-    ``module._device_mesh``. A GRPO module with ``beta > 0`` and no LoRA gets its frozen reference
-    copy made here, before sharding, so the reference is sharded like the policy (copying an
-    already sharded model would copy process-group state).
+    ``module._device_mesh``. With ``meta_init`` (the default) the policy is built on the meta device
+    and each rank materialises only its shard (:func:`build_sharded_model`), ``init_checkpoint``
+    included; a GRPO module with ``beta > 0`` and no LoRA gets its frozen reference the same way,
+    its shards copied from the policy's. Without it (or when the model was built before) the full
+    model is built, loaded and deep-copied on every rank, then sharded.
     """
     mesh = data_parallel_mesh(module._device_mesh)
     settings = settings_of(module)
+    spec = module.backbone
+    init_checkpoint = getattr(module, "init_checkpoint", None)
     needs_reference = (
         hasattr(module, "ref_model")
         and getattr(module, "ref_model", None) is None
         and float(getattr(module, "beta", 0.0)) > 0
         and not getattr(module, "uses_lora", False)
     )
-    if needs_reference and not is_sharded(module.model):
+    if module.model is None and settings.meta_init:
+        module.model = build_sharded_model(spec, mesh, settings, init_checkpoint)
+    elif module.model is None:
+        from univg.modules.base import load_model_weights
+
+        module.model = spec.build()
+        if init_checkpoint is not None:
+            load_model_weights(module.model, init_checkpoint)
+    if needs_reference and is_sharded(module.model):
+        module.ref_model = build_sharded_reference(spec, module.model, mesh, settings)
+    elif needs_reference:
         import copy
 
         module.ref_model = copy.deepcopy(module.model).eval()
@@ -197,6 +217,50 @@ def shard_module(module: nn.Module) -> None:
     shard_model(module.model, mesh, settings)
     if getattr(module, "ref_model", None) is not None:
         shard_model(module.ref_model, mesh, settings)
+
+
+def build_sharded_model(
+    spec: Any, mesh: Any, settings: FSDPSettings | None = None, init_checkpoint: str | None = None
+) -> nn.Module:
+    """The backbone built on meta, sharded, then only this rank's shard materialised and filled.
+
+    Random presets get the same weights as an unsharded build with the same seed; a
+    ``spec.checkpoint`` is read from its safetensors files and ``init_checkpoint`` (a univg .ckpt)
+    on top, each rank reading only its rows (:mod:`univg.sharded_build`).
+    """
+    from univg.sharded_build import build_on_meta, materialise, safetensors_source, univg_checkpoint_source
+    from univg.tokenizer import resolve_checkpoint
+
+    rank, world = mesh.get_local_rank(), mesh.size()
+    model, rows = build_on_meta(spec, rank, world)
+    shard_model(model, mesh, settings)
+    sources = []
+    if spec.checkpoint is not None:
+        sources.append(safetensors_source(resolve_checkpoint(spec.checkpoint), rank, world))
+    if init_checkpoint is not None:
+        sources.append(univg_checkpoint_source(init_checkpoint, rank, world))
+    materialise(model, rows, *sources)
+    return model
+
+
+def build_sharded_reference(
+    spec: Any, policy: nn.Module, mesh: Any, settings: FSDPSettings | None = None
+) -> nn.Module:
+    """A frozen copy of a sharded policy, built on meta and sharded alike: each rank copies its shard."""
+    from univg.sharded_build import build_on_meta, materialise
+
+    ref, _ = build_on_meta(spec, record=False)  # draws no random numbers: every weight is copied
+    shard_model(ref, mesh, settings)
+    theirs = dict(policy.named_parameters())
+
+    def from_policy(name: str, local: torch.Tensor) -> bool:
+        src = theirs[name]
+        local.copy_(src.to_local() if hasattr(src, "to_local") else src)
+        return True
+
+    materialise(ref, {}, from_policy)
+    ref.eval().requires_grad_(False)
+    return ref
 
 
 def local_numel(tensor: torch.Tensor) -> int:
@@ -331,6 +395,8 @@ __all__ = [
     "settings_of",
     "shard_model",
     "shard_module",
+    "build_sharded_model",
+    "build_sharded_reference",
     "shard_report",
 ]
 

@@ -219,14 +219,16 @@ class GroundingModule(L.LightningModule):
     # ----------------------------------------------------------------------------- model
     def configure_model(self) -> None:
         """Build the backbone here (not in ``__init__``) so FSDP can shard it as it is made."""
+        if getattr(self, "_device_mesh", None) is not None:
+            # FSDP2 under ModelParallelStrategy: built on meta, each rank materialises its shard only
+            from univg.distributed import shard_module
+
+            shard_module(self)
+            return
         if self.model is None:
             self.model = self.backbone.build()
             if self.init_checkpoint is not None:
                 load_model_weights(self.model, self.init_checkpoint)
-        if getattr(self, "_device_mesh", None) is not None:
-            from univg.distributed import shard_module  # FSDP2 under ModelParallelStrategy
-
-            shard_module(self)
 
     @property
     def tokenizer(self) -> Any:
