@@ -416,14 +416,20 @@ def univg_checkpoint_source(
 ) -> Callable[[str, torch.Tensor], bool]:
     """A :func:`materialise` source reading this rank's rows of the ``model.*`` weights of a univg .ckpt."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir() and any(path.glob("*.distcp")):
+        # the sharded folder an FSDP stage-1 run writes: read whole (each rank), then take its rows
+        from univg.distributed import read_sharded_checkpoint
+
+        state = read_sharded_checkpoint(path)
+    elif not path.is_file():
         raise FileNotFoundError(
-            f"init_checkpoint {path} does not exist (expected a .ckpt file of a univg run)"
+            f"init_checkpoint {path} does not exist (expected a .ckpt file or sharded checkpoint folder of a univg run)"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except RuntimeError:  # an old (non-zip) file cannot be memory-mapped
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:  # an old (non-zip) file cannot be memory-mapped
+            state = torch.load(path, map_location="cpu", weights_only=False)
     state = state.get("state_dict", state)
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
