@@ -213,3 +213,11 @@ def test_checkpoint_on_interrupt_saves_at_the_next_step_boundary(
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] == saved_step == trainer.global_step
     assert torch.equal(state["state_dict"]["layer.weight"], trainer.lightning_module.layer.weight.detach())
+
+
+def test_fresh_is_short_for_the_modules_start_over_switch():
+    from univg.cli import main
+
+    cli = main(["--config", "configs/eval/synthetic.yaml", "--fresh"], run=False)
+    assert cli.model.fresh is True
+    assert main(["--config", "configs/eval/synthetic.yaml"], run=False).model.fresh is False

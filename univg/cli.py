@@ -117,6 +117,19 @@ def check_inputs(config: Any) -> None:
                 raise ConfigError(f"data.init_args.{key}: {value} does not exist")
 
 
+#: Short flags for settings users type often, expanded before LightningCLI parses.
+SHORTCUTS = {"--fresh": "--model.init_args.fresh=true"}
+
+
+def expand_shortcuts(args: list[str]) -> list[str]:
+    """``--fresh`` (start an evaluation over instead of resuming) -> ``--model.init_args.fresh=true``.
+
+    >>> expand_shortcuts(["test", "--config", "c.yaml", "--fresh"])
+    ['test', '--config', 'c.yaml', '--model.init_args.fresh=true']
+    """
+    return [SHORTCUTS.get(a, a) for a in args]
+
+
 def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
     """Entry point (also ``univg`` on the PATH). ``run=False`` instantiates without running.
 
@@ -124,6 +137,10 @@ def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
     the original error instead).
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args is None:
+        sys.argv[1:] = expand_shortcuts(sys.argv[1:])  # LightningCLI reads sys.argv itself
+    else:
+        args = expand_shortcuts(args)
     try:
         return _cli(args, run)
     except (ArgumentError, ConfigError, CheckpointError, FileNotFoundError, PermissionError) as err:
