@@ -159,3 +159,23 @@ def test_a_checkpoints_own_tokenizer_and_processor_win(tmp_path, processor):
     assert loaded.tokenizer("Hello, world!")["input_ids"] == [9707, 11, 1879, 0]
     grid = loaded.process_images([Image.new("RGB", (448, 448))])["image_grid_thw"]
     assert grid[0].tolist() == [1, 8, 8]
+
+
+def test_a_hub_ids_image_processor_config_is_read(monkeypatch):
+    """``backbone.checkpoint: GD-ML/UniVG-R1``: the image processor comes from the checkpoint (its
+    normalisation and patching), the pixel budget from the run; nothing here reaches the network."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from univg.tokenizer import load_image_processor
+
+    asked = []
+
+    def fake(name, *a, **k):
+        asked.append(name)
+        return Qwen2VLImageProcessorPil(image_mean=[0.1, 0.2, 0.3], min_pixels=1, max_pixels=2)
+
+    monkeypatch.setattr(Qwen2VLImageProcessorPil, "from_pretrained", staticmethod(fake))
+    proc = load_image_processor("GD-ML/UniVG-R1", min_pixels=3136, max_pixels=401408)
+    assert asked == ["GD-ML/UniVG-R1"]
+    assert list(proc.image_mean) == [0.1, 0.2, 0.3]
+    assert proc.size == {"shortest_edge": 3136, "longest_edge": 401408}

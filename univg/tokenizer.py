@@ -271,11 +271,16 @@ def load_image_processor(
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = TRAIN_MAX_PIXELS,
 ) -> Any:
-    """Qwen2-VL image processor (patch 14, merge 2, temporal patch 2) without torchvision."""
+    """Qwen2-VL image processor (patch 14, merge 2, temporal patch 2) without torchvision: the
+    checkpoint's own (``path``: a folder with ``preprocessor_config.json`` or a hub id), else the
+    default one."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    if path is not None and (Path(path) / "preprocessor_config.json").is_file():
+    local = Path(path) if path is not None else None
+    own = path is not None and (not local.exists() or (local / "preprocessor_config.json").is_file())
+    if own:  # a checkpoint folder with its processor config, or a hub id (read from the hub's cache)
         proc = Qwen2VLImageProcessorPil.from_pretrained(str(path))
+        # the checkpoint's normalisation and patching; the pixel budget is the run's (benchmark) own
         proc.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         return proc
     return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
