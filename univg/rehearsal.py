@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from univg.data.synthetic import generate_samples
+from univg.rollout import EOS_IDS
 
 REPO = Path(__file__).resolve().parent.parent
 #: Qwen2-VL-7B-Instruct's generation_config.json (what a released checkpoint brings along).
@@ -60,16 +61,24 @@ BOUNDS = {"kl_max": 1e-6, "ref_logp_absdiff_max": 1e-6, "sampler_gap_max": 0.05,
 
 
 # --------------------------------------------------------------------------------- inputs
+def stand_in_model() -> torch.nn.Module:
+    """The model the checkpoint folder holds: the tiny preset (seed 0) that answers briefly."""
+    from univg.backbone import BackboneSpec
+
+    torch.manual_seed(0)
+    model = BackboneSpec(preset="tiny").build()
+    answer_briefly(model)
+    return model
+
+
 def write_checkpoint(out: Path) -> Path:
     """The tiny preset saved as a released Qwen2-VL-Instruct folder of the transformers-4.x era."""
     from safetensors.torch import save_file
 
-    from univg.backbone import BackboneSpec
     from univg.tokenizer import load_processor
 
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = BackboneSpec(preset="tiny").build()
+    model = stand_in_model()
     cfg = model.config.to_dict()
     text = cfg.pop("text_config")
     rope = text.pop("rope_parameters")
@@ -94,6 +103,29 @@ def write_checkpoint(out: Path) -> Path:
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     load_processor().save_pretrained(str(out))
     return out
+
+
+#: The end token's logit in :func:`answer_briefly`: about a 15% chance to stop at each sampled token.
+EOS_LOGIT = 2.75
+
+
+@torch.no_grad()
+def answer_briefly(model: torch.nn.Module) -> None:
+    """Make a random model end its answers after a few tokens, as a released Instruct model does
+    (a random one never emits ``<|im_end|>`` and always runs to the 256-token limit, so no
+    completion would end, and every rollout would cost the full budget).
+
+    A large value bias in the last attention layer adds the same vector at every position
+    (softmax weights sum to 1), so the final hidden state is nearly constant; the end token's
+    embedding (tied head) is then set to give it the logit :data:`EOS_LOGIT` there.
+    """
+    lm = model.model.language_model
+    bias = lm.layers[-1].self_attn.v_proj.bias
+    bias.copy_(torch.randn_like(bias) * 20.0)
+    ids = torch.randint(0, 150_000, (2, 32))
+    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1]  # [2, 32, H]
+    direction = hidden.reshape(-1, hidden.shape[-1]).mean(0)  # [H]
+    model.get_output_embeddings().weight[EOS_IDS[0]] = direction * (EOS_LOGIT / direction.dot(direction))
 
 
 def _save(image: Any, path: Path, size: tuple[int, int]) -> str:
@@ -306,8 +338,7 @@ def check_invariants(out: Path, plan: Plan, ckpt: Path) -> list[tuple[str, bool,
     # the released-layout checkpoint loads into the same model (weights, config, generation config)
     from univg.backbone import BackboneSpec
 
-    torch.manual_seed(0)
-    built = BackboneSpec(preset="tiny").build().eval()
+    built = stand_in_model().eval()
     loaded = BackboneSpec(preset="tiny", checkpoint=str(ckpt)).build().eval()
     ids = torch.tensor([[151644, 872, 198, 9707, 11, 1879, 0]])
     with torch.no_grad():
