@@ -41,20 +41,11 @@ from univg.data.readers.common import (
     target_from_question,
 )
 from univg.data.schema import GroundingSample, SampleList
+from univg.metrics import MIG_COLUMNS
 
-#: MIG-Bench task -> paper column (Table 1), in the paper's column order.
-PAPER_COLUMNS: dict[str, str] = {
-    "diff": "Static",
-    "view_diff": "Robust",
-    "common_object": "Common",
-    "object_tracking": "OT",
-    "multi_view": "MV",
-    "region": "Region",
-    "refer_grounding": "Refer",
-    "group_grounding": "GG",
-    "reasoning": "Reason",
-    "correspondence": "Co-Re",
-}
+#: MIG-Bench task -> paper column (Table 1), in the paper's column order; the one table is
+#: :data:`univg.metrics.MIG_COLUMNS`.
+PAPER_COLUMNS: dict[str, str] = dict(MIG_COLUMNS)
 MIG_TASKS: tuple[str, ...] = tuple(PAPER_COLUMNS)
 
 _ADDITIONAL_INFO_RE = re.compile(r"\bIt is in the (" + "|".join(ORDINAL_WORDS) + r") image\b", re.IGNORECASE)
