@@ -136,7 +136,9 @@ def _save(image: Any, path: Path, size: tuple[int, int]) -> str:
 
 def write_data(root: Path, n_stage1: int, n_stage2: int, n_eval: int) -> dict[str, Path]:
     """The three files in the release's formats, with their images under ``root/images``."""
+    from univg.data.readers.common import write_records
     from univg.data.readers.cot_sft import cot_record
+    from univg.data.readers.stage2_rl import stage2_record
     from univg.prompts import render_prompt
 
     images = root / "images"
@@ -177,12 +179,9 @@ def write_data(root: Path, n_stage1: int, n_stage2: int, n_eval: int) -> dict[st
         coco = k % 2 == 1
         if coco:
             s.images, s.target_index = s.images[:1], 0
-        box = [int(c * 1000) for c in s.box.as_tuple()]
-        question = render_prompt("refcoco_single" if coco else "plain", s.question)
-        paths_k = image_paths(s, "coco/train2014" if coco else "mg2", k)
-        stage2.append(
-            {"id": s.id, "question": "<image>" * len(paths_k) + question, "answer": box, "images": paths_k}
-        )
+        s.question = render_prompt("refcoco_single" if coco else "plain", s.question)
+        s.images = image_paths(s, "coco/train2014" if coco else "mg2", k)
+        stage2.append(stage2_record(s))
     # evaluation: MIG-Bench records (answers as [0, 1] floats of the target image)
     mig = []
     for k, s in enumerate(
@@ -199,7 +198,7 @@ def write_data(root: Path, n_stage1: int, n_stage2: int, n_eval: int) -> dict[st
             }
         )
     for key, records in (("stage1", stage1), ("stage2", stage2), ("mig", mig)):
-        paths[key].write_text(json.dumps(records, indent=1))
+        write_records(records, paths[key])
     return paths
 
 
