@@ -92,3 +92,21 @@ def test_split_target():
     assert split_target("<think>a\nb</think>\n<answer>(1, 2), (3, 4)</answer>") == ("a\nb", "(1, 2), (3, 4)")
     assert split_target("<answer>(1, 2), (3, 4)</answer>") == (None, "(1, 2), (3, 4)")
     assert split_target("<think>x</think>") is None
+
+
+def test_prompts_sit_below_the_data_package():
+    """No back-edge: ``univg.data.collate`` imports ``univg.prompts``, so ``prompts`` (and the sample
+    types it renders) import nothing from ``univg.data``; ``univg.data.schema`` re-exports them."""
+    import ast
+    from pathlib import Path
+
+    import univg.data.schema as schema
+    import univg.sample_types as types
+
+    root = Path(__file__).resolve().parents[1] / "univg"
+    for name in ("prompts.py", "sample_types.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith("univg.data")], (name, imported)
+    assert schema.GroundingSample is types.GroundingSample and schema.SampleError is types.SampleError

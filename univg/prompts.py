@@ -12,12 +12,10 @@ A dataset picks a template by name (YAML ``prompt_template: reasoning``); a samp
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from univg.boxes import Frame, format_answer, get_frame
-
-if TYPE_CHECKING:
-    from univg.data.schema import GroundingSample
+from univg.sample_types import GroundingSample, sample_error
 
 #: Appended to every multi-image / reasoning question (the release's "rec" question template).
 REASONING_SUFFIX = (
@@ -112,7 +110,7 @@ def build_messages(sample: GroundingSample, template: str = "reasoning") -> list
     ``template``.
 
     >>> from univg.boxes import Box
-    >>> from univg.data.schema import GroundingSample
+    >>> from univg.sample_types import GroundingSample
     >>> s = GroundingSample("a", "t", ["1.jpg", "2.jpg"], 1, "Where?", Box(0.1, 0.2, 0.3, 0.4))
     >>> build_messages(s, "plain")
     [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'image'}, {'type': 'text', 'text': 'Where?'}]}]
@@ -150,7 +148,7 @@ def target_text(
     re-renders from ``reasoning`` and ``box``.
 
     >>> from univg.boxes import Box
-    >>> from univg.data.schema import GroundingSample
+    >>> from univg.sample_types import GroundingSample
     >>> s = GroundingSample("a", "t", ["1.jpg"], 0, "Where?", Box(0.1, 0.2, 0.35, 0.4), reasoning="It is left.")
     >>> target_text(s, "cot")
     '<think>It is left.</think><answer>(100, 200), (350, 400)</answer>'
@@ -160,8 +158,6 @@ def target_text(
     if target_format not in TARGET_FORMATS:
         raise ValueError(f"unknown target_format {target_format!r}; choose one of {TARGET_FORMATS}")
     if target_format == "cot" and sample.reasoning is None:
-        from univg.data.schema import sample_error
-
         raise sample_error(
             sample.where(),
             "reasoning",
