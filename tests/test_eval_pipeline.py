@@ -345,3 +345,39 @@ def test_all_records_bad_still_writes_results(tmp_path, processor):
     trainer(tmp_path).test(ScriptedModule(num_pictures=0), datamodule=dm)
     result = json.loads((run_dir(tmp_path) / "results_test.json").read_text())
     assert result["metrics"] == {"count": 0.0} and result["skipped"] == {"missing image": 4}
+
+
+def test_screening_never_changes_the_data_module(tmp_path):
+    """The writer screens and resumes through a view the data module asks for: during the run the
+    split is the same list, untouched, while the loader serves only the samples still to evaluate."""
+    pred_dir = tmp_path / "preds"
+    first = ScriptedModule(fail_on_call=2, predictions_dir=str(pred_dir), num_pictures=0)
+    with pytest.raises(RuntimeError):
+        trainer(tmp_path, "a").test(first, datamodule=data())  # 3 of 7 finished
+
+    dm = data()
+    dm.setup()
+    split = dm.samples["test"]
+    missing = GroundingSample("bad-missing", "diff", ["no/such.png"], 0, "q", Box(0.1, 0.1, 0.5, 0.5))
+    split.append(missing)
+    before = [s.id for s in split]
+    seen: dict[str, object] = {}
+
+    class Watch(L.Callback):
+        def on_test_start(self, trainer, module):
+            seen["same_list"] = dm.samples["test"] is split
+            seen["ids"] = [s.id for s in dm.samples["test"]]
+            seen["served"] = [s.id for s in trainer.test_dataloaders.dataset.samples]
+
+    second = ScriptedModule(predictions_dir=str(pred_dir), num_pictures=0)
+    tr = trainer(tmp_path, "b")
+    tr.callbacks.append(Watch())
+    tr.test(second, datamodule=dm)
+    assert seen["same_list"] and seen["ids"] == before  # 7 + the bad record, as set up
+    assert sorted(seen["served"]) == sorted(second.asked) and len(second.asked) == 4
+    assert "bad-missing" not in seen["served"]
+    assert dm.samples["test"] is split and [s.id for s in split] == before
+    # after the run nothing is narrowed any more: a loader built now serves the whole split
+    assert len(dm.test_dataloader().dataset) == 8
+    result = json.loads((pred_dir / "results_test.json").read_text())
+    assert result["metrics"]["count"] == 7 and result["skipped"] == {"missing image": 1}

@@ -110,7 +110,7 @@ def test_evaluation_step_scores_and_records(processor, samples, monkeypatch):
     assert r["parse_rate/strict"] == pytest.approx(2 / 4)
     assert r["parse_rate/compatible"] == pytest.approx(3 / 4)
     assert r["acc@0.5/compatible"] == pytest.approx(3 / 4)
-    recs = m._predictions["val"]
+    recs = m.evaluation.records["val"]
     # scored against the exact (float) ground truth, not the int() target the answers were written from
     assert recs[0]["gt"] == pytest.approx([v * 1000 for v in samples[0].box.as_tuple()])
     assert 0.95 < recs[0]["iou"] < 1.0 and 0.95 < recs[1]["iou_compatible"] < 1.0

@@ -4,6 +4,7 @@ gives one line naming it instead of torch's raw error (or its advice to load unt
 A Lightning ``.ckpt`` is a ``torch.save`` zip archive whose central directory sits at the end of
 the file: a file cut short by a full disk or an interrupted copy loses it, and so does anything
 that is not a checkpoint at all. Reading the directory costs a few kilobytes, whatever the size.
+:func:`load_model_weights` then reads a checkpoint's policy weights into a model.
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CheckpointError(ValueError):
@@ -57,4 +62,44 @@ def unreadable(path: str | os.PathLike[str], option: str, err: BaseException) ->
     return CheckpointError(f"{option} {path}: not a readable checkpoint ({type(err).__name__}: {first})")
 
 
-__all__ = ["CheckpointError", "check_checkpoint", "unreadable"]
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load the ``model.*`` weights of a univg Lightning checkpoint into ``model`` (strict): a
+    ``.ckpt`` file or the sharded folder an FSDP run writes.
+
+    Only the policy is taken (a GRPO checkpoint's ``ref_model.*`` is ignored): the caller's
+    reference model, if any, is then a copy of these weights.
+    """
+    import torch
+
+    path = Path(path)
+    if path.is_dir() and any(path.glob("*.distcp")):
+        # a sharded checkpoint of an FSDP run (e.g. stage 1 on 8 GPUs): read whole, in memory
+        from univg.distributed import read_sharded_checkpoint
+
+        state = read_sharded_checkpoint(path)
+    elif not path.is_file():
+        raise FileNotFoundError(
+            f"init_checkpoint {path} does not exist (expected a .ckpt file or sharded checkpoint folder of a univg run)"
+        )
+    else:
+        check_checkpoint(path, "init_checkpoint")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # torch's errors neither name the file nor say what is wrong with it
+            raise unreadable(path, "init_checkpoint", err) from err
+    if not isinstance(state, dict):
+        raise CheckpointError(f"init_checkpoint {path}: holds a {type(state).__name__}, not a checkpoint")
+    state = state.get("state_dict", state)
+    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    if not weights:
+        raise ValueError(f"init_checkpoint {path} holds no 'model.*' weights (keys: {list(state)[:5]} ...)")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    # tied lm_head / embedding may be stored once; anything else missing is an error
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise ValueError(
+            f"init_checkpoint {path} does not match the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+__all__ = ["CheckpointError", "check_checkpoint", "load_model_weights", "unreadable"]

@@ -217,6 +217,20 @@ class GroundingDataModule(L.LightningDataModule):
     def test_samples(self) -> list[GroundingSample]:
         return self._need("test")
 
+    def evaluation_samples(self, split: str) -> list[GroundingSample]:
+        """The samples of an evaluation split that the current run evaluates.
+
+        The trainer's module may narrow the split: univg's modules answer ``evaluation_view(split,
+        samples)`` with the samples left after screening out records that cannot be evaluated and
+        those a resumed run already finished (:class:`univg.evaluation.EvaluationWriter`). The
+        split itself is never changed; without a trainer, or for a module without that method, it
+        is served whole.
+        """
+        samples = self._need(split)
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        view = getattr(module, "evaluation_view", None)
+        return view(split, samples) if callable(view) else samples
+
     def _need(self, split: str) -> list[GroundingSample]:
         if self.samples[split] is None:
             self.setup()
@@ -257,7 +271,7 @@ class GroundingDataModule(L.LightningDataModule):
             return ResumableDataLoader(
                 SampleDataset(self._need(split)), seed=self.seed, shuffle=shuffle, **common
             )
-        return DataLoader(SampleDataset(self._need(split)), shuffle=False, **common)
+        return DataLoader(SampleDataset(self.evaluation_samples(split)), shuffle=False, **common)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.train_mode, self.batch_size, self.shuffle)

@@ -1,10 +1,9 @@
-"""What every univg LightningModule shares: the backbone, the optimiser, evaluation by generation."""
+"""What every univg LightningModule shares: the backbone, the optimiser, evaluation by generation
+(the books of an evaluation are kept by :class:`univg.evaluation.EvaluationWriter`)."""
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -12,28 +11,11 @@ import torch
 
 from univg.backbone import BackboneSpec, count_parameters
 from univg.boxes import parse_answer
-from univg.checkpoints import CheckpointError, check_checkpoint, unreadable
+from univg.checkpoints import load_model_weights  # noqa: F401  (its import path before issue 19)
 from univg.decoding import DECODING_MODES, Decoding, checkpoint_decoding, greedy_decoding
-from univg.evaluation import (
-    append_jsonl,
-    check_writable,
-    count_reasons,
-    decode_prompts,
-    extract_reasoning,
-    gather_objects,
-    infer_benchmark,
-    load_resumed,
-    model_frame_gt,
-    reader_skips,
-    resume_files,
-    run_key,
-    sample_notes,
-    screen_decodable,
-    screen_samples,
-    shard_path,
-    write_jsonl,
-)
-from univg.metrics import PARSE_KEYS, PARSES, GroundingMetrics, dedupe_records, metrics_from_records
+from univg.evaluation import EvaluationWriter, decode_prompts, extract_reasoning, model_frame_gt
+from univg.metrics import PARSE_KEYS, PARSES, GroundingMetrics
+from univg.predict import format_prediction
 from univg.release_parse import release_fields, release_scorer
 from univg.rewards import iou_reward
 from univg.rollout import generate, model_inputs
@@ -69,44 +51,6 @@ def warmup_cosine(
     if schedule == "linear":
         return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load the ``model.*`` weights of a univg Lightning checkpoint into ``model`` (strict): a
-    ``.ckpt`` file or the sharded folder an FSDP run writes.
-
-    Only the policy is taken (a GRPO checkpoint's ``ref_model.*`` is ignored): the caller's
-    reference model, if any, is then a copy of these weights.
-    """
-    path = Path(path)
-    if path.is_dir() and any(path.glob("*.distcp")):
-        # a sharded checkpoint of an FSDP run (e.g. stage 1 on 8 GPUs): read whole, in memory
-        from univg.distributed import read_sharded_checkpoint
-
-        state = read_sharded_checkpoint(path)
-    elif not path.is_file():
-        raise FileNotFoundError(
-            f"init_checkpoint {path} does not exist (expected a .ckpt file or sharded checkpoint folder of a univg run)"
-        )
-    else:
-        check_checkpoint(path, "init_checkpoint")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as err:  # torch's errors neither name the file nor say what is wrong with it
-            raise unreadable(path, "init_checkpoint", err) from err
-    if not isinstance(state, dict):
-        raise CheckpointError(f"init_checkpoint {path}: holds a {type(state).__name__}, not a checkpoint")
-    state = state.get("state_dict", state)
-    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    if not weights:
-        raise ValueError(f"init_checkpoint {path} holds no 'model.*' weights (keys: {list(state)[:5]} ...)")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    # tied lm_head / embedding may be stored once; anything else missing is an error
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]
-    if missing or unexpected:
-        raise ValueError(
-            f"init_checkpoint {path} does not match the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
 
 
 class GroundingModule(L.LightningModule):
@@ -210,11 +154,8 @@ class GroundingModule(L.LightningModule):
         self.metrics = torch.nn.ModuleDict(
             {"val": GroundingMetrics(sync_on_compute=False), "test": GroundingMetrics(sync_on_compute=False)}
         )
-        self._predictions: dict[str, list[dict]] = {"val": [], "test": [], "predict": []}
-        self._eval: dict[str, dict[str, Any]] = {}  # per stage: resumed records, bad records, notes
-        self._pictures: dict[str, list[Any]] = {"val": [], "test": [], "predict": []}
-        self.last_eval: dict[str, dict[str, float]] = {}
-        self.last_results: dict[str, dict[str, Any]] = {}
+        # screening, resume, prediction files, results and pictures (univg.evaluation.writer)
+        self.evaluation = EvaluationWriter()
 
     # ----------------------------------------------------------------------------- model
     def configure_model(self) -> None:
@@ -279,11 +220,8 @@ class GroundingModule(L.LightningModule):
         )
 
     # ----------------------------------------------------------------------------- evaluation
-    # Evaluation writes, per validate/test run, into the predictions directory (default the logger's):
-    # predictions_<stage>.jsonl (one row per sample, gathered over processes, each id once),
-    # results_<stage>.json/.md/.csv (metrics, the paper's table layout, skipped-record counts) and
-    # pictures_<stage>/*.png. While an epoch runs each process appends its rows to a shard
-    # (predictions_<stage>.rank<r>.part.jsonl) so that an interrupted run resumes where it stopped.
+    # The module generates and scores; ``self.evaluation`` (univg.evaluation.EvaluationWriter) decides
+    # which samples run (screening, resume) and writes predictions, results and pictures.
 
     def score_completions(
         self, texts: list[str], boxes: torch.Tensor, sizes: list[tuple[int, int] | None] | None = None
@@ -344,8 +282,8 @@ class GroundingModule(L.LightningModule):
         if samples is not None:  # scored in floats, not the collator's integer target
             gt = [model_frame_gt(smp.box, self.frame, size) for smp, size in zip(samples, sizes)]
         s = self.score_completions(texts, torch.tensor(gt, dtype=torch.float64), sizes)
-        key = self._eval.get(stage, {}).get("run_key")
-        scorer = self._eval.get(stage, {}).get("release_scorer") or release_scorer(self.benchmark)
+        key = self.evaluation.run_key(stage)
+        scorer = self.evaluation.release_scorer(stage) or release_scorer(self.benchmark)
         prompts = decode_prompts(self.tokenizer, batch) if scorer == "zero_shot" else [""] * len(texts)
         image_root = getattr(self._datamodule(), "image_root", None)
         records = []
@@ -397,12 +335,11 @@ class GroundingModule(L.LightningModule):
 
     def evaluation_step(self, batch: dict[str, Any], stage: str) -> list[dict[str, Any]]:
         """Generate, score and record one batch; rows of samples finished by a resumed run are skipped."""
-        done = self._eval.get(stage, {}).get("done_ids", set())
+        done = self.evaluation.done_ids(stage)
         if done and all(i in done for i in batch["ids"]):
             return []
         texts, truncated = self.generate_completions(batch)
         records = [r for r in self.prediction_records(batch, texts, truncated, stage) if r["id"] not in done]
-        self._predictions[stage].extend(records)
         if records:
             key, parsed = PARSE_KEYS[self.headline_parse]
             self.metrics[stage].update(
@@ -412,12 +349,7 @@ class GroundingModule(L.LightningModule):
                 torch.tensor([r["iou_compatible"] for r in records]),
                 torch.tensor([r["pred_compatible"] is not None for r in records]),
             )
-        sanity = self._trainer is not None and self.trainer.sanity_checking
-        path = self._eval.get(stage, {}).get("path")
-        if path is not None and not sanity:
-            append_jsonl(shard_path(path, self.global_rank), records)
-        if not sanity:
-            self._draw(stage, batch, records)
+        self.evaluation.add(self, stage, batch, records)
         return records
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -431,122 +363,40 @@ class GroundingModule(L.LightningModule):
         the drawn picture (``record["picture"]``); returns the prediction rows."""
         texts, truncated = self.generate_completions(batch)
         records = self.prediction_records(batch, texts, truncated, "predict")
-        self._draw("predict", batch, records, limit=None)
+        self.evaluation.draw(self, "predict", batch, records, limit=None)
         for r in records:
             self.print(format_prediction(r))
         return records
 
-    # ---- where things go --------------------------------------------------------------------------
     def _datamodule(self) -> Any:
         return getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
 
-    def _output_dir(self) -> Path | None:
-        """The predictions directory (a collective call under DDP: ``trainer.log_dir`` broadcasts)."""
-        root = self.predictions_dir
-        if root is None and self._trainer is not None and self.trainer.log_dir is not None:
-            root = self.trainer.log_dir
-        return Path(root) if root is not None else None
-
-    def prediction_path(self, stage: str) -> Path | None:
-        """``predictions_<stage>.jsonl`` (validate/test), ``predictions_val_step<N>.jsonl`` while fitting."""
-        root = self._output_dir()
-        if root is None:
-            return None
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        name = (
-            f"predictions_{stage}_step{self.global_step}.jsonl" if fitting else f"predictions_{stage}.jsonl"
-        )
-        return root / name
-
-    def _run_label(self) -> str:
-        if self.run_name:
-            return self.run_name
-        logger = self.logger if self._trainer is not None else None
-        if logger is not None and getattr(logger, "name", None):
-            return str(logger.name)
-        path = self._eval.get("test", {}).get("path") or self._eval.get("val", {}).get("path")
-        return Path(path).parent.name if path else "run"
-
-    # ---- set-up: screening, resume ----------------------------------------------------------------
+    # ---- the evaluation writer's hooks -----------------------------------------------------------
     def setup(self, stage: str) -> None:
-        """Screen the evaluation split (bad records out and counted) and, for validate/test, resume."""
-        if self._trainer is None:
-            return
-        fn = str(getattr(self.trainer.state.fn, "value", self.trainer.state.fn))
-        split, key = {"fit": ("val", "val"), "validate": ("val", "val"), "test": ("test", "test")}.get(
-            fn, ("test", "predict")
-        )
-        dm = self._datamodule()
-        ev: dict[str, Any] = {"bad": [], "notes": {}, "resumed": [], "done_ids": set(), "finalised": False}
-        ev["benchmark"] = self.benchmark or infer_benchmark(dm, key)
-        ev["release_scorer"] = release_scorer(ev["benchmark"])
-        decoding = self.decoding_settings()  # a bad decoding setting fails here, before the model is built
-        ev["run_key"] = run_key(
-            preset=self.backbone.preset,
-            checkpoint=self.backbone.checkpoint,
-            overrides=self.backbone.overrides,
-            lora=str(self.backbone.lora),
-            init_checkpoint=self.init_checkpoint,
-            ckpt_path=str(self.trainer.ckpt_path) if self.trainer.ckpt_path else None,
-            max_new_tokens=self.max_new_tokens,
-            benchmark=ev["benchmark"],
-            decoding=decoding.as_dict(),
-        )
-        self._eval[key] = ev
-        # output folders are checked now: an unwritable one fails before a model is built
-        for what in ("predictions_dir", "pictures_dir"):
-            if getattr(self, what) is not None:
-                check_writable(getattr(self, what), what)
-        if key == "predict":
-            ev["dir"] = self._output_dir()
-            return
-        ev["path"] = self.prediction_path(key) if fn != "fit" else None
-        if ev["path"] is not None:
-            check_writable(Path(ev["path"]).parent)
-        samples = getattr(dm, "samples", {}).get(split) if dm is not None else None
-        if samples is None:
-            return
-        kept, bad = screen_samples(samples, getattr(dm, "image_root", None))
-        ev["bad"] = reader_skips(samples) + bad
-        ev["notes"] = sample_notes(kept)
-        if fn != "fit":
-            if self.fresh:  # start over: this run's stale shard goes, nothing is read
-                shard_path(ev["path"], self.global_rank).unlink(missing_ok=True)
-            files = [] if self.fresh else resume_files(ev["path"], self.resume_predictions, key, auto=True)
-            resumed, notes, lines = load_resumed(files, ev["run_key"], kept)
-            ev["resumed"], ev["done_ids"] = resumed, {r["id"] for r in resumed}
-            ev["notes"].update(notes)
-            for line in lines:
-                self.print(line)
-            kept = [s for s in kept if s.id not in ev["done_ids"]]
-        kept, undecodable = screen_decodable(kept, getattr(dm, "image_root", None))
-        ev["bad"] += undecodable
-        if len(kept) != len(samples):
-            # borrow the data module's list for this run; teardown puts the original back
-            ev["original_samples"] = (split, samples)
-            dm.samples[split] = kept
-        # nothing left (all resumed, or all bad records): Lightning skips the loop; teardown writes results
-        ev["nothing_to_run"] = fn != "fit" and not kept
+        """Screen the evaluation split and, for validate/test, resume (:meth:`EvaluationWriter.setup`)."""
+        self.evaluation.setup(self)
+
+    def evaluation_view(self, split: str, samples: list[Any]) -> list[Any]:
+        """The samples of the data module's ``split`` this run evaluates (asked by
+        :meth:`univg.data.datamodules.GroundingDataModule.evaluation_samples`; nothing is changed)."""
+        return self.evaluation.view(split, samples)
 
     def teardown(self, stage: str) -> None:
-        for key, ev in list(self._eval.items()):
-            if key != "predict" and ev.get("nothing_to_run") and not ev.get("finalised"):
-                self._finalise(key, log=False)
-            original = ev.pop("original_samples", None)
-            if original is not None and self._datamodule() is not None:
-                self._datamodule().samples[original[0]] = original[1]
+        self.evaluation.teardown(self)
 
-    # ---- epochs -----------------------------------------------------------------------------------
+    @property
+    def last_results(self) -> dict[str, dict[str, Any]]:
+        """Per stage, the last finished evaluation (what ``results_<stage>.json`` holds)."""
+        return self.evaluation.results
+
+    @property
+    def last_eval(self) -> dict[str, dict[str, float]]:
+        """Per stage, the metrics of the last finished evaluation."""
+        return {stage: r["metrics"] for stage, r in self.evaluation.results.items()}
+
     def _begin_evaluation(self, stage: str) -> None:
-        ev = self._eval.setdefault(stage, {"bad": [], "notes": {}, "resumed": [], "done_ids": set()})
-        ev["finalised"] = False
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        if fitting or "path" not in ev:  # while fitting: a new file per validation step
-            sanity = self._trainer is not None and self.trainer.sanity_checking
-            ev["path"] = None if sanity else self.prediction_path(stage)
-        self._predictions[stage] = []
-        self._pictures[stage] = []
         self.metrics[stage].reset()
+        self.evaluation.begin(self, stage)
 
     def on_validation_epoch_start(self) -> None:
         self._begin_evaluation("val")
@@ -555,142 +405,15 @@ class GroundingModule(L.LightningModule):
         self._begin_evaluation("test")
 
     def on_predict_epoch_start(self) -> None:
-        self._eval.setdefault("predict", {})["dir"] = self._output_dir()
-        self._pictures["predict"] = []
+        self.evaluation.begin_predict(self)
 
     def _end_evaluation(self, stage: str) -> None:
-        if self._trainer is not None and self.trainer.sanity_checking:
-            self._predictions[stage] = []
-            return
-        self._finalise(stage, log=True)
-
-    def _finalise(self, stage: str, log: bool) -> None:
-        """Gather every process's rows, merge the resumed ones, de-duplicate by id (DistributedSampler
-        repeats samples to even out the ranks), compute metrics once, write the files on rank 0."""
-        ev = self._eval.setdefault(stage, {"bad": [], "notes": {}, "resumed": []})
-        local, self._predictions[stage] = self._predictions[stage], []
-        gathered = gather_objects(local)
-        records, duplicates = dedupe_records(
-            list(ev.get("resumed", [])) + [r for part in gathered for r in part]
-        )
-        metrics = metrics_from_records(records, parse=self.headline_parse)
-        self.last_eval[stage] = metrics
-        if log:
-            for k, v in metrics.items():
-                self.log(f"{stage}/{k}", v, sync_dist=False, rank_zero_only=True)
-        path = ev.get("path")
-        result = {
-            "run": self._run_label(),
-            "benchmark": ev.get("benchmark") or self.benchmark or "unknown",
-            "stage": stage,
-            "step": int(self.global_step) if self._trainer is not None else 0,
-            "metrics": metrics,
-            "skipped": count_reasons(ev.get("bad", [])),
-            "notes": dict(ev.get("notes", {}), duplicates_removed=duplicates),
-            "bad_records": ev.get("bad", [])[:1000],
-            "predictions": str(path) if path is not None else None,
-            "strict_parse": self.strict_parse,
-            "headline_parse": self.headline_parse,
-            "release_scorer": ev.get("release_scorer") or release_scorer(self.benchmark),
-            "decoding": self.decoding_settings().as_dict(),
-            "model": {
-                "preset": self.backbone.preset,
-                "checkpoint": self.backbone.checkpoint,
-                "init_checkpoint": self.init_checkpoint,
-            },
-        }
-        self.last_results[stage] = result
-        rank0 = self._trainer is None or self.trainer.is_global_zero
-        if path is not None and rank0:
-            from univg.reports import write_run_results
-            from univg.visualize import log_pictures
-
-            write_jsonl(path, records)
-            write_run_results(result, Path(path).parent)
-            if self._pictures[stage] and self._trainer is not None:
-                log_pictures(self.logger, f"{stage}/pictures", self._pictures[stage], self.global_step)
-        if (
-            self._trainer is not None
-            and torch.distributed.is_available()
-            and torch.distributed.is_initialized()
-        ):
-            self.trainer.strategy.barrier("univg-eval-written")
-        if path is not None:
-            shard = shard_path(path, self.global_rank if self._trainer is not None else 0)
-            if shard.exists():
-                shard.unlink()
-        ev["finalised"] = True
+        metrics = self.evaluation.end(self, stage)
+        for k, v in (metrics or {}).items():
+            self.log(f"{stage}/{k}", v, sync_dist=False, rank_zero_only=True)
 
     def on_validation_epoch_end(self) -> None:
         self._end_evaluation("val")
 
     def on_test_epoch_end(self) -> None:
         self._end_evaluation("test")
-
-    # ---- pictures ---------------------------------------------------------------------------------
-    def _draw(
-        self, stage: str, batch: dict[str, Any], records: list[dict[str, Any]], limit: int | None = -1
-    ) -> None:
-        """Draw the first ``num_pictures`` rows of an epoch on rank 0 (all rows when ``limit`` is None)."""
-        limit = self.num_pictures if limit == -1 else limit
-        if (limit is not None and len(self._pictures[stage]) >= limit) or (
-            self._trainer is not None and not self.trainer.is_global_zero and stage != "predict"
-        ):
-            return
-        from univg.data.images import load_image
-        from univg.visualize import safe_name, save_prediction_picture
-
-        ev = self._eval.get(stage, {})
-        if self.pictures_dir is not None:
-            root = Path(self.pictures_dir)
-        elif ev.get("path") is not None:
-            root = Path(ev["path"]).parent / f"pictures_{stage}"
-        elif ev.get("dir") is not None:
-            root = Path(ev["dir"]) / f"pictures_{stage}"
-        else:
-            return
-        samples = {s.id: s for s in batch.get("samples") or []}
-        image_root = getattr(self._datamodule(), "image_root", None)
-        for rec in records:
-            if limit is not None and len(self._pictures[stage]) >= limit:
-                break
-            sample = samples.get(rec["id"])
-            if sample is None:
-                continue
-            try:
-                image = load_image(sample, sample.target_index, image_root)
-            except OSError:
-                continue
-            path = root / f"{safe_name(rec['id'])}.png"
-            self._pictures[stage].append(save_prediction_picture(path, image, rec, self.frame))
-            rec["picture"] = str(path)
-
-
-def format_prediction(record: dict[str, Any]) -> str:
-    """What ``predict`` prints for one answer: reasoning, model-frame answer, pixel box, picture.
-
-    >>> print(format_prediction({"id": "u0", "reasoning": "the red one", "pred": [10, 20, 30, 40],
-    ...     "pred_compatible": [10, 20, 30, 40], "target_index": 1, "image_size": [640, 480],
-    ...     "pred_box_px": [6, 10, 19, 19], "picture": "p.png"}))
-    [univg predict] u0
-      reasoning: the red one
-      answer (model frame): (10, 20), (30, 40)
-      box (pixels of image 1, 640 x 480): [6, 10, 19, 19]
-      picture: p.png
-    """
-    pred = record.get("pred") or record.get("pred_compatible")
-    size = record.get("image_size") or ["?", "?"]
-    lines = [
-        f"[univg predict] {record['id']}",
-        f"  reasoning: {record.get('reasoning') or '(none)'}",
-        "  answer (model frame): "
-        + (
-            f"({pred[0]}, {pred[1]}), ({pred[2]}, {pred[3]})"
-            if pred
-            else f"unparsable: {record.get('completion', '')!r}"
-        ),
-        f"  box (pixels of image {record.get('target_index', 0)}, {size[0]} x {size[1]}): {record.get('pred_box_px')}",
-    ]
-    if record.get("picture"):
-        lines.append(f"  picture: {record['picture']}")
-    return "\n".join(lines)

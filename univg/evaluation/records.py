@@ -1,0 +1,53 @@
+"""Pieces of a prediction row that do not depend on the module: the reasoning text, the ground
+truth in the model's frame (scored in floats), the prompts as the release's zero-shot scripts
+decoded them."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
+
+
+def extract_reasoning(text: str) -> str | None:
+    """The text of the last ``<think>`` block, stripped; ``None`` when there is none.
+
+    >>> extract_reasoning("<think> red is left </think><answer>(1, 2), (3, 4)</answer>")
+    'red is left'
+    >>> extract_reasoning("(1, 2), (3, 4)") is None
+    True
+    """
+    blocks = _THINK_RE.findall(text)
+    return blocks[-1].strip() if blocks else None
+
+
+def decode_prompts(tokenizer: Any, batch: dict[str, Any]) -> list[str]:
+    """Each row's prompt decoded as the release's zero-shot scripts decoded theirs: special tokens
+    (image pads, chat markers) skipped, no clean-up of spaces, padding left out."""
+    return [
+        tokenizer.decode(row[m.bool()].tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        for row, m in zip(batch["input_ids"], batch["attention_mask"])
+    ]
+
+
+def model_frame_gt(box: Any, frame: Any, size: tuple[int, int] | None) -> list[float]:
+    """The ground truth in the model's frame, *not* rounded to integers (scored in floats, as the
+    release does; the training target's ``int()`` would move it by up to one unit).
+
+    >>> from univg.boxes import Box, Qwen2VLFrame, PixelFrame
+    >>> model_frame_gt(Box(0.1234, 0.5, 0.75, 0.9999), Qwen2VLFrame(), None)
+    [123.4, 500.0, 750.0, 999.9]
+    >>> model_frame_gt(Box(0.25, 0.5, 1.0, 1.0), PixelFrame(), (448, 224))
+    [112.0, 112.0, 448.0, 224.0]
+    """
+    scale = getattr(frame, "scale", None)
+    if scale is not None:
+        sx = sy = float(scale)
+    elif size is not None:
+        sx, sy = float(size[0]), float(size[1])
+    else:
+        raise ValueError(f"the {getattr(frame, 'name', frame)} frame needs the resized target image size")
+    x1, y1, x2, y2 = box.as_tuple()
+    # 6 decimals: a box read from 0-1000 integers comes back as those integers, not 122.99999999
+    return [round(x1 * sx, 6), round(y1 * sy, 6), round(x2 * sx, 6), round(y2 * sy, 6)]
