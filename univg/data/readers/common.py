@@ -17,6 +17,10 @@ Box policy (all readers):
   and listed), ``"skip"`` (skipped and listed) or ``"error"``. Training data modules choose
   ``swap``/``skip``/``error`` explicitly (``degenerate_boxes``), never ``keep``.
 
+Question wording (:mod:`~univg.data.readers.questions`), source detection in mixed files
+(:mod:`~univg.data.readers.sources`) and writing files back (:mod:`~univg.data.readers.writing`)
+live beside this module; their names are importable from here as before.
+
 Errors name the file's own field: a reader says which file field each schema field came from
 (``run_reader(fields=...)`` or :meth:`Record.map_field`), so a RefCOCO record whose ``problem`` is
 empty says ``field 'problem'``, not the schema's ``question``.
@@ -35,12 +39,19 @@ from typing import Any, Literal, get_args
 
 from univg.boxes import Box, get_frame, parse_box_tokens
 from univg.data.images import ImageNotFoundError, image_size, resolve_image_path
+from univg.data.readers.questions import (  # noqa: F401  (imported from here before issue 19)
+    ORDINAL_WORDS,
+    image_mentions,
+    strip_image_placeholders,
+    target_from_question,
+)
+from univg.data.readers.sources import COCO_MARKER, SOURCE_KINDS, detect_source, note_source  # noqa: F401
+from univg.data.readers.writing import image_paths, write_records  # noqa: F401
 from univg.data.schema import (
     GroundingSample,
     ReadReport,
     SampleError,
     SampleList,
-    sample_error,
     validate_sample,
 )
 
@@ -53,73 +64,9 @@ DegeneratePolicy = Literal["keep", "swap", "skip", "error"]
 DEGENERATE_POLICIES: tuple[str, ...] = get_args(DegeneratePolicy)
 _MISSING = object()
 
-ORDINAL_WORDS = {
-    "first": 1,
-    "second": 2,
-    "third": 3,
-    "fourth": 4,
-    "fifth": 5,
-    "sixth": 6,
-    "seventh": 7,
-    "eighth": 8,
-    "ninth": 9,
-    "tenth": 10,
-}
-# "in the 3th image" / "the second image" / "image-2" (case-insensitive). "the 1th region picture"
-# and "the source image" deliberately do not match.
-_MENTION_RE = re.compile(
-    r"\b(?:(?P<num>\d+)(?:st|nd|rd|th)|(?P<word>" + "|".join(ORDINAL_WORDS) + r"))\s+image\b"
-    r"|\bimage-(?P<dash>\d+)\b",
-    re.IGNORECASE,
-)
-_IMAGE_PLACEHOLDER_RE = re.compile(r"<image>\n?")
-
 
 class SkipRecord(Exception):
     """Raised by a parser to skip a record by policy (not an error); the reason is reported."""
-
-
-def image_mentions(text: str) -> list[tuple[int, str]]:
-    """Every image named in ``text`` as (0-based index, rule), in order of appearance.
-
-    >>> image_mentions("the object in the first image ... locate it in the 3th image, not image-2")
-    [(0, 'question:word'), (2, 'question:ordinal'), (1, 'question:image-n')]
-    >>> image_mentions("Please locate the 1th region picture in the source image.")
-    []
-    """
-    out = []
-    for m in _MENTION_RE.finditer(text):
-        if m.group("num"):
-            out.append((int(m.group("num")) - 1, "question:ordinal"))
-        elif m.group("word"):
-            out.append((ORDINAL_WORDS[m.group("word").lower()] - 1, "question:word"))
-        else:
-            out.append((int(m.group("dash")) - 1, "question:image-n"))
-    return out
-
-
-def target_from_question(question: str) -> tuple[int, str] | None:
-    """The target image of a question: its **last** image mention (earlier ones name references).
-
-    "These images share one object (marked in the first image). Locate it in the 2th image." -> 1.
-
-    >>> target_from_question("For the box in the first image, locate it in the second image.")
-    (1, 'question:word')
-    >>> target_from_question("no mention") is None
-    True
-    """
-    found = image_mentions(question)
-    return found[-1] if found else None
-
-
-def strip_image_placeholders(text: str) -> tuple[str, int]:
-    """Remove ``<image>`` placeholders (and the newline after each). Returns (text, count).
-
-    >>> strip_image_placeholders("<image>\\n<image>What is here?")
-    ('What is here?', 2)
-    """
-    count = text.count("<image>")
-    return _IMAGE_PLACEHOLDER_RE.sub("", text), count
 
 
 def load_records(path: str | os.PathLike) -> list[Any]:
@@ -486,92 +433,3 @@ def single_image_sample(
         target_rule="single",
         meta=meta,
     )
-
-
-#: Images under this folder are COCO's (RefCOCO/+/g); the release detects its single-image
-#: COCO records by the same path component.
-COCO_MARKER = "coco/train2014"
-#: How a single-image record of a release file is told from the multi-image MGrounding ones.
-SOURCE_KINDS = ("coco", "mgrounding")
-
-
-def detect_source(
-    images: Sequence[str], template: str | None, has_reasoning: bool | None = None
-) -> tuple[str, str]:
-    """(source kind, rule) of one record of a mixed release file (``stage1_cotsft.json``,
-    ``stage2_rl.json``): ``coco`` for a single-image RefCOCO/COCO record, else ``mgrounding``.
-
-    A single-image record is ``coco`` when its image is under ``coco/train2014`` (``path``), its
-    prompt is the single-image template (``prompt``), or, in a stage-1 file, its target has no
-    reasoning (``no_reasoning``: the release's stage-1 CoT records all reason). Decided per record,
-    never per batch.
-
-    >>> detect_source(["data/coco/train2014/COCO_train2014_1.jpg"], "plain")
-    ('coco', 'path')
-    >>> detect_source(["x/1.jpg"], "refcoco_single")
-    ('coco', 'prompt')
-    >>> detect_source(["x/1.jpg"], "reasoning", has_reasoning=False)
-    ('coco', 'no_reasoning')
-    >>> detect_source(["x/1.jpg", "x/2.jpg"], "refcoco_single")
-    ('mgrounding', 'multi_image')
-    >>> detect_source(["x/1.jpg"], "reasoning", has_reasoning=True)
-    ('mgrounding', 'single_image')
-    """
-    if len(images) != 1:
-        return "mgrounding", "multi_image"
-    if COCO_MARKER in images[0].replace("\\", "/"):
-        return "coco", "path"
-    if template == "refcoco_single":
-        return "coco", "prompt"
-    if has_reasoning is False:
-        return "coco", "no_reasoning"
-    return "mgrounding", "single_image"
-
-
-def note_source(rec: Record, kind: str, rule: str) -> dict[str, str]:
-    """Count the record's detected source in the report; the meta entries for its sample."""
-    rec.report.note(f"source_kind:{kind}")
-    return {"source_kind": kind, "source_rule": rule}
-
-
-# ---- writing files in the readers' formats ---------------------------------------------------------
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
-def image_paths(sample: GroundingSample, image_dir: str | os.PathLike | None) -> list[str]:
-    """The sample's image paths; in-memory images are saved as PNG under ``image_dir`` first."""
-    paths = []
-    for i, img in enumerate(sample.images):
-        if isinstance(img, str):
-            paths.append(img)
-            continue
-        if image_dir is None:
-            raise sample_error(
-                sample.where(), f"images[{i}]", "a path (pass image_dir to save in-memory images)"
-            )
-        out = Path(image_dir) / f"{_safe(sample.id)}_{i}.png"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        img.save(out)
-        paths.append(str(out))
-    return paths
-
-
-def write_records(records: Sequence[Any], path: str | os.PathLike) -> int:
-    """Write ``records`` as a JSON list (JSONL if ``path`` ends in ``.jsonl``); returns the count.
-
-    Written to a temporary file first, so a half-written file never replaces a good one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        if path.suffix == ".jsonl":
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        else:
-            json.dump(list(records), f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
-    return len(records)
