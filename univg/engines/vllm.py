@@ -190,14 +190,14 @@ class VLLMEngine(RolloutEngine):
         self.llm = llm
         self.client = client
         self.num_syncs = 0
-        self._llm_kwargs: dict[str, Any] = dict(
+        self._llm = dict(
             dtype=dtype,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_model_len,
             limit_mm_per_prompt={"image": max_images_per_prompt},
             seed=seed,
-            **(llm_kwargs or {}),
         )
+        self._llm_kwargs = dict(llm_kwargs or {})
         self._server = dict(
             host=server_host, server_port=server_port, group_port=group_port, timeout=server_timeout
         )
@@ -215,14 +215,14 @@ class VLLMEngine(RolloutEngine):
         if self.mode == "colocate" and self.llm is None:
             vllm = _import_vllm()
             _launcher_env()
-            kwargs = dict(self._llm_kwargs)
-            kwargs["seed"] = kwargs["seed"] + _rank()  # processes must not draw the same completions
-            self.llm = vllm.LLM(
+            kwargs: dict[str, Any] = dict(
+                self._llm,
                 model=self._checkpoint(),
+                seed=self._llm["seed"] + _rank(),  # processes must not draw the same completions
                 # keeps the engine in this process, so sync_weights reaches vLLM's model (TRL does the same)
                 distributed_executor_backend="external_launcher",
-                **kwargs,
             )
+            self.llm = vllm.LLM(**{**kwargs, **self._llm_kwargs})
         elif self.mode == "server" and self.client is None:
             s = self._server
             self.client = _vllm_client_class()(
