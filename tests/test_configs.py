@@ -173,3 +173,99 @@ def test_phi_rows_differ_only_in_phi_and_name():
             assert a == b, (phi, section)
         diff = {k for k, v in cfg["model"]["init_args"].items() if ref["model"]["init_args"][k] != v}
         assert diff <= {"phi"}, (phi, diff)
+
+
+def _without(cfg: dict, *keys: str) -> dict:
+    """``cfg`` with the dotted ``keys`` removed (each a leaf of the resolved config)."""
+    out = yaml.safe_load(yaml.safe_dump(cfg))
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node[p]
+        node.pop(leaf)
+    return out
+
+
+@pytest.mark.parametrize(
+    "overlay,base,differs",
+    [
+        ("configs/grpo_diff.yaml", "configs/grpo.yaml", {"model.init_args.phi": ("exp", "none")}),
+        ("configs/rl.yaml", "configs/grpo.yaml", {"model.init_args.init_checkpoint": (None, "runs/")}),
+        ("configs/grpo_diff_debug.yaml", "configs/grpo_debug.yaml", {"model.init_args.phi": ("exp", "none")}),
+        ("configs/rl_debug.yaml", "configs/grpo_debug.yaml", {}),
+    ],
+    ids=lambda x: Path(x).stem if isinstance(x, str) else "",
+)
+def test_overlay_configs_equal_their_base_but_for_name_and_their_rows(overlay, base, differs):
+    """The overlays are short files on top of ``base_config``; resolved, they equal the base config
+    except the run name and the knobs their row is about."""
+    mine, theirs = print_config(["fit", "--config", overlay]), print_config(["fit", "--config", base])
+    assert mine["trainer"]["logger"]["init_args"]["name"] == Path(overlay).stem
+    for key, (value, base_value) in differs.items():
+        section, _, rest = key.partition(".init_args.")
+        got, expected = mine[section]["init_args"][rest], theirs[section]["init_args"][rest]
+        assert got == value and (expected or "").startswith(base_value), (key, got, expected)
+    skip = ["trainer.logger.init_args.name", *differs]
+    assert _without(mine, *skip) == _without(theirs, *skip)
+    assert len((ROOT / overlay).read_text().splitlines()) <= 12  # each fact once: the rest is the base's
+
+
+def test_vllm_config_is_grpo_diff_with_the_vllm_engine():
+    mine, theirs = (
+        print_config(["fit", "--config", "configs/grpo_diff_vllm.yaml"]),
+        print_config(["fit", "--config", "configs/grpo_diff.yaml"]),
+    )
+    engine = mine["model"]["init_args"]["engine"]
+    assert engine["class_path"] == "univg.engines.VLLMEngine" and engine["init_args"]["mode"] == "colocate"
+    assert theirs["model"]["init_args"]["engine"] is None  # the default: SharedPrefill
+    skip = ["trainer.logger.init_args.name", "model.init_args.engine"]
+    assert _without(mine, *skip) == _without(theirs, *skip)
+
+
+def _rejected(args: list[str]) -> str:
+    """The CLI's one-line error for ``args`` (which must fail at parse time, building nothing)."""
+    with pytest.raises(AssertionError, match="rejected") as err:
+        print_config(args)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    "key,value,choices",
+    [
+        ("phi", "expp", "'none', 'exp', 'square', 'neglog'"),
+        ("loss_type", "grpp", "'grpo', 'bnpo', 'dr_grpo'"),
+        ("scale_rewards", "btch", "'group', 'batch', 'none'"),
+        ("schedule", "cosin", "'cosine', 'linear', 'constant'"),
+    ],
+)
+def test_a_knob_typo_fails_at_parse_time_naming_the_choices(key, value, choices):
+    message = _rejected(["fit", "--config", "configs/grpo_diff.yaml", f"--model.init_args.{key}", value])
+    assert f"model.init_args.{key}" in message and choices in message and value in message
+
+
+def test_engine_typos_fail_at_parse_time(tmp_path):
+    engine = tmp_path / "engine.yaml"
+    engine.write_text(
+        "model:\n  init_args:\n    engine: {class_path: univg.engines.VLLMEngine, init_args: {mode: remote}}\n"
+    )
+    message = _rejected(["fit", "--config", "configs/grpo_diff.yaml", "--config", str(engine)])
+    assert "mode" in message and "'colocate', 'server'" in message
+    engine.write_text(
+        "model:\n  init_args:\n    engine: {class_path: univg.engines.VLLMEngine, init_args: {gpu_mem: 0.3}}\n"
+    )
+    assert "gpu_mem" in _rejected(["fit", "--config", "configs/grpo_diff.yaml", "--config", str(engine)])
+    message = _rejected(
+        ["fit", "--config", "configs/grpo_diff.yaml", "--model.init_args.engine", "univg.engines.Shared"]
+    )
+    assert "engine" in message
+
+
+def test_base_config_errors_name_the_file(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base_config: loop.yaml\n")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("base_config: nowhere.yaml\n")
+    for path, text in ((loop, "builds on itself"), (missing, "does not exist")):
+        message = _rejected(["fit", "--config", str(path)])
+        assert str(path) in message and "base_config" in message and text in message

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from univg.difficulty import PHI_NAMES, difficulty_shares, difficulty_weights, normalise_weights, phi
+from univg.difficulty import (
+    PHI_NAMES,
+    difficulty_shares,
+    difficulty_weights,
+    group_miou,
+    group_weights,
+    normalize_weights,
+    phi,
+    step_weights,
+)
 
 M = torch.tensor([0.0, 0.25, 0.5, 1.0])
 
@@ -63,13 +74,13 @@ def test_phi_is_finite_and_monotone_in_range(values: list[float]) -> None:
     assert ((phi("square", m) >= 0.0) & (phi("square", m) <= 1.0)).all()
 
 
-def test_normalise_weights() -> None:
+def test_normalize_weights() -> None:
     torch.testing.assert_close(
-        normalise_weights(torch.tensor([1.0, 2.0, 3.0])), torch.tensor([0.5, 1.0, 1.5])
+        normalize_weights(torch.tensor([1.0, 2.0, 3.0])), torch.tensor([0.5, 1.0, 1.5])
     )
-    torch.testing.assert_close(normalise_weights(torch.zeros(3)), torch.zeros(3))
+    torch.testing.assert_close(normalize_weights(torch.zeros(3)), torch.zeros(3))
     w = torch.tensor([1.0, 3.0], requires_grad=True)
-    assert not normalise_weights(w).requires_grad
+    assert not normalize_weights(w).requires_grad
 
 
 def test_difficulty_weights_are_per_group() -> None:
@@ -86,7 +97,7 @@ def test_difficulty_weights_several_groups_and_normalise() -> None:
     acc = torch.tensor([0.0, 0.3, 0.3, 0.5, 0.5, 0.5, 1.0, 0.7, 0.7])
     w = difficulty_weights(acc, group_size=3, name="square")
     torch.testing.assert_close(w, torch.tensor([0.64] * 3 + [0.25] * 3 + [0.04] * 3))
-    w = difficulty_weights(acc, group_size=3, name="square", normalise=True)
+    w = difficulty_weights(acc, group_size=3, name="square", normalize=True)
     torch.testing.assert_close(w, torch.tensor([0.64 / 0.31] * 3 + [0.25 / 0.31] * 3 + [0.04 / 0.31] * 3))
     assert w.mean().item() == pytest.approx(1.0)
 
@@ -104,3 +115,40 @@ def test_difficulty_shares() -> None:
         "miou_0.3_0.7": 0.0,
         "miou_gt_0.7": 0.0,
     }
+
+
+def test_group_weights_drop_groups_before_phi() -> None:
+    # G = 2: mIoU 1.0 (dropped: zero variance), 0.25 and 0.0 -> exp weights e^0.75 and e for the kept two
+    acc = torch.tensor([1.0, 1.0, 0.5, 0.0, 0.0, 0.0])
+    gw = group_weights(acc, 2, "exp", drop=torch.tensor([True, False, False]))
+    torch.testing.assert_close(gw.miou, torch.tensor([1.0, 0.25, 0.0]))  # every group, for the logs
+    assert gw.keep.tolist() == [False, True, True]
+    torch.testing.assert_close(gw.weights, torch.tensor([math.exp(0.75), math.e]))
+    torch.testing.assert_close(gw.kept_miou, torch.tensor([0.25, 0.0]))
+    assert group_weights(acc, 2, "none").keep.all()
+
+
+def test_step_weights_normalise_over_the_whole_step_and_every_process() -> None:
+    parts = [torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0, 4.0, 4.0])]
+    assert step_weights(parts) == parts  # normalize off: as scored
+    # one process: mean of the 6 per-completion weights = 14 / 6
+    got = step_weights(parts, normalize=True)
+    torch.testing.assert_close(torch.cat(got), torch.tensor([1.0, 1.0, 2.0, 2.0, 4.0, 4.0]) * 6 / 14)
+    # a second process holding [8, 8]: sums (14 + 16) / (6 + 2) -> mean 3.75
+    got = step_weights(parts, normalize=True, world_sum=lambda v: [v[0] + 16.0, v[1] + 2.0])
+    torch.testing.assert_close(got[0], torch.tensor([1.0, 1.0]) / 3.75)
+    zeros = [torch.zeros(2)]
+    assert torch.equal(step_weights(zeros, normalize=True)[0], zeros[0])  # all solved: unchanged
+
+
+def test_group_statistics_live_in_difficulty_and_stay_importable_from_grpo() -> None:
+    import univg.difficulty
+    import univg.grpo
+
+    assert univg.grpo.group_miou is group_miou
+    assert univg.difficulty.normalise_weights is normalize_weights  # the earlier spelling
+    # difficulty does not import the loss module (it did, for group_miou)
+    code = "import sys, univg.difficulty; print('univg.grpo' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    torch.testing.assert_close(group_miou(torch.tensor([0.2, 0.4, 1.0, 0.0]), 2), torch.tensor([0.3, 0.5]))

@@ -329,3 +329,19 @@ def test_fsdp_init_checkpoint_and_full_finetuning_reference(tmp_path):
 
 if __name__ == "__main__":  # torchrun worker
     _worker(sys.argv[1], Path(sys.argv[2]))
+
+
+def test_make_reference_is_a_frozen_copy_of_the_policy():
+    """One rule for the reference, single-process and FSDP alike (the sharded branch runs in
+    test_grpo_under_fsdp_shards_reference_and_generates_in_sync)."""
+    from univg.backbone import BackboneSpec
+    from univg.distributed import make_reference
+    from univg.modules import GRPOModule
+
+    policy = BackboneSpec(preset="tiny").build().train()
+    ref = make_reference(policy)
+    assert ref is not policy and not ref.training and not any(p.requires_grad for p in ref.parameters())
+    for (name, a), (_, b) in zip(policy.named_parameters(), ref.named_parameters()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), name
+    # the module's rule for when one is made: beta > 0, no LoRA, none yet
+    assert GRPOModule(beta=0.04).needs_reference and not GRPOModule(beta=0.0).needs_reference

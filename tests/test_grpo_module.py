@@ -10,6 +10,7 @@ import torch
 from univg.backbone import BackboneSpec, LoRASpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
+from univg.engines import RolloutEngine
 from univg.grpo import group_advantages, grpo_loss
 from univg.modules import GRPOModule
 from univg.rollout import Rollout, completion_logprobs, completion_mask
@@ -30,30 +31,32 @@ def _module(**kw) -> GRPOModule:
     return m
 
 
-def scripted(texts_per_prompt, tokenizer):
-    """A fake ``generate`` returning the given completions (tokenised) for each prompt."""
+class Scripted(RolloutEngine):
+    """A rollout engine returning the given completions (tokenised) for each prompt."""
 
-    def fake(model, inputs, tok, group_size=1, **kw):
-        texts = [t for group in texts_per_prompt for t in group]
-        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [151645] for t in texts]
+    def __init__(self, texts_per_prompt, tokenizer):
+        self.texts_per_prompt, self.tok = texts_per_prompt, tokenizer
+
+    def generate(self, model, inputs, tokenizer, sampling, *, record_logprobs=False):
+        texts = [t for group in self.texts_per_prompt for t in group]
+        rows = [self.tok(t, add_special_tokens=False)["input_ids"] + [151645] for t in texts]
         width = max(len(r) for r in rows)
         ids = torch.tensor([r + [151643] * (width - len(r)) for r in rows])
         mask = completion_mask(ids)
-        return Rollout(dict(inputs), ids, mask, texts, torch.zeros(len(texts), dtype=torch.bool), group_size)
-
-    return fake
+        g = sampling.group_size
+        return Rollout(dict(inputs), ids, mask, texts, torch.zeros(len(texts), dtype=torch.bool), g)
 
 
 def _answer(box):
     return f"<think>here</think><answer>({box[0]}, {box[1]}), ({box[2]}, {box[3]})</answer>"
 
 
-def test_phi_is_per_group_in_a_batch_of_two_groups(prompt_batch, tokenizer, monkeypatch):
+def test_phi_is_per_group_in_a_batch_of_two_groups(prompt_batch, tokenizer):
     m = _module(phi="exp", beta=0.0)
     gt = prompt_batch["boxes"].tolist()
     # prompt 0: all four exact (mIoU 1, reward variance 0); prompt 1: two exact, two garbage (mIoU 0.5)
     texts = [[_answer(gt[0])] * 4, [_answer(gt[1]), "junk", _answer(gt[1]), "<answer>oops"]]
-    monkeypatch.setattr("univg.modules.grpo.generate", scripted(texts, tokenizer))
+    m.engine = Scripted(texts, tokenizer)
     s = m.score(prompt_batch)
     assert s.miou.tolist() == pytest.approx([1.0, 0.5])
     assert s.weights.tolist() == pytest.approx([1.0] * 4 + [math.exp(0.5)] * 4)
@@ -69,12 +72,12 @@ def test_phi_is_per_group_in_a_batch_of_two_groups(prompt_batch, tokenizer, monk
     assert s.stats["zero_variance_frac"] == 0.5
 
 
-def test_step_loss_equals_core_maths_loss(prompt_batch, tokenizer, monkeypatch):
+def test_step_loss_equals_core_maths_loss(prompt_batch, tokenizer):
     m = _module(phi="square", beta=0.04)
     gt = prompt_batch["boxes"].tolist()
     half = [gt[0][0], gt[0][1], (gt[0][0] + gt[0][2]) // 2, gt[0][3]]
     texts = [[_answer(gt[0]), _answer(half), "x", _answer(half)], ["y", _answer(gt[1]), "z", "w"]]
-    monkeypatch.setattr("univg.modules.grpo.generate", scripted(texts, tokenizer))
+    m.engine = Scripted(texts, tokenizer)
     s = m.score(prompt_batch)
     terms = m.loss_terms(s)
     r = s.rollout
@@ -91,11 +94,11 @@ def test_step_loss_equals_core_maths_loss(prompt_batch, tokenizer, monkeypatch):
     assert float(terms.kl) == pytest.approx(0.0, abs=1e-6)  # policy == reference before any step
 
 
-def test_reference_never_changes_and_policy_does(prompt_batch, tokenizer, monkeypatch):
+def test_reference_never_changes_and_policy_does(prompt_batch, tokenizer):
     m = _module(phi="exp", beta=0.04, prompts_per_step=2, lr=1e-2, warmup_ratio=0.0)
     gt = prompt_batch["boxes"].tolist()
     texts = [[_answer(gt[0]), "a", "b", _answer(gt[0])], ["c", _answer(gt[1]), "d", "e"]]
-    monkeypatch.setattr("univg.modules.grpo.generate", scripted(texts, tokenizer))
+    m.engine = Scripted(texts, tokenizer)
     ref0 = {n: p.detach().clone() for n, p in m.ref_model.named_parameters()}
     pol0 = {n: p.detach().clone() for n, p in m.model.named_parameters()}
     opt = torch.optim.AdamW([p for p in m.model.parameters() if p.requires_grad], lr=1e-2)
@@ -117,20 +120,20 @@ def test_beta_zero_skips_the_reference_pass(prompt_batch, tokenizer, monkeypatch
 
     real = mod.completion_logprobs
     monkeypatch.setattr(mod, "completion_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
-    monkeypatch.setattr(mod, "generate", scripted([["a"] * 4, ["b"] * 4], tokenizer))
+    m.engine = Scripted([["a"] * 4, ["b"] * 4], tokenizer)
     s = m.score(prompt_batch)
     assert s.ref_logp is None and s.old_logp is None and calls == []
     m.loss_terms(s)
     assert len(calls) == 1  # only the policy pass
 
 
-def test_lora_reference_is_the_base_model_without_a_copy(prompt_batch, tokenizer, monkeypatch):
+def test_lora_reference_is_the_base_model_without_a_copy(prompt_batch, tokenizer):
     m = _module(beta=0.04, backbone=BackboneSpec(preset="tiny", lora=LoRASpec(r=4)))
     assert m.ref_model is None
     for n, p in m.model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p)
-    monkeypatch.setattr("univg.modules.grpo.generate", scripted([["a", "b", "c", "d"], ["e"] * 4], tokenizer))
+    m.engine = Scripted([["a", "b", "c", "d"], ["e"] * 4], tokenizer)
     s = m.score(prompt_batch)
     r = s.rollout
     with m.model.disable_adapter():
@@ -140,20 +143,18 @@ def test_lora_reference_is_the_base_model_without_a_copy(prompt_batch, tokenizer
     assert not torch.allclose(policy, base)
 
 
-def test_num_iterations_keeps_a_real_old_policy(prompt_batch, tokenizer, monkeypatch):
+def test_num_iterations_keeps_a_real_old_policy(prompt_batch, tokenizer):
     m = _module(beta=0.0, num_iterations=2)
-    monkeypatch.setattr(
-        "univg.modules.grpo.generate", scripted([["a", "bb", "c", "d"], ["e"] * 4], tokenizer)
-    )
+    m.engine = Scripted([["a", "bb", "c", "d"], ["e"] * 4], tokenizer)
     s = m.score(prompt_batch)
     assert s.old_logp is not None and s.old_logp.shape == s.rollout.completion_ids.shape
 
 
-def test_drop_zero_variance_groups(prompt_batch, tokenizer, monkeypatch):
+def test_drop_zero_variance_groups(prompt_batch, tokenizer):
     m = _module(beta=0.0, drop_zero_variance=True)
     gt = prompt_batch["boxes"].tolist()
     texts = [["junk"] * 4, [_answer(gt[1]), "x", "y", "z"]]
-    monkeypatch.setattr("univg.modules.grpo.generate", scripted(texts, tokenizer))
+    m.engine = Scripted(texts, tokenizer)
     s = m.score(prompt_batch)
     assert s.rollout.num_prompts == 1 and s.rollout.completion_ids.shape[0] == 4
     assert s.stats["dropped_groups"] == 1.0

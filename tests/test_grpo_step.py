@@ -15,6 +15,7 @@ import torch
 from univg.backbone import BackboneSpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
+from univg.engines import RolloutEngine
 from univg.modules import GroundingModule, GRPOModule
 from univg.rewards import compute_rewards, iou_reward
 from univg.rollout import Rollout, completion_mask, generate, model_inputs
@@ -39,14 +40,17 @@ def _answer(box) -> str:
     return f"<think>t</think><answer>({box[0]}, {box[1]}), ({box[2]}, {box[3]})</answer>"
 
 
-def scripted(texts_per_prompt, tokenizer):
+class Scripted(RolloutEngine):
     """A fake rollout engine that returns the given completions for the prompts it is called with
     (selected by the first prompt token's row among all prompts it was built for)."""
 
-    def fake(model, inputs, tok, group_size=1, **kw):
-        rows_for = fake.rows_for(inputs)
-        texts = [t for b in rows_for for t in texts_per_prompt[b]]
-        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [151645] for t in texts]
+    def __init__(self, texts_per_prompt, tokenizer):
+        self.texts_per_prompt, self.tok = texts_per_prompt, tokenizer
+        self.rows_for = lambda inputs: range(inputs["input_ids"].shape[0])
+
+    def generate(self, model, inputs, tokenizer, sampling, *, record_logprobs=False):
+        texts = [t for b in self.rows_for(inputs) for t in self.texts_per_prompt[b]]
+        rows = [self.tok(t, add_special_tokens=False)["input_ids"] + [151645] for t in texts]
         width = max(len(r) for r in rows)
         ids = torch.tensor([r + [151643] * (width - len(r)) for r in rows])
         return Rollout(
@@ -55,11 +59,8 @@ def scripted(texts_per_prompt, tokenizer):
             completion_mask(ids),
             texts,
             torch.zeros(len(texts), dtype=torch.bool),
-            group_size,
+            sampling.group_size,
         )
-
-    fake.rows_for = lambda inputs: range(inputs["input_ids"].shape[0])
-    return fake
 
 
 # --------------------------------------------------------------------------------- 1. lr schedule
@@ -171,16 +172,14 @@ def test_sampled_distribution_is_the_scored_one(four_prompts, tokenizer, engine)
 
 
 # --------------------------------------------------------------------------------- 3. one scoring arithmetic
-def test_policy_and_reference_are_scored_alike_in_bf16_with_checkpointing(
-    four_prompts, tokenizer, monkeypatch
-):
+def test_policy_and_reference_are_scored_alike_in_bf16_with_checkpointing(four_prompts, tokenizer):
     m = _module(beta=0.04, backbone=BackboneSpec(preset="tiny", gradient_checkpointing=True))
     with torch.no_grad():
         for model in (m.model, m.ref_model):  # logits of ~30, where bf16 rounding shows
             model.lm_head.weight.mul_(40.0)
     gt = four_prompts["boxes"].tolist()
     texts = [[_answer(gt[b]), "abc", _answer([1, 2, 3, 4]), "x y"] for b in range(4)]
-    monkeypatch.setattr("univg.modules.grpo.generate", scripted(texts, tokenizer))
+    m.engine = Scripted(texts, tokenizer)
     m.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         s = m.score(four_prompts)
@@ -232,19 +231,18 @@ def _split(batch: dict, rows: list[int]) -> dict:
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo"])
-def test_accumulation_four_micro_batches_equal_one(four_prompts, tokenizer, monkeypatch, loss_type):
+def test_accumulation_four_micro_batches_equal_one(four_prompts, tokenizer, loss_type):
     gt = four_prompts["boxes"].tolist()
     half = [[b[0], b[1], (b[0] + b[2]) // 2, b[3]] for b in gt]
     texts = [
         [_answer(gt[b]), "no", _answer(half[b]), "a much longer wrong answer " * (b + 1)] for b in range(4)
     ]
-    fake = scripted(texts, tokenizer)
-    import univg.modules.grpo as mod
-
-    monkeypatch.setattr(mod, "generate", fake)
+    fake = Scripted(texts, tokenizer)
     results = []
     for layout in ([[0, 1, 2, 3]], [[0], [1], [2], [3]]):
-        m = _module(beta=0.04, phi="exp", loss_type=loss_type, scale_rewards="batch", normalize_phi=True)
+        m = _module(
+            beta=0.04, phi="exp", loss_type=loss_type, scale_rewards="batch", normalize_phi=True, engine=fake
+        )
         start = {n: p.detach().clone() for n, p in m.model.named_parameters()}
         _drive(m)
         buffer = []
@@ -259,7 +257,7 @@ def test_accumulation_four_micro_batches_equal_one(four_prompts, tokenizer, monk
         assert torch.allclose(whole[n], parts[n], atol=1e-6, rtol=1e-4), n
 
 
-def test_normalize_phi_and_batch_scale_span_the_whole_step(four_prompts, tokenizer, monkeypatch):
+def test_normalize_phi_and_batch_scale_span_the_whole_step(four_prompts, tokenizer):
     gt = four_prompts["boxes"].tolist()
     # prompt 0: mIoU 0.5 (two exact), prompt 1: mIoU 0 (none), prompts 2, 3: mIoU 1 (all exact)
     texts = [
@@ -268,11 +266,8 @@ def test_normalize_phi_and_batch_scale_span_the_whole_step(four_prompts, tokeniz
         [_answer(gt[2])] * 4,
         [_answer(gt[3])] * 4,
     ]
-    import univg.modules.grpo as mod
-
-    fake = scripted(texts, tokenizer)
-    monkeypatch.setattr(mod, "generate", fake)
-    m = _module(beta=0.0, phi="exp", normalize_phi=True, scale_rewards="batch")
+    fake = Scripted(texts, tokenizer)
+    m = _module(beta=0.0, phi="exp", normalize_phi=True, scale_rewards="batch", engine=fake)
     _drive(m)
     buffer = []
     for rows in ([0, 1], [2, 3]):
@@ -306,8 +301,7 @@ def test_num_iterations_two_takes_two_steps_and_the_ratio_moves(four_prompts, to
     texts = [[_answer(gt[b]), "no", "nah", _answer(gt[b])] for b in range(4)]
     import univg.modules.grpo as mod
 
-    monkeypatch.setattr(mod, "generate", scripted(texts, tokenizer))
-    m = _module(beta=0.0, num_iterations=2, lr=1e-1, check_invariants=True)
+    m = _module(beta=0.0, num_iterations=2, lr=1e-1, check_invariants=True, engine=Scripted(texts, tokenizer))
     opt = _drive(m, lr=1e-1)
     steps = []
     real_step = opt.step

@@ -19,10 +19,10 @@ from PIL import Image
 from univg.backbone import BackboneSpec, LoRASpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
-from univg.engines import VLLMEngine
+from univg.engines import RolloutEngine, VLLMEngine
 from univg.engines.vllm import pixels_to_images, prompt_token_rows
 from univg.modules import GRPOModule
-from univg.rollout import MODEL_KEYS, PAD_ID, SUPPRESS_IDS, Rollout, completion_mask
+from univg.rollout import MODEL_KEYS, PAD_ID, SUPPRESS_IDS, Rollout, SamplingSpec, completion_mask
 
 IM_END, END_TEXT = 151645, 151643
 G = 3
@@ -90,7 +90,7 @@ SCRIPTED = [
 def test_colocate_generate_layout_mask_and_texts(processor, tokenizer, prompt_batch):
     llm = FakeLLM(processor, prompt_batch, SCRIPTED)
     engine = VLLMEngine("Qwen/Qwen2-VL-2B-Instruct", llm=llm)
-    roll = engine.generate(prompt_batch, tokenizer, G, max_new_tokens=4, do_sample=True)
+    roll = engine.generate(None, prompt_batch, tokenizer, SamplingSpec(G, max_new_tokens=4))
     assert isinstance(roll, Rollout) and roll.group_size == G and roll.num_prompts == 2
     P = PAD_ID
     assert roll.completion_ids.tolist() == [
@@ -127,16 +127,18 @@ def test_colocate_generate_layout_mask_and_texts(processor, tokenizer, prompt_ba
 def test_sampling_params_mapping(processor, tokenizer, prompt_batch):
     llm = FakeLLM(processor, prompt_batch, SCRIPTED)
     engine = VLLMEngine("m", llm=llm)
-    engine.generate(prompt_batch, tokenizer, G, 4, do_sample=True, temperature=0.7, top_p=0.9, top_k=0)
+    engine.generate(None, prompt_batch, tokenizer, SamplingSpec(G, 4, temperature=0.7, top_p=0.9, top_k=0))
     params = llm.calls[-1][1]  # a dict: vLLM's SamplingParams is not installed here
     assert params["n"] == G and params["max_tokens"] == 4
     assert (params["temperature"], params["top_p"], params["top_k"]) == (0.7, 0.9, -1)  # top_k 0 = off
     assert params["stop_token_ids"] == [IM_END, END_TEXT]
     assert set(params["logit_bias"]) == set(SUPPRESS_IDS) and max(params["logit_bias"].values()) <= -100
-    assert engine.sampling_params(G, 4, True, top_k=5)["top_k"] == 5
+    assert engine.sampling_params(SamplingSpec(G, 4, top_k=5))["top_k"] == 5
     # greedy: one completion (temperature 0) per prompt, repeated G times
     greedy = FakeLLM(processor, prompt_batch, [[out([5, IM_END])], [out([6, 7], "length")]])
-    roll = VLLMEngine("m", llm=greedy).generate(prompt_batch, tokenizer, G, 2, do_sample=False)
+    roll = VLLMEngine("m", llm=greedy).generate(
+        None, prompt_batch, tokenizer, SamplingSpec(G, 2, do_sample=False)
+    )
     params = greedy.calls[-1][1]
     assert (params["n"], params["temperature"], params["top_k"]) == (1, 0.0, -1)
     assert roll.completion_ids.tolist() == [[5, IM_END]] * G + [[6, 7]] * G
@@ -179,7 +181,9 @@ def test_server_generate_pairs_token_ids_with_placed_features(tokenizer, prompt_
                     assert ids[p["offset"] - 1] == 151652  # <|vision_start|> just before
             return {"completion_ids": [[5, IM_END], [6, 7, 8], [9, IM_END]] * 2}
 
-    roll = VLLMEngine("m", mode="server", client=Client()).generate(prompt_batch, tokenizer, G, 3, True)
+    roll = VLLMEngine("m", mode="server", client=Client()).generate(
+        None, prompt_batch, tokenizer, SamplingSpec(G, 3)
+    )
     assert roll.completion_ids.tolist() == [[5, IM_END, PAD_ID], [6, 7, 8], [9, IM_END, PAD_ID]] * 2
     assert roll.truncated.tolist() == [False, True, False] * 2
 
@@ -259,18 +263,20 @@ def test_server_sync_pushes_named_params_and_resets_the_cache(tiny_model):
     assert client.resets == 1
 
 
-class FakeEngine:
-    """Stands for VLLMEngine in the module: scripted completions, and a log of calls."""
+class FakeEngine(RolloutEngine):
+    """Stands for VLLMEngine in the module: an engine holding its own weights, scripted completions,
+    and a log of calls."""
 
-    instances: list[FakeEngine] = []
-    check_kwargs = VLLMEngine.check_kwargs  # the real option check (bound to VLLMEngine)
+    holds_weights = True
 
-    def __init__(self, **kwargs):
-        self.kwargs, self.log, self.synced = kwargs, [], []
-        FakeEngine.instances.append(self)
+    def __init__(self):
+        self.log, self.synced, self.attached = [], [], None
 
-    def generate(self, inputs, tokenizer, group_size, max_new_tokens, do_sample, temperature, top_p, top_k):
-        assert do_sample and group_size == 2 and max_new_tokens == 32
+    def attach(self, backbone):
+        self.attached = backbone
+
+    def generate(self, model, inputs, tokenizer, sampling, *, record_logprobs=False):
+        assert sampling == SamplingSpec(group_size=2, max_new_tokens=32)
         self.log.append("generate")
         b = inputs["input_ids"].shape[0]
         # rewards differ within each group, so the advantages and the step are not zero
@@ -278,7 +284,7 @@ class FakeEngine:
         rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [IM_END] for t in texts]
         from univg.engines.vllm import assemble_rollout
 
-        return assemble_rollout(rows, tokenizer, inputs, group_size)
+        return assemble_rollout(rows, tokenizer, inputs, sampling.group_size)
 
     def sync_weights(self, model):
         self.log.append("sync")
@@ -287,16 +293,13 @@ class FakeEngine:
         return 0
 
 
-def test_grpo_module_samples_through_the_engine_and_syncs_once_per_step(monkeypatch):
+def test_grpo_module_samples_through_the_engine_and_syncs_once_per_step():
     import lightning as L
 
-    import univg.engines
     from univg.data import SyntheticDataModule
 
-    FakeEngine.instances.clear()
-    monkeypatch.setattr(univg.engines, "VLLMEngine", FakeEngine)
-    monkeypatch.setattr("univg.modules.grpo.generate", lambda *a, **k: pytest.fail("HF generate was called"))
     L.seed_everything(0)
+    engine = FakeEngine()
     m = GRPOModule(
         # frozen embedding and vision tower: a cheaper step, and the decoder still moves
         backbone=BackboneSpec(preset="tiny", freeze_embeddings=True, freeze_vision=True),
@@ -306,9 +309,9 @@ def test_grpo_module_samples_through_the_engine_and_syncs_once_per_step(monkeypa
         max_completion_length=32,
         beta=0.0,
         prompts_per_step=2,
-        vllm={"model_name_or_path": "Qwen/Qwen2-VL-2B-Instruct", "gpu_memory_utilization": 0.25},
+        engine=engine,
     )
-    assert m._vllm_engine is None  # nothing built before the first rollout
+    assert engine.attached is m.backbone and engine.log == []  # nothing sampled or pushed yet
     dm = SyntheticDataModule(
         num_train=8, num_val=0, tasks=["single"], image_size=56, train_mode="generate", batch_size=1
     )
@@ -322,11 +325,6 @@ def test_grpo_module_samples_through_the_engine_and_syncs_once_per_step(monkeypa
         limit_val_batches=0,
     )
     trainer.fit(m, datamodule=dm)
-    (engine,) = FakeEngine.instances
-    assert engine.kwargs == {
-        "model_name_or_path": "Qwen/Qwen2-VL-2B-Instruct",
-        "gpu_memory_utilization": 0.25,
-    }
     # initial push (the policy is not the checkpoint vLLM loads), then one after each optimiser step
     assert engine.log == ["sync", "generate", "generate", "sync", "generate", "generate", "sync"]
     assert not torch.equal(engine.synced[0], engine.synced[1]) and not torch.equal(
@@ -335,14 +333,29 @@ def test_grpo_module_samples_through_the_engine_and_syncs_once_per_step(monkeypa
     assert "perf/weight_sync_seconds" in m.last_step_logs
 
 
+def test_vllm_engine_takes_the_backbone_checkpoint_and_starts_on_first_use(
+    processor, tokenizer, prompt_batch
+):
+    llm = FakeLLM(processor, prompt_batch, SCRIPTED)
+    engine = VLLMEngine(llm=llm, gpu_memory_utilization=0.25)
+    m = GRPOModule(
+        backbone=BackboneSpec(preset="tiny", checkpoint="Qwen/Qwen2-VL-2B-Instruct"), engine=engine
+    )
+    assert m.engine is engine and engine.model_name_or_path == "Qwen/Qwen2-VL-2B-Instruct"
+    mine = VLLMEngine("my/checkpoint", llm=llm)
+    GRPOModule(backbone=BackboneSpec(preset="tiny", checkpoint="Qwen/Qwen2-VL-2B-Instruct"), engine=mine)
+    assert mine.model_name_or_path == "my/checkpoint"  # an explicit path wins
+
+
 def test_engine_options_are_checked_before_vllm_is_needed():
-    with pytest.raises(ValueError, match=r"unknown argument\(s\) \['gpu_mem'\]"):
-        GRPOModule(vllm={"gpu_mem": 0.3})  # at construction, not after the first rollout batch
+    with pytest.raises(TypeError, match="gpu_mem"):
+        VLLMEngine(gpu_mem=0.3)  # at construction (the CLI: at parse time), not after the first batch
     with pytest.raises(ValueError, match="mode"):
-        GRPOModule(vllm={"mode": "remote"})
-    m = GRPOModule(backbone=BackboneSpec(preset="tiny"), vllm={"mode": "colocate"})
+        VLLMEngine(mode="remote", llm=object())
+    engine = VLLMEngine(mode="server", client=object())
+    engine.client = None  # as constructed on a machine with vLLM: nothing started yet
     with pytest.raises(ValueError, match="model_name_or_path or backbone.checkpoint"):
-        m.vllm_engine  # noqa: B018 - the property builds the engine
+        GRPOModule(backbone=BackboneSpec(preset="tiny"), engine=engine)  # a preset: no checkpoint to load
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")

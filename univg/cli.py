@@ -1,7 +1,9 @@
 """``python -m univg {fit,validate,test,predict}``: LightningCLI over univg's modules and data.
 
 Models and data are chosen by ``class_path`` in YAML (subclass mode); the resolved config is saved
-beside every run's TensorBoard events.
+beside every run's TensorBoard events. A config file may build on another one: a top-level
+``base_config: grpo.yaml`` (a path relative to the file) reads that file first and this one over it,
+as ``--config grpo.yaml --config <this file>`` would (:func:`expand_config_bases`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import yaml
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
@@ -130,6 +133,50 @@ def expand_shortcuts(args: list[str]) -> list[str]:
     return [SHORTCUTS.get(a, a) for a in args]
 
 
+#: The top-level key of a config file that names the file it builds on (relative to its own folder).
+BASE_KEY = "base_config"
+
+
+def expand_config_bases(args: list[str]) -> list[str]:
+    """Each ``--config FILE`` whose YAML has a top-level ``base_config`` becomes ``--config BASE``
+    (itself expanded, so bases chain) followed by FILE's other keys, so a short overlay such as
+    ``configs/grpo_diff.yaml`` runs standalone and layers with further ``--config`` files as usual.
+
+    >>> expand_config_bases(["fit", "--config=trainer: {max_steps: 3}"])  # no file: as it was
+    ['fit', '--config', 'trainer: {max_steps: 3}']
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config" and i + 1 < len(args):
+            out += _config_chain(args[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--config="):
+            out += _config_chain(arg.split("=", 1)[1])
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
+def _config_chain(value: str, seen: tuple[Path, ...] = ()) -> list[str]:
+    if not os.path.isfile(value):  # a YAML string, or a missing file (LightningCLI says so)
+        return ["--config", value]
+    path = Path(value)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or BASE_KEY not in data:
+        return ["--config", value]
+    base = path.parent / str(data.pop(BASE_KEY))
+    if not os.path.isfile(base):
+        raise ConfigError(f"{value}: {BASE_KEY}: {base} does not exist (a path relative to {path.parent})")
+    if base.resolve() in seen or base.resolve() == path.resolve():
+        raise ConfigError(f"{value}: {BASE_KEY}: {base} builds on itself")
+    rest = ["--config", yaml.safe_dump(data, sort_keys=False)] if data else []
+    return _config_chain(str(base), (*seen, path.resolve())) + rest
+
+
 def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
     """Entry point (also ``univg`` on the PATH). ``run=False`` instantiates without running.
 
@@ -137,11 +184,11 @@ def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
     the original error instead).
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if args is None:
-        sys.argv[1:] = expand_shortcuts(sys.argv[1:])  # LightningCLI reads sys.argv itself
-    else:
-        args = expand_shortcuts(args)
     try:
+        if args is None:  # LightningCLI reads sys.argv itself
+            sys.argv[1:] = expand_config_bases(expand_shortcuts(sys.argv[1:]))
+        else:
+            args = expand_config_bases(expand_shortcuts(args))
         return _cli(args, run)
     except (ArgumentError, ConfigError, CheckpointError, FileNotFoundError, PermissionError) as err:
         # A config error, a missing checkpoint, data file or image root, an unwritable output
@@ -243,7 +290,16 @@ def _construction_message(err: BaseException, config: Any) -> str:
     return f"{where}: {' '.join(str(root).split())}"
 
 
-__all__ = ["EXIT_USAGE", "ConfigError", "TensorBoardLogger", "UniVGCLI", "condense_parse_error", "main"]
+__all__ = [
+    "BASE_KEY",
+    "EXIT_USAGE",
+    "ConfigError",
+    "TensorBoardLogger",
+    "UniVGCLI",
+    "condense_parse_error",
+    "expand_config_bases",
+    "main",
+]
 
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])

@@ -33,6 +33,7 @@ sets); a checkpoint is read row-sliced from its files.
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from dataclasses import dataclass
@@ -185,20 +186,15 @@ def shard_module(module: nn.Module) -> None:
     Called from ``configure_model`` when Lightning's ``ModelParallelStrategy`` has set
     ``module._device_mesh``. With ``meta_init`` (the default) the policy is built on the meta device
     and each rank materialises only its shard (:func:`build_sharded_model`), ``init_checkpoint``
-    included; a GRPO module with ``beta > 0`` and no LoRA gets its frozen reference the same way,
-    its shards copied from the policy's. Without it (or when the model was built before) the full
-    model is built, loaded and deep-copied on every rank, then sharded.
+    included; a module whose ``needs_reference`` is true (GRPO with ``beta > 0`` and no LoRA) gets
+    its frozen reference from :func:`make_reference`, its shards copied from the policy's. Without
+    ``meta_init`` (or when the model was built before) the full model is built, loaded and
+    deep-copied on every rank, then sharded.
     """
     mesh = data_parallel_mesh(module._device_mesh)
     settings = settings_of(module)
     spec = module.backbone
     init_checkpoint = getattr(module, "init_checkpoint", None)
-    needs_reference = (
-        hasattr(module, "ref_model")
-        and getattr(module, "ref_model", None) is None
-        and float(getattr(module, "beta", 0.0)) > 0
-        and not getattr(module, "uses_lora", False)
-    )
     if module.model is None and settings.meta_init:
         module.model = build_sharded_model(spec, mesh, settings, init_checkpoint)
     elif module.model is None:
@@ -207,16 +203,28 @@ def shard_module(module: nn.Module) -> None:
         module.model = spec.build()
         if init_checkpoint is not None:
             load_model_weights(module.model, init_checkpoint)
-    if needs_reference and is_sharded(module.model):
-        module.ref_model = build_sharded_reference(spec, module.model, mesh, settings)
-    elif needs_reference:
-        import copy
-
-        module.ref_model = copy.deepcopy(module.model).eval()
-        module.ref_model.requires_grad_(False)
+    if getattr(module, "needs_reference", False):  # the GRPO module's own rule (beta > 0, no LoRA)
+        module.ref_model = make_reference(module.model, spec, mesh, settings)
     shard_model(module.model, mesh, settings)
     if getattr(module, "ref_model", None) is not None:
         shard_model(module.ref_model, mesh, settings)
+
+
+def make_reference(
+    policy: nn.Module, spec: Any = None, mesh: Any = None, settings: FSDPSettings | None = None
+) -> nn.Module:
+    """GRPO's reference policy: a frozen copy of the policy as it is now (eval mode, no gradient).
+
+    One rule for every run: single-process and unsharded runs get a deep copy; a policy already
+    sharded on ``mesh`` gets a reference built on meta and sharded alike, each rank copying its own
+    shard (:func:`build_sharded_reference`, ``spec`` the policy's backbone). A reference built from
+    an unsharded policy under FSDP is sharded with it by :func:`shard_module`.
+    """
+    if mesh is not None and is_sharded(policy):
+        return build_sharded_reference(spec, policy, mesh, settings)
+    ref = copy.deepcopy(policy).eval()
+    ref.requires_grad_(False)
+    return ref
 
 
 def build_sharded_model(

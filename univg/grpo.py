@@ -16,9 +16,12 @@ The difficulty weight ``w`` multiplies the policy-gradient term only, never the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import torch
+
+from univg.difficulty import group_miou as group_miou  # re-exported: it lives in univg.difficulty
+from univg.groups import grouped as _grouped
 
 #: Advantage scales and loss normalisations: typed config knobs (a typo fails at parse time).
 ScaleRewards = Literal["group", "batch", "none"]
@@ -27,18 +30,6 @@ SCALES: tuple[str, ...] = get_args(ScaleRewards)
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
 #: Added to the std before dividing, as TRL does (keeps zero-variance groups at A = 0).
 STD_EPS = 1e-4
-
-
-def _grouped(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """``[N]`` -> ``[num_prompts, G]`` after checking the layout."""
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
-    if group_size < 1 or rewards.numel() % group_size != 0:
-        raise ValueError(
-            f"{rewards.numel()} rewards cannot be split into groups of group_size={group_size}; "
-            "the batch must hold whole groups laid out [prompt0 x G, prompt1 x G, ...]"
-        )
-    return rewards.float().view(-1, group_size)
 
 
 def _unbiased_std(x: torch.Tensor, dim: int | None = None) -> torch.Tensor:
@@ -82,17 +73,6 @@ def group_advantages(
         std = _unbiased_std(grouped) if batch_std is None else torch.tensor(batch_std, dtype=centred.dtype)
         centred = centred / (std + STD_EPS)
     return centred.reshape(-1)  # [N]
-
-
-def group_miou(acc_rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """``mIoU_q = mean_g r_acc`` per prompt, ``[N]`` -> ``[num_prompts]``; accuracy reward only.
-
-    Always per group, whatever the batch size (the release averaged a whole micro-batch).
-
-    >>> group_miou(torch.tensor([0.2, 0.4, 1.0, 0.0]), group_size=2)
-    tensor([0.3000, 0.5000])
-    """
-    return _grouped(acc_rewards, group_size).mean(dim=1)
 
 
 def zero_variance_groups(rewards: torch.Tensor, group_size: int, atol: float = 1e-6) -> torch.Tensor:
@@ -219,20 +199,6 @@ def grpo_loss_terms(
     return terms
 
 
-def grpo_loss(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor | None,
-    ref_logp: torch.Tensor | None,
-    advantages: torch.Tensor,
-    weights: torch.Tensor | None,
-    mask: torch.Tensor,
-    beta: float = 0.04,
-    eps_low: float = 0.2,
-    eps_high: float = 0.2,
-    loss_type: str = "grpo",
-    max_len: int | None = None,
-) -> torch.Tensor:
+def grpo_loss(*args: Any, **kwargs: Any) -> torch.Tensor:
     """The scalar loss of :func:`grpo_loss_terms` (same arguments)."""
-    return grpo_loss_terms(
-        logp, old_logp, ref_logp, advantages, weights, mask, beta, eps_low, eps_high, loss_type, max_len
-    ).loss
+    return grpo_loss_terms(*args, **kwargs).loss

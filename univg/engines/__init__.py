@@ -1,9 +1,17 @@
-"""Optional rollout engines behind the interface of :func:`univg.rollout.generate`.
+"""Rollout engines: how GRPO samples its completions, chosen in YAML by ``class_path``.
 
-The default (and the CPU path) is our own KV-cached decoder in ``univg.rollout``; these engines are
-for GPU users and import their heavy dependency (vLLM) only when one is built.
+``model.init_args.engine`` of :class:`univg.modules.GRPOModule` takes one of
+
+- :class:`SharedPrefill` (the default; CPU and GPU): our KV-cached decoder in :mod:`univg.rollout`;
+- :class:`HFGenerate`: transformers' ``generate``;
+- :class:`VLLMEngine` (GPU only): vLLM, colocated or as a server, weights pushed after each step.
+
+All implement :class:`RolloutEngine`; a test passes its own (scripted completions) the same way.
+vLLM is imported only when a :class:`VLLMEngine` starts.
 """
 
+from univg.engines.base import RolloutEngine
+from univg.engines.local import HFGenerate, SharedPrefill
 from univg.engines.vllm import VLLMEngine
 
-__all__ = ["VLLMEngine"]
+__all__ = ["HFGenerate", "RolloutEngine", "SharedPrefill", "VLLMEngine"]

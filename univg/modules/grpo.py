@@ -1,26 +1,28 @@
 """Stage 2: GRPO with difficulty-aware weighting (GRPO-Difficulty), and pure RL from the base model.
 
 One optimiser step = ``prompts_per_step`` prompts (16 by default) whatever the micro-batch size:
-each training batch is rolled out (G completions per prompt, scored, advantages and phi per group)
-and buffered; when the buffer holds a step's prompts the module runs ``num_iterations`` (mu)
-optimiser steps over it, accumulating gradients across the buffered micro-batches. With mu = 1
-the ratio is 1 and pi_old = pi_theta detached (no extra pass).
+each training batch is rolled out (G completions per prompt by the rollout engine, scored,
+advantages and phi per group) and buffered; when the buffer holds a step's prompts the module runs
+``num_iterations`` (mu) optimiser steps over it, accumulating gradients across the buffered
+micro-batches. With mu = 1 the ratio is 1 and pi_old = pi_theta detached (no extra pass). The
+step's helpers (group selection, sums over processes, invariants, logged values) are
+:mod:`univg.modules.grpo_step`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from univg.difficulty import PHI_NAMES, PhiName, difficulty_shares, phi
+from univg.difficulty import PHI_NAMES, PhiName, group_weights, step_weights
+from univg.distributed import make_reference
+from univg.engines import RolloutEngine, SharedPrefill
 from univg.grpo import (
     LOSS_TYPES,
     SCALES,
@@ -28,39 +30,32 @@ from univg.grpo import (
     LossType,
     ScaleRewards,
     group_advantages,
-    group_miou,
     grpo_loss_terms,
     zero_variance_groups,
 )
 from univg.modules.base import GroundingModule
-from univg.rewards import compute_rewards, get_reward, reward_stats
-from univg.rollout import (
-    Rollout,
-    completion_logprobs,
-    generate,
-    images_per_prompt,
-    model_inputs,
-    shared_prefix_allowed,
+from univg.modules.grpo_step import (
+    SamplerState,
+    ScoredRollout,
+    completions_markdown,
+    group_pairs,
+    invariants_record,
+    measure_invariants,
+    score_completions,
+    select_groups,
+    select_prompt_rows,
+    step_advantages,
+    step_logs,
+    step_sizes,
+    world_sum,
 )
+from univg.rewards import get_reward
+from univg.rollout import Rollout, SamplingSpec, completion_logprobs, model_inputs, shared_prefix_allowed
 
 ACCURACY = "accuracy"  # the reward whose group mean is mIoU (docs/design.md section 4)
 
 
-@dataclass
-class ScoredRollout:
-    """A rollout with everything the loss needs, computed once without gradient."""
-
-    rollout: Rollout
-    rewards: dict[str, torch.Tensor]  # name -> [N]; "total" the weighted sum
-    advantages: torch.Tensor  # [N]
-    miou: torch.Tensor  # [num_prompts]
-    weights: torch.Tensor  # [N] phi of each completion's group
-    old_logp: torch.Tensor | None  # [N, C] when num_iterations > 1
-    ref_logp: torch.Tensor | None  # [N, C] when beta > 0
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
-class GRPOModule(GroundingModule):
+class GRPOModule(SamplerState, GroundingModule):
     """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. docs/design.md section 4 is the spec.
 
     Args:
@@ -68,7 +63,8 @@ class GRPOModule(GroundingModule):
         temperature, top_p, top_k: sampling (top_k 0 = off). The release sampled with
             ``GenerationConfig(do_sample=True, temperature=1)``, so transformers' default ``top_k=50``
             applied: the paper configs set ``top_k: 50``; 0 samples the full vocabulary.
-        max_completion_length: max new tokens per completion.
+        max_completion_length: max new tokens per completion. These five are held together as
+            :attr:`sampling` (a :class:`~univg.rollout.SamplingSpec`), which every engine samples by.
         beta: KL coefficient (k3 estimator to the reference); 0 skips the reference pass.
         eps_low, eps_high: clipping range of the ratio.
         num_iterations: mu, optimiser steps per rollout batch (> 1 keeps a real pi_old).
@@ -89,10 +85,8 @@ class GRPOModule(GroundingModule):
             (``invariants/*``, and one JSON line per step in ``<log dir>/invariants.jsonl``): KL and
             ratio at the first step, sampled vs scored log-probs, the lr against the schedule, the
             difficulty weights used. Costs a log-softmax per sampled token; ``make rehearsal`` uses it.
-        vllm: sample rollouts with vLLM (GPU only): keyword arguments of
-            :class:`univg.engines.VLLMEngine` (``model_name_or_path`` defaults to
-            ``backbone.checkpoint``); built on first use, weights pushed after each optimiser step.
-            None (default) samples with ``univg.rollout.generate``.
+        engine: the rollout engine, by ``class_path`` (:mod:`univg.engines`): None is
+            ``SharedPrefill`` (our decoder), or ``HFGenerate`` (transformers) or ``VLLMEngine`` (GPU).
     """
 
     def __init__(
@@ -119,28 +113,24 @@ class GRPOModule(GroundingModule):
         logprob_chunk_size: int | None = None,
         log_completions_every: int = 50,
         check_invariants: bool = False,
-        vllm: dict[str, Any] | None = None,
+        engine: RolloutEngine | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(lr=lr, **kwargs)
-        if phi not in PHI_NAMES:
-            raise ValueError(f"unknown phi {phi!r}; choose one of {PHI_NAMES}")
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
-        if scale_rewards not in SCALES:
-            raise ValueError(f"unknown scale_rewards {scale_rewards!r}; choose one of {SCALES}")
+        # The Literal types reject a typo at parse time (CLI); these checks serve Python callers.
+        for knob, value, choices in (
+            ("phi", phi, PHI_NAMES),
+            ("loss_type", loss_type, LOSS_TYPES),
+            ("scale_rewards", scale_rewards, SCALES),
+        ):
+            if value not in choices:
+                raise ValueError(f"unknown {knob} {value!r}; choose one of {choices}")
         if group_size < 2:
             raise ValueError(f"group_size must be >= 2 for group-normalised advantages, got {group_size}")
-        if max_completion_length < 1:
-            raise ValueError(f"max_completion_length must be >= 1, got {max_completion_length}")
         if num_iterations < 1:
             raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
         self.automatic_optimization = False
-        self.group_size = group_size
-        self.temperature = temperature
-        self.top_p = top_p
-        self.top_k = top_k
-        self.max_completion_length = max_completion_length
+        self.sampling = SamplingSpec(group_size, max_completion_length, temperature, top_p, top_k)
         self.beta = beta
         self.eps_low = eps_low
         self.eps_high = eps_high
@@ -158,28 +148,42 @@ class GRPOModule(GroundingModule):
         self.logprob_chunk_size = logprob_chunk_size
         self.log_completions_every = log_completions_every
         self.check_invariants = check_invariants
-        if vllm is not None:
-            from univg.engines import VLLMEngine
-
-            VLLMEngine.check_kwargs(vllm)  # a typo fails here, not after the first rollout batch
-        self.vllm = dict(vllm) if vllm is not None else None
-        self._vllm_engine: Any = None
+        self.engine: RolloutEngine = engine if engine is not None else SharedPrefill()
+        self.engine.attach(self.backbone)
+        self._engine_synced = False
         self.ref_model: torch.nn.Module | None = None
         self._buffer: list[ScoredRollout] = []
         self._times: dict[str, float] = {}
+
+    # ----------------------------------------------------------------------------- sampling settings
+    @property
+    def group_size(self) -> int:
+        return self.sampling.group_size
+
+    @property
+    def max_completion_length(self) -> int:
+        return self.sampling.max_new_tokens
+
+    def sampling_kwargs(self) -> dict[str, Any]:
+        """How rollouts are sampled, as keyword arguments of :func:`univg.rollout.generate`."""
+        return self.sampling.generate_kwargs()
 
     # ----------------------------------------------------------------------------- model
     @property
     def uses_lora(self) -> bool:
         return self.backbone.lora is not None
 
+    @property
+    def needs_reference(self) -> bool:
+        """Whether a frozen copy of the policy must still be made: the KL term is on (beta > 0) and
+        there is no LoRA (whose reference is the base model with the adapters off, no copy)."""
+        return self.beta > 0 and not self.uses_lora and self.ref_model is None
+
     def configure_model(self) -> None:
-        super().configure_model()
-        # The reference is the initial policy. With LoRA it is the base model with adapters off
-        # (no second copy); otherwise a frozen copy, kept in the checkpoint so resume is exact.
-        if self.beta > 0 and not self.uses_lora and self.ref_model is None:
-            self.ref_model = copy.deepcopy(self.model).eval()
-            self.ref_model.requires_grad_(False)
+        super().configure_model()  # under FSDP this also makes (and shards) the reference
+        # The reference is the initial policy, kept in the checkpoint so resume is exact.
+        if self.needs_reference:
+            self.ref_model = make_reference(self.model)
 
     @contextmanager
     def reference(self):
@@ -197,27 +201,6 @@ class GRPOModule(GroundingModule):
         return self
 
     # ----------------------------------------------------------------------------- rollout
-    @property
-    def vllm_engine(self) -> Any:
-        """The vLLM rollout engine when ``vllm`` is set (None otherwise), built on first use: not at
-        construction, so such configs can be printed and checked on a machine without vLLM."""
-        if self.vllm is None:
-            return None
-        if self._vllm_engine is None:
-            from univg import engines
-
-            kw = dict(self.vllm)
-            kw.setdefault("model_name_or_path", self.backbone.checkpoint)
-            if kw["model_name_or_path"] is None:
-                raise ValueError(
-                    "vllm: set vllm.model_name_or_path or backbone.checkpoint (vLLM loads the architecture, "
-                    "tokenizer and processor from a checkpoint, then takes the policy's weights)"
-                )
-            self._vllm_engine = engines.VLLMEngine(**kw)
-            # the policy is not the checkpoint vLLM loaded (init_checkpoint, a resumed run)
-            self._vllm_engine.sync_weights(self.model)
-        return self._vllm_engine
-
     def micro_batches_per_step(self, batch_size: int) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
         per_step = batch_size * world
@@ -253,15 +236,15 @@ class GRPOModule(GroundingModule):
         measure the difference between two computations (bf16) instead of between two policies."""
         return shared_prefix_allowed(self.model)
 
-    def sampling_kwargs(self) -> dict[str, Any]:
-        """How rollouts are sampled (keyword arguments of :func:`univg.rollout.generate`)."""
-        return dict(
-            group_size=self.group_size,
-            max_new_tokens=self.max_completion_length,
-            do_sample=True,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
+    def rollout(self, batch: dict[str, Any]) -> Rollout:
+        """G completions per prompt from the rollout engine (an engine holding its own copy of the
+        policy gets the policy's weights before its first rollout)."""
+        if self.engine.holds_weights and not self._engine_synced:
+            self.engine.sync_weights(self.model)  # the policy is not the checkpoint the engine loaded
+            self._engine_synced = True
+        inputs = model_inputs(batch)
+        return self.engine.generate(
+            self.model, inputs, self.tokenizer, self.sampling, record_logprobs=self.check_invariants
         )
 
     @torch.no_grad()
@@ -269,47 +252,25 @@ class GRPOModule(GroundingModule):
         """Sample G completions per prompt and compute rewards, advantages, phi, old/ref log-probs."""
         g = self.group_size
         t0 = time.perf_counter()
-        sampling = self.sampling_kwargs()
-        if self.vllm is None:
-            roll = generate(
-                self.model,
-                model_inputs(batch),
-                self.tokenizer,
-                **sampling,
-                record_logprobs=self.check_invariants,
-            )
-        else:
-            roll = self.vllm_engine.generate(model_inputs(batch), self.tokenizer, **sampling)
+        roll = self.rollout(batch)
         t1 = time.perf_counter()
-        boxes = batch["boxes"].repeat_interleave(g, dim=0).tolist()  # [N, 4] model frame
-        forms = batch.get("answer_formats")  # per prompt: "think" or "box" (RefCOCO single image)
-        forms = [f for f in forms for _ in range(g)] if forms is not None else None  # [N]
-        scoring = dict(frame=self.frame, answer_formats=forms)
-        rewards = compute_rewards(self.reward_weights, roll.texts, boxes, **scoring)
-        name = self.miou_reward
-        acc = (
-            rewards[name]
-            if name in rewards
-            else compute_rewards({name: 1.0}, roll.texts, boxes, **scoring)[name]
+        rewards, acc, stats = score_completions(
+            roll.texts, batch, g, self.reward_weights, self.miou_reward, self.frame
         )
         total = rewards["total"]  # [N]
         advantages = group_advantages(total, g, self.scale_rewards)  # [N]
-        miou = group_miou(acc, g)  # [num_prompts], per group, never over the micro-batch
-        w_group = phi(self.phi_name, miou, self.phi_eps)  # [num_prompts], no gradient
-        stats: dict[str, Any] = dict(reward_stats(roll.texts, boxes, **scoring))
-        stats["total_all"] = total  # every group's rewards, for a step-wide "batch" scale
         zero_var = zero_variance_groups(total, g)  # [num_prompts]
+        # mIoU per group (never over the micro-batch), the groups kept, phi of the kept ones
+        difficulty = group_weights(
+            acc, g, self.phi_name, self.phi_eps, drop=zero_var if self.drop_zero_variance else None
+        )
+        stats["total_all"] = total  # every group's rewards, for a step-wide "batch" scale
         stats["zero_variance_frac"] = float(zero_var.float().mean())
         stats["truncated"] = float(roll.truncated.float().sum())
-        if self.drop_zero_variance and bool(zero_var.any()):
-            keep = ~zero_var
-            stats["dropped_groups"] = float(zero_var.sum())
-            roll, rewards, advantages, miou_kept, w_group = _select_groups(
-                roll, rewards, advantages, miou, w_group, keep
-            )
-        else:
-            miou_kept = miou
-        weights = w_group.repeat_interleave(g)  # [N]
+        if not bool(difficulty.keep.all()):
+            stats["dropped_groups"] = float((~difficulty.keep).sum())
+            roll, rewards, advantages = select_groups(roll, rewards, advantages, difficulty.keep)
+        weights = difficulty.weights.repeat_interleave(g)  # [N]
         device = roll.completion_ids.device
         ref_logp = old_logp = None
         if roll.completion_ids.shape[0] and (self.beta > 0 or self.num_iterations > 1):
@@ -321,9 +282,10 @@ class GRPOModule(GroundingModule):
         t2 = time.perf_counter()
         self._times["generation"] = self._times.get("generation", 0.0) + t1 - t0
         self._times["scoring"] = self._times.get("scoring", 0.0) + t2 - t1
-        stats["miou_all"] = miou  # kept as a tensor for the histogram
+        stats["miou_all"] = difficulty.miou  # kept as a tensor for the histogram
+        kept_miou, weights = difficulty.kept_miou, weights.to(device)
         return ScoredRollout(
-            roll, rewards, advantages.to(device), miou_kept, weights.to(device), old_logp, ref_logp, stats
+            roll, rewards, advantages.to(device), kept_miou, weights, old_logp, ref_logp, stats
         )
 
     def logprobs(self, model: torch.nn.Module, roll: Rollout) -> torch.Tensor:
@@ -336,7 +298,7 @@ class GRPOModule(GroundingModule):
             roll.completion_mask,
             self.group_size,
             self.logprob_chunk_size,
-            self.temperature,
+            self.sampling.temperature,
             shared_prefix=self.shared_prefix(),
         )
 
@@ -392,29 +354,11 @@ class GRPOModule(GroundingModule):
         sched = self.lr_schedulers()
         g = self.group_size
         world = self.trainer.world_size if self._trainer is not None else 1
-        advantages: list[torch.Tensor | None] = [None] * len(buffer)
-        if self.scale_rewards == "batch":
-            std = _step_std(torch.cat([s.stats["total_all"] for s in buffer]))
-            advantages = [
-                group_advantages(s.rewards["total"], g, "batch", batch_std=std).to(s.advantages.device)
-                for s in buffer
-            ]
-        weights: list[torch.Tensor | None] = [None] * len(buffer)
-        if self.normalize_phi:
-            allw = torch.cat([s.weights for s in buffer])
-            total, count = _world_sum([float(allw.sum()), float(allw.numel())])
-            mean = total / count if count else 0.0
-            if mean > 0:  # all-zero weights (every group solved under square): nothing to rescale
-                weights = [s.weights / mean for s in buffer]
-        used = [s.weights if w is None else w for s, w in zip(buffer, weights)]
-        # each micro-batch's share of the step: sequences (grpo, dr_grpo) or tokens (bnpo), all ranks
-        sizes = [
-            float(s.rollout.completion_mask.sum())
-            if self.loss_type == "bnpo"
-            else float(s.rollout.completion_ids.shape[0])
-            for s in buffer
-        ]
-        (step_size,) = _world_sum([sum(sizes)])
+        advantages = step_advantages(buffer, g, self.scale_rewards)  # None: as scored
+        # the weights the loss uses (and the log shows): phi, normalised over the step when asked
+        used = step_weights([s.weights for s in buffer], self.normalize_phi, world_sum)
+        sizes = step_sizes(buffer, self.loss_type)  # sequences (grpo, dr_grpo) or tokens (bnpo)
+        (step_size,) = world_sum([sum(sizes)])
         check = self.check_invariants
         inv: dict[str, float] = {}
         if check:
@@ -438,7 +382,7 @@ class GRPOModule(GroundingModule):
                 for key, v in terms.as_dict().items():
                     logs[key] = logs.get(key, 0.0) + float(v.detach()) * share * world
                 if check and it == 0:
-                    _measure_invariants(inv, s, logp.detach(), self.beta)
+                    measure_invariants(inv, s, logp.detach(), self.beta)
             if self.max_grad_norm > 0:
                 params = [p for p in self.model.parameters() if p.grad is not None]
                 if params:
@@ -448,9 +392,9 @@ class GRPOModule(GroundingModule):
             if sched is not None:
                 sched.step()
         self._times["backward"] = time.perf_counter() - t0
-        if self.vllm is not None:  # once per rollout batch: the next rollouts sample the updated policy
+        if self.engine.holds_weights:  # once per rollout batch: the next rollouts sample the updated policy
             t1 = time.perf_counter()
-            self.vllm_engine.sync_weights(self.model)
+            self.engine.sync_weights(self.model)
             self._times["weight_sync"] = time.perf_counter() - t1
         self._log_step(buffer, logs, opt, used, inv if check else None)
 
@@ -462,40 +406,11 @@ class GRPOModule(GroundingModule):
         used: list[torch.Tensor],
         invariants: dict[str, float] | None = None,
     ) -> None:
-        rewards = {k: torch.cat([s.rewards[k] for s in buffer]) for k in buffer[0].rewards}
-        miou = torch.cat([s.stats["miou_all"] for s in buffer])
-        g = self.group_size
-        weights = torch.cat([w[::g] for w in used])  # [groups]: the weights the loss used
-        lengths = torch.cat([s.rollout.completion_mask.sum(1).float() for s in buffer])
-        prompt_tokens = sum(int(s.rollout.prompt["attention_mask"].sum()) * self.group_size for s in buffer)
-        step_time = sum(self._times.values())
-        out: dict[str, float] = {f"train/{k}": v for k, v in logs.items()}
-        for k, v in rewards.items():
-            out[f"reward/{k}_mean"] = float(v.mean())
-            out[f"reward/{k}_std"] = float(v.std()) if v.numel() > 1 else 0.0
-        out.update({f"difficulty/{k}": v for k, v in difficulty_shares(miou).items()})
-        out["difficulty/miou_mean"] = float(miou.mean())
-        out["difficulty/phi_mean"] = float(weights.mean())
-        for key in ("zero_variance_frac",):
-            out[f"train/{key}"] = sum(s.stats[key] for s in buffer) / len(buffer)
-        for key in ("unparsable", "truncated", "swapped", "clamped", "dropped_groups"):
-            out[f"completions/{key}"] = sum(s.stats.get(key, 0.0) for s in buffer)
-        out["completions/length_mean"] = float(lengths.mean())
-        out["completions/count"] = float(lengths.numel())
-        out["perf/seconds_per_step"] = step_time
-        for k, v in self._times.items():
-            out[f"perf/{k}_seconds"] = v
-        out["perf/tokens_per_second"] = (prompt_tokens + float(lengths.sum())) / max(step_time, 1e-9)
-        out["perf/completions_per_second"] = float(lengths.numel()) / max(step_time, 1e-9)
-        if torch.cuda.is_available():
-            out["perf/peak_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
-        else:
-            import resource
-
-            out["perf/peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        out = step_logs(buffer, logs, used, self.group_size, self._times)
         out["train/lr"] = float(opt.param_groups[0]["lr"])
         if invariants is not None:
             self._record_invariants(buffer, used, invariants, out)
+        miou = torch.cat([s.stats["miou_all"] for s in buffer])  # every group of the step
         self.log_dict(out, on_step=True, prog_bar=False, batch_size=len(miou))
         self.log("reward", out["reward/total_mean"], prog_bar=True, on_step=True, batch_size=len(miou))
         self.last_step_logs = out
@@ -505,12 +420,9 @@ class GRPOModule(GroundingModule):
             exp.add_histogram("difficulty/miou", miou, self.global_step)
             every = self.log_completions_every
             if every and self.global_step % every == 0:
-                r = buffer[0].rollout
-                text = "\n\n".join(
-                    f"**reward {float(buffer[0].rewards['total'][i]):.2f}** `{t[:500]}`"
-                    for i, t in enumerate(r.texts[: self.group_size])
+                exp.add_text(
+                    "completions", completions_markdown(buffer[0], self.group_size), self.global_step
                 )
-                exp.add_text("completions", text, self.global_step)
 
     def _record_invariants(
         self,
@@ -521,152 +433,20 @@ class GRPOModule(GroundingModule):
     ) -> None:
         """Log the step's invariants and append them, with every group's mIoU and weight gathered
         from all processes, to ``invariants.jsonl`` (rank 0)."""
-        g = self.group_size
-        local = [
-            (float(m), float(w))
-            for s, ws in zip(buffer, used)
-            for m, w in zip(s.miou.tolist(), ws[::g].tolist())
-        ]
-        groups = [pair for part in _gather(local) for pair in part]
-        inv = {k: _world_max(v) if k.endswith("_max") else v for k, v in inv.items()}
-        out.update({f"invariants/{k}": v for k, v in inv.items()})
-        record = {
-            "step": int(self.global_step) - self.num_iterations,  # the step the lr was used at
-            **inv,
-            "phi": self.phi_name,
-            "phi_eps": self.phi_eps,
-            "normalize_phi": self.normalize_phi,
-            "miou": [m for m, _ in groups],
-            "weights": [w for _, w in groups],
-            "world_size": self.trainer.world_size if self._trainer is not None else 1,
-        }
-        root = self.trainer.log_dir if self._trainer is not None else None
-        if root is not None and (self._trainer is None or self.trainer.is_global_zero):
-            with open(Path(root) / "invariants.jsonl", "a", encoding="utf-8") as f:
+        trainer = self.trainer if self._trainer is not None else None
+        record = invariants_record(
+            inv,
+            group_pairs(buffer, used, self.group_size),
+            step=int(self.global_step) - self.num_iterations,  # the step the lr was used at
+            phi=self.phi_name,
+            phi_eps=self.phi_eps,
+            normalize_phi=self.normalize_phi,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+        out.update({f"invariants/{k}": record[k] for k in inv})
+        if trainer is not None and trainer.log_dir is not None and trainer.is_global_zero:
+            with open(Path(trainer.log_dir) / "invariants.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
-    # ----------------------------------------------------------------------------- resume
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # The sampler's RNG, so a resumed run draws the same completions as an uninterrupted one.
-        checkpoint["univg_rng"] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["univg_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rng = checkpoint.get("univg_rng")
-        if rng is not None:
-            torch.set_rng_state(rng["cpu"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-
-
-def _select_groups(
-    roll: Rollout,
-    rewards: dict[str, torch.Tensor],
-    advantages: torch.Tensor,
-    miou: torch.Tensor,
-    w_group: torch.Tensor,
-    keep: torch.Tensor,
-) -> tuple[Rollout, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keep only the prompts (groups) where ``keep`` [num_prompts] is true."""
-    g = roll.group_size
-    rows = keep.repeat_interleave(g)  # [N]
-    prompt = select_prompt_rows(roll.prompt, keep)
-    new = Rollout(
-        prompt,
-        roll.completion_ids[rows],
-        roll.completion_mask[rows],
-        [t for t, k in zip(roll.texts, rows.tolist()) if k],
-        roll.truncated[rows],
-        g,
-    )
-    return new, {k: v[rows] for k, v in rewards.items()}, advantages[rows], miou[keep], w_group[keep]
-
-
-def select_prompt_rows(prompt: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
-    """The model inputs of the prompts where ``keep`` [B] is true (rows and their images)."""
-    out = {k: v[keep] for k, v in prompt.items() if k not in ("pixel_values", "image_grid_thw")}
-    if "pixel_values" in prompt:
-        counts = images_per_prompt(prompt["input_ids"])
-        grid = prompt["image_grid_thw"]
-        patches = grid.prod(1).tolist()
-        img_keep, pix_keep = [], []
-        i = 0
-        for b, c in enumerate(counts):
-            for _ in range(c):
-                img_keep.append(bool(keep[b]))
-                pix_keep.extend([bool(keep[b])] * int(patches[i]))
-                i += 1
-        out["pixel_values"] = prompt["pixel_values"][torch.tensor(pix_keep, dtype=torch.bool)]
-        out["image_grid_thw"] = grid[torch.tensor(img_keep, dtype=torch.bool)]
-    return out
-
-
-# --------------------------------------------------------------------------------- across processes
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _world_sum(values: list[float]) -> list[float]:
-    """Element-wise sums over every process (the values themselves in a single process)."""
-    if not _distributed():
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_device())
-    torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
-def _world_max(value: float) -> float:
-    if not _distributed():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=_device())
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t)
-
-
-def _gather(obj: Any) -> list[Any]:
-    if not _distributed():
-        return [obj]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def _device() -> torch.device:
-    backend = torch.distributed.get_backend()
-    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-
-
-def _step_std(totals: torch.Tensor) -> float:
-    """Unbiased std of every reward of the optimiser step, over all processes."""
-    n, s1, s2 = _world_sum(
-        [float(totals.numel()), float(totals.double().sum()), float((totals.double() ** 2).sum())]
-    )
-    if n < 2:
-        return 0.0
-    return math.sqrt(max(0.0, (s2 - s1 * s1 / n) / (n - 1)))
-
-
-def _measure_invariants(inv: dict[str, float], s: ScoredRollout, logp: torch.Tensor, beta: float) -> None:
-    """Fold one micro-batch's first-iteration measurements into ``inv`` (maxima over tokens):
-    ``kl_max`` policy vs reference (0 at the first step: the reference is the initial policy),
-    ``ratio_dev_max`` |ratio - 1| (0 before the first update of a batch), ``sampler_gap_max``
-    scored minus sampled log-prob (<= 0 up to rounding: top-k / top-p only raise the sampled one)
-    and ``sampler_absdiff_max`` (untruncated sampling: the two agree)."""
-    mask = s.rollout.completion_mask.bool()
-    if not bool(mask.any()):
-        return
-
-    def fold(key: str, value: torch.Tensor) -> None:
-        inv[key] = max(inv.get(key, float("-inf")), float(value[mask].max()))
-
-    if s.ref_logp is not None and beta > 0:
-        delta = s.ref_logp - logp
-        fold("kl_max", torch.exp(delta) - delta - 1.0)
-        fold("ref_logp_absdiff_max", delta.abs())
-    if s.old_logp is not None:
-        fold("ratio_dev_max", (torch.exp(logp - s.old_logp) - 1.0).abs())
-    sampled = s.rollout.sampler_logp
-    if sampled is not None:
-        fold("sampler_gap_max", logp - sampled)
-        fold("sampler_absdiff_max", (logp - sampled).abs())
+__all__ = ["ACCURACY", "GRPOModule", "ScoredRollout", "select_prompt_rows"]

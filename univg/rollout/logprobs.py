@@ -1,0 +1,316 @@
+"""Scoring completions: per-token log-probs under a policy, old policy or reference.
+
+The prompt minus its last token is run once per prompt (``shared_prefix=True``; vision included,
+with gradient when the caller needs it), its keys/values are repeated for the G rows, and only
+``[last prompt token, completion]`` goes through the decoder for each row. The 151,936-way head
+sees only the real completion tokens, never the prompt or the padding, through a tiled log-prob
+function (:func:`head_logprobs`) that never holds the ``[tokens, vocab]`` logits for backward.
+It is an exact rewrite of the plain computation (same maths, float rounding aside);
+``shared_prefix=False`` keeps the plain path for comparison and as the fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from univg.rollout.batch import (
+    _hf_model,
+    _is_fsdp,
+    check_left_padded,
+    images_per_prompt,
+    model_inputs,
+    repeat_prompts,
+    rope_positions,
+)
+from univg.tokenizer import mm_token_type_ids
+
+#: Completion tokens per tile of the chunked head (rows of a [tokens, vocab] float32 tile).
+HEAD_TOKENS_PER_TILE = 64
+
+
+def _split_head(model: nn.Module) -> tuple[nn.Module, torch.Tensor] | None:
+    """(decoder that returns hidden states, head weight [V, H]) when the head can be run apart.
+
+    Not under FSDP (the root's hooks gather the head and embedding only when the root is called)
+    nor for a head that is not a plain bias-free ``nn.Linear`` (e.g. LoRA on ``lm_head``).
+    """
+    hf = _hf_model(model)
+    inner = getattr(hf, "model", None)
+    head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
+    if inner is None or type(head) is not nn.Linear or head.bias is not None or _is_fsdp(model):
+        return None
+    return inner, head.weight
+
+
+class _HeadLogProb(torch.autograd.Function):
+    """log softmax(h W^T / T)[target] for each token, in tiles of tokens: the [T, V] logits exist
+    one tile at a time (a reused buffer), in the forward and again (recomputed) in the backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, inv_temp, tile):  # type: ignore[override]
+        n = hidden.shape[0]
+        dt = torch.promote_types(hidden.dtype, torch.float32)  # float32 logits (float64 for gradcheck)
+        out = torch.empty(n, dtype=dt, device=hidden.device)
+        lse = torch.empty(n, dtype=dt, device=hidden.device)
+        w = weight.to(dt)
+        buf = torch.empty(min(tile, n), w.shape[0], dtype=dt, device=hidden.device)
+        for s in range(0, n, tile):
+            z = torch.mm(hidden[s : s + tile].to(dt), w.t(), out=buf[: min(tile, n - s)])  # [tile, V]
+            if inv_temp != 1.0:
+                z.mul_(inv_temp)
+            tgt = z.gather(1, targets[s : s + tile, None]).squeeze(1)
+            m = z.amax(dim=1, keepdim=True)
+            lse[s : s + tile] = z.sub_(m).exp_().sum(dim=1).log_() + m.squeeze(1)
+            out[s : s + tile] = tgt - lse[s : s + tile]
+        ctx.save_for_backward(hidden, weight, targets, lse)
+        ctx.inv_temp, ctx.tile = inv_temp, tile
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        hidden, weight, targets, lse = ctx.saved_tensors
+        inv_temp, tile = ctx.inv_temp, ctx.tile
+        n = hidden.shape[0]
+        dt = lse.dtype
+        w = weight.to(dt)
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gh = torch.empty(hidden.shape, dtype=dt, device=hidden.device) if need_h else None
+        gw = torch.zeros(weight.shape, dtype=dt, device=weight.device) if need_w else None
+        g_all = grad.to(dt) * inv_temp  # [T]
+        buf = torch.empty(min(tile, n), w.shape[0], dtype=dt, device=hidden.device)
+        for s in range(0, n, tile):
+            h = hidden[s : s + tile].to(dt)
+            z = torch.mm(h, w.t(), out=buf[: h.shape[0]])  # [tile, V]
+            if inv_temp != 1.0:
+                z.mul_(inv_temp)
+            # d logp / dz = onehot(target) - softmax(z), times the incoming grad and 1/T
+            g = g_all[s : s + tile, None]
+            p = z.sub_(lse[s : s + tile, None]).exp_().mul_(-g)
+            p.scatter_add_(1, targets[s : s + tile, None], g)
+            if gh is not None:
+                torch.mm(p, w, out=gh[s : s + tile])
+            if gw is not None:
+                gw.addmm_(p.t(), h)
+        return (
+            gh.to(hidden.dtype) if gh is not None else None,
+            gw.to(weight.dtype) if gw is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def head_logprobs(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float = 1.0,
+    tile: int | None = None,
+) -> torch.Tensor:
+    """log p(target) under ``softmax(hidden @ weight.T / temperature)``: hidden [T, H], weight [V, H],
+    targets [T] -> [T] float32 (float64 for float64 inputs), never holding more than ``tile`` rows
+    of logits.
+
+    >>> h, w = torch.randn(5, 3), torch.randn(7, 3)
+    >>> t = torch.tensor([0, 6, 2, 2, 1])
+    >>> ref = torch.log_softmax(h @ w.t() / 0.7, -1).gather(1, t[:, None]).squeeze(1)
+    >>> torch.allclose(head_logprobs(h, w, t, 0.7, tile=2), ref, atol=1e-6)
+    True
+    """
+    return _HeadLogProb.apply(hidden, weight, targets, 1.0 / temperature, tile or HEAD_TOKENS_PER_TILE)
+
+
+def completion_logprobs(
+    model: nn.Module,
+    prompt: Mapping[str, torch.Tensor],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    group_size: int = 1,
+    chunk_size: int | None = None,
+    temperature: float = 1.0,
+    *,
+    shared_prefix: bool | None = None,
+) -> torch.Tensor:
+    """Per-token log-probs of the completions under ``model``. Returns [N, C] float32 (0 where masked).
+
+    ``prompt`` holds the B left-padded prompts, row b serving completions ``b*G .. b*G + G - 1``
+    (N = B*G). ``chunk_size`` rows per decoder forward; rows are sorted by completion length and
+    each chunk runs only up to its longest completion, so padding costs nothing.
+
+    ``shared_prefix`` (default: on when possible) runs each prompt and its images once and
+    repeats its keys/values for the G rows; it is off under gradient checkpointing with
+    gradient (transformers drops the cache in checkpointed layers), where the prompt is repeated.
+    """
+    inputs = model_inputs(prompt)
+    if shared_prefix is None:
+        shared_prefix = not torch.is_grad_enabled() or shared_prefix_allowed(model, model.training)
+    if shared_prefix:
+        return _logprobs_shared(
+            model, inputs, completion_ids, completion_mask, group_size, chunk_size, temperature
+        )
+    return _logprobs_repeated(
+        model, inputs, completion_ids, completion_mask, group_size, chunk_size, temperature
+    )
+
+
+def shared_prefix_allowed(model: nn.Module, training: bool = True) -> bool:
+    """Whether a log-prob pass *with gradient* may share the prompt prefix (``training``: the model
+    will be in train mode). Not under gradient checkpointing in training (transformers drops the
+    cache in checkpointed layers) nor under FSDP (the cache bypasses FSDP's hooks, so a layer is
+    resharded before its backward runs). Passes without gradient can always share it; GRPO still
+    follows this answer for them so that policy, old policy and reference use the same arithmetic.
+    """
+    hf = _hf_model(model)
+    # is_gradient_checkpointing is deprecated in transformers 5 (a warning on each read): ask for it
+    # only where the newer name is missing
+    name = (
+        "is_activation_checkpointing"
+        if hasattr(hf, "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
+    checkpointing = bool(getattr(hf, name, False))
+    return not ((checkpointing and training) or _is_fsdp(model))
+
+
+def _row_chunks(lengths: torch.Tensor, chunk_size: int | None) -> list[tuple[torch.Tensor, int]]:
+    """Rows sorted by length (longest first) in chunks of ``chunk_size``: (row indices, max length)."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    chunk = chunk_size or len(order)
+    out = []
+    for s in range(0, len(order), chunk):
+        rows = order[s : s + chunk]
+        out.append((rows, int(lengths[rows].max())))
+    return out
+
+
+def _logprobs_shared(
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    group_size: int,
+    chunk_size: int | None,
+    temperature: float,
+) -> torch.Tensor:
+    from transformers import DynamicCache
+
+    check_left_padded(inputs)
+    n, c = completion_ids.shape
+    out = torch.zeros(n, c, dtype=torch.float32, device=completion_ids.device)
+    lengths = completion_mask.sum(1)
+    if n == 0 or int(lengths.max()) == 0:
+        return out
+    split = _split_head(model)
+    ids = inputs["input_ids"]
+    p = ids.shape[1]
+    pos = rope_positions(model, inputs)  # [3, B, P]
+    # 1. prefix = prompt minus its last token, once per prompt (its images encoded here, once)
+    prefix = {
+        k: v[:, : p - 1]
+        for k, v in inputs.items()
+        if k in ("input_ids", "attention_mask", "mm_token_type_ids")
+    }
+    for k in ("pixel_values", "image_grid_thw"):
+        if k in inputs:
+            prefix[k] = inputs[k]
+    cache = DynamicCache(config=_hf_model(model).config)
+    if p > 1:
+        if split is not None:
+            split[0](**prefix, position_ids=pos[..., : p - 1], cache=cache, use_cache=True)
+        else:
+            model(**prefix, position_ids=pos[..., : p - 1], cache=cache, use_cache=True, logits_to_keep=1)
+    kv = [(layer.keys, layer.values) for layer in cache.layers] if p > 1 else []
+    prompt_of_row = torch.arange(n, device=ids.device) // group_size  # [N]
+    last_tok = ids[:, -1]  # [B]
+    last_pos = pos[0, :, -1]  # [B]: text token, the same on the three axes
+    # 2. per chunk of rows: [last prompt token, completion[:-1]] through the decoder over the cached prefix
+    for rows, length in _row_chunks(lengths, chunk_size):
+        if length == 0:
+            continue
+        b = prompt_of_row[rows]
+        step_ids = torch.cat([last_tok[b, None], completion_ids[rows, : length - 1]], dim=1)  # [r, L]
+        att = torch.cat(
+            [
+                inputs["attention_mask"][b],
+                completion_mask[rows, : length - 1].to(inputs["attention_mask"].dtype),
+            ],
+            dim=1,
+        )  # [r, P - 1 + 1 + L - 1]
+        step_pos = (
+            (last_pos[b, None] + torch.arange(length, device=ids.device)).unsqueeze(0).expand(3, -1, -1)
+        )
+        row_cache = (
+            DynamicCache([(k.index_select(0, b), v.index_select(0, b)) for k, v in kv]) if kv else None
+        )
+        targets = completion_ids[rows, :length]  # [r, L]
+        valid = completion_mask[rows, :length].bool()  # [r, L]
+        kw = dict(
+            input_ids=step_ids,
+            attention_mask=att,
+            position_ids=step_pos,
+            cache=row_cache,
+            use_cache=row_cache is not None,
+        )
+        if split is not None:
+            hidden = split[0](**kw).last_hidden_state  # [r, L, H]
+            lp = head_logprobs(hidden[valid], split[1], targets[valid], temperature)  # [T]
+            block = torch.zeros(valid.shape, dtype=torch.float32, device=lp.device).masked_scatter(valid, lp)
+        else:
+            logits = model(**kw).logits.float()  # [r, L, V]
+            if temperature != 1.0:
+                logits = logits / temperature
+            block = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+            block = block * valid
+        out = out.index_put((rows[:, None], torch.arange(length, device=ids.device)[None]), block)
+    return out
+
+
+def _logprobs_repeated(
+    model: nn.Module,
+    inputs: dict[str, torch.Tensor],
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    group_size: int,
+    chunk_size: int | None,
+    temperature: float,
+) -> torch.Tensor:
+    """The plain pass: each prompt (and its images) repeated G times, head on the last C + 1 positions."""
+    full = repeat_prompts(inputs, group_size)
+    n, c = completion_ids.shape
+    chunk = chunk_size or n
+    counts = images_per_prompt(full["input_ids"])
+    patches = full["image_grid_thw"].prod(1) if "image_grid_thw" in full else None
+    out = []
+    img0 = 0
+    pix0 = 0
+    for r0 in range(0, n, chunk):
+        r1 = min(n, r0 + chunk)
+        ids = torch.cat([full["input_ids"][r0:r1], completion_ids[r0:r1]], dim=1)  # [r, P + C]
+        att = torch.cat(
+            [full["attention_mask"][r0:r1], completion_mask[r0:r1].to(full["attention_mask"].dtype)], 1
+        )
+        # vision tokens only in the prompt part: a sampled placeholder id is text to the model
+        types = torch.cat(
+            [mm_token_type_ids(full["input_ids"][r0:r1]), torch.zeros_like(completion_ids[r0:r1])], 1
+        )
+        kw: dict[str, Any] = dict(input_ids=ids, attention_mask=att, mm_token_type_ids=types)
+        n_img = sum(counts[r0:r1])
+        if patches is not None and n_img:
+            n_pix = int(patches[img0 : img0 + n_img].sum())
+            kw["pixel_values"] = full["pixel_values"][pix0 : pix0 + n_pix]
+            kw["image_grid_thw"] = full["image_grid_thw"][img0 : img0 + n_img]
+            img0 += n_img
+            pix0 += n_pix
+        logits = model(**kw, use_cache=False, logits_to_keep=c + 1).logits[:, :-1]  # [r, C, V]
+        logits = logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        tok = completion_ids[r0:r1]
+        # log p(token) = logit[token] - logsumexp(logits): avoids materialising a second [r, C, V] tensor
+        lp = logits.gather(-1, tok[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        out.append(lp)
+    return torch.cat(out) * completion_mask.to(torch.float32)
