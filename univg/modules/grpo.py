@@ -284,7 +284,9 @@ class GRPOModule(GroundingModule):
         boxes = batch["boxes"].repeat_interleave(g, dim=0).tolist()  # [N, 4] model frame
         forms = batch.get("answer_formats")  # per prompt: "think" or "box" (RefCOCO single image)
         forms = [f for f in forms for _ in range(g)] if forms is not None else None  # [N]
-        scoring = dict(frame=self.frame, answer_formats=forms)
+        sizes = batch.get("frame_sizes")  # per prompt: the resized target image (pixel frames)
+        sizes = [s for s in sizes for _ in range(g)] if sizes is not None else None  # [N]
+        scoring = dict(frame=self.frame, answer_formats=forms, sizes=sizes)
         rewards = compute_rewards(self.reward_weights, roll.texts, boxes, **scoring)
         name = self.miou_reward
         acc = (
