@@ -24,12 +24,16 @@ from univg.backbone import (
         # published sizes: Qwen2-VL-2B 2.2B (tied embedding), 7B 8.3B; vision tower 675M-class
         ("qwen2-vl-2b", 2_208_985_600, 665_271_296),
         ("qwen2-vl-7b", 8_291_375_616, 675_759_104),
+        # published sizes of Qwen2.5-VL-3B-Instruct and -7B-Instruct (the hub's safetensors totals)
+        ("qwen2.5-vl-3b", 3_754_622_976, None),
+        ("qwen2.5-vl-7b", 8_292_166_656, None),
     ],
 )
 def test_public_presets_parameter_counts_on_meta(preset, total, vision):
     model = build_from_config(preset_config(preset), device="meta")
     assert count_parameters(model) == total
-    assert count_parameters(vision_tower(model)) == vision
+    if vision is not None:
+        assert count_parameters(vision_tower(model)) == vision
     assert preset in HUB_IDS
 
 
@@ -116,6 +120,21 @@ def test_fsdp_units_are_decoder_layers_and_vision_blocks():
     model = BackboneSpec().build()
     names = [type(m).__name__ for m in fsdp_units(model)]
     assert names.count("Qwen2VLDecoderLayer") == 2 and names.count("Qwen2VLVisionBlock") == 2
+
+
+def test_qwen25_family_from_the_preset_table(tmp_path):
+    spec = BackboneSpec(preset="tiny-qwen2.5-vl")
+    assert spec.frame.name == "pixels" and BackboneSpec().frame.name == "qwen2-vl"
+    model = spec.build()
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    names = [type(m).__name__ for m in fsdp_units(model)]
+    assert names.count("Qwen2_5_VLDecoderLayer") == 2 and names.count("Qwen2_5_VLVisionBlock") == 4
+    # a checkpoint is loaded by its own class, and must be of the preset's family
+    model.save_pretrained(tmp_path / "q25")
+    loaded = BackboneSpec(preset="tiny-qwen2.5-vl", checkpoint=str(tmp_path / "q25")).build()
+    assert type(loaded).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    with pytest.raises(ValueError, match=r"Qwen2_5_VLConfig model but backbone.preset 'tiny'.*qwen2.5-vl-7b"):
+        BackboneSpec(preset="tiny", checkpoint=str(tmp_path / "q25")).build()
 
 
 def test_bf16_dtype():

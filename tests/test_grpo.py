@@ -14,12 +14,14 @@ from hypothesis import strategies as st
 
 from univg.difficulty import difficulty_weights
 from univg.grpo import (
+    IMPORTANCE_LEVELS,
     LOSS_TYPES,
     GRPOLossTerms,
     group_advantages,
     group_miou,
     grpo_loss,
     grpo_loss_terms,
+    loss_share_size,
     zero_variance_groups,
 )
 
@@ -249,8 +251,8 @@ def test_grpo_loss_validation() -> None:
     logp, mask, adv = torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2)
     with pytest.raises(ValueError, match="needs ref_logp"):
         grpo_loss(logp, None, None, adv, None, mask, beta=0.04)
-    with pytest.raises(ValueError, match="unknown loss_type 'dapo'"):
-        grpo_loss(logp, None, None, adv, None, mask, beta=0.0, loss_type="dapo")
+    with pytest.raises(ValueError, match="unknown loss_type 'gspo'"):
+        grpo_loss(logp, None, None, adv, None, mask, beta=0.0, loss_type="gspo")
     with pytest.raises(ValueError, match=r"logp and mask must both be \[N, T\]"):
         grpo_loss(logp, None, None, adv, None, torch.ones(2, 2), beta=0.0)
     with pytest.raises(ValueError, match=r"advantages must be \[N=2\]"):
@@ -274,22 +276,27 @@ def trl_compute_loss() -> Any:
     """
     grpo_trainer = pytest.importorskip("trl.trainer.grpo_trainer")
 
-    def run(logp, old, ref, adv, mask, beta, eps_low, eps_high, loss_type, max_len):
+    def run(
+        logp, old, ref, adv, mask, beta, eps_low, eps_high, loss_type, max_len, level="token", accum=None
+    ):
+        # accum = (micro-batches, tokens in the step): train mode, the step split into micro-batches
         n, t = logp.shape
         fake = SimpleNamespace(
             _get_per_token_logps_and_entropies=lambda *a, **k: (logp, torch.zeros_like(logp), None),
             top_entropy_quantile=1.0,
             off_policy_mask_threshold=None,
-            importance_sampling_level="token",
+            importance_sampling_level=level,
             beta=beta,
             loss_type=loss_type,
             epsilon_low=eps_low,
             epsilon_high=eps_high,
-            args=SimpleNamespace(use_bias_correction_kl=False, delta=None),
+            args=SimpleNamespace(
+                use_bias_correction_kl=False, delta=None, steps_per_generation=accum[0] if accum else 1
+            ),
             use_vllm=False,
             vllm_importance_sampling_correction=False,
-            model=SimpleNamespace(training=False),
-            current_gradient_accumulation_steps=1,
+            model=SimpleNamespace(training=accum is not None),
+            current_gradient_accumulation_steps=accum[0] if accum else 1,
             max_completion_length=max_len,
             _entropy_bonus_enabled=False,
             aux_loss_enabled=False,
@@ -302,13 +309,15 @@ def trl_compute_loss() -> Any:
             "completion_ids": torch.zeros(n, t, dtype=torch.long),
             "completion_mask": mask,
             "advantages": adv,
+            "num_items_in_batch": torch.tensor(float(accum[1] if accum else mask.sum())),
         }
         if old is not None:
             inputs["old_per_token_logps"] = old
         if ref is not None:
             inputs["ref_per_token_logps"] = ref
         loss = grpo_trainer.GRPOTrainer._compute_loss(fake, None, inputs)
-        return loss, {k: v[-1] for k, v in fake._metrics["eval"].items()}
+        mode = "train" if accum else "eval"
+        return loss, {k: v[-1] for k, v in fake._metrics[mode].items()}
 
     return run
 
@@ -330,19 +339,31 @@ def _random_case(seed: int, n: int = 8, t: int = 7) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.parametrize("level", IMPORTANCE_LEVELS)
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("on_policy", [False, True])
-def test_grpo_loss_matches_trl(trl_compute_loss: Any, loss_type: str, on_policy: bool) -> None:
+def test_grpo_loss_matches_trl(trl_compute_loss: Any, loss_type: str, on_policy: bool, level: str) -> None:
     case = _random_case(seed=3)
     old = None if on_policy else case["old"]
     kwargs = {"beta": 0.04, "eps_low": 0.2, "eps_high": 0.28, "loss_type": loss_type, "max_len": 9}
 
     theirs_logp = case["logp0"].clone().requires_grad_(True)
-    theirs, metrics = trl_compute_loss(theirs_logp, old, case["ref"], case["adv"], case["mask"], **kwargs)
+    theirs, metrics = trl_compute_loss(
+        theirs_logp, old, case["ref"], case["adv"], case["mask"], level=level, **kwargs
+    )
     theirs.backward()
 
     ours_logp = case["logp0"].clone().requires_grad_(True)
-    terms = grpo_loss_terms(ours_logp, old, case["ref"], case["adv"], None, case["mask"], **kwargs)
+    terms = grpo_loss_terms(
+        ours_logp,
+        old,
+        case["ref"],
+        case["adv"],
+        None,
+        case["mask"],
+        importance_sampling_level=level,
+        **kwargs,
+    )
     terms.loss.backward()
 
     torch.testing.assert_close(terms.loss, theirs.detach())
@@ -352,7 +373,84 @@ def test_grpo_loss_matches_trl(trl_compute_loss: Any, loss_type: str, on_policy:
     assert terms.clip_high_frac.item() == pytest.approx(metrics["clip_ratio/high_mean"], abs=1e-6)
     assert terms.clip_frac.item() == pytest.approx(metrics["clip_ratio/region_mean"], abs=1e-6)
     if not on_policy:
-        assert terms.clip_low_frac.item() > 0 and terms.clip_high_frac.item() > 0
+        assert terms.clip_frac.item() > 0
+        if level == "token":
+            assert terms.clip_low_frac.item() > 0 and terms.clip_high_frac.item() > 0
+
+
+def test_sequence_level_ratio_is_one_clip_per_completion() -> None:
+    # GSPO by hand: one sequence of 2 tokens with log-ratios 0.3 and 0.1 -> s = exp(0.2) = 1.2214;
+    # A = 1 and eps_high 0.2 clip it to 1.2 (no gradient), so the loss is -1.2 and the clip share 1
+    # (of sequences). Per token the ratios exp(0.3) = 1.35 (clipped) and exp(0.1) = 1.105 (not):
+    # loss -(1.2 + 1.105) / 2 and a token clip share of 1/2.
+    logp = torch.tensor([[0.3, 0.1]], requires_grad=True)
+    old, mask, adv = torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([1.0])
+    seq = grpo_loss_terms(logp, old, None, adv, None, mask, beta=0.0, importance_sampling_level="sequence")
+    assert seq.loss.item() == pytest.approx(-1.2)
+    assert seq.clip_high_frac.item() == 1.0
+    seq.loss.backward()
+    assert logp.grad.abs().sum().item() == 0.0
+    tok = grpo_loss_terms(logp, old, None, adv, None, mask, beta=0.0)
+    assert tok.loss.item() == pytest.approx(-(1.2 + math.exp(0.1)) / 2)
+    assert tok.clip_high_frac.item() == 0.5
+    with pytest.raises(ValueError, match="importance_sampling_level"):
+        grpo_loss_terms(logp, old, None, adv, None, mask, importance_sampling_level="seq")
+
+
+@pytest.mark.parametrize("level", IMPORTANCE_LEVELS)
+def test_dapo_over_micro_batches_matches_trl(trl_compute_loss: Any, level: str) -> None:
+    # DAPO's token-level loss over a step split into 3 micro-batches of unequal token counts: TRL
+    # divides each micro-batch's token sum by the step's tokens (num_items_in_batch, train mode,
+    # steps_per_generation = gradient accumulation = 3) and sums the accumulated gradients. Ours
+    # scales each micro-batch's token mean by its loss_share_size over the step's total.
+    case = _random_case(seed=6, n=9)
+    parts = [slice(0, 2), slice(2, 6), slice(6, 9)]
+    total = float(case["mask"].sum())
+    kwargs = {"beta": 0.04, "eps_low": 0.2, "eps_high": 0.28, "loss_type": "dapo", "max_len": 7}
+    theirs_logp = case["logp0"].clone().requires_grad_(True)
+    ours_logp = case["logp0"].clone().requires_grad_(True)
+    theirs_total, ours_total = 0.0, 0.0
+    for p in parts:
+        mask = case["mask"][p]
+        loss, _ = trl_compute_loss(
+            theirs_logp[p],
+            case["old"][p],
+            case["ref"][p],
+            case["adv"][p],
+            mask,
+            level=level,
+            accum=(len(parts), total),
+            **kwargs,
+        )
+        loss.backward()
+        theirs_total += loss.item()
+        share = loss_share_size(mask, "dapo") / total
+        terms = grpo_loss_terms(
+            ours_logp[p],
+            case["old"][p],
+            case["ref"][p],
+            case["adv"][p],
+            None,
+            mask,
+            importance_sampling_level=level,
+            **kwargs,
+        )
+        (terms.loss * share).backward()
+        ours_total += terms.loss.item() * share
+    assert ours_total == pytest.approx(theirs_total, rel=1e-5)
+    torch.testing.assert_close(ours_logp.grad, theirs_logp.grad)
+    # one micro-batch of the whole step is the same step
+    whole = grpo_loss_terms(
+        case["logp0"],
+        case["old"],
+        case["ref"],
+        case["adv"],
+        None,
+        case["mask"],
+        importance_sampling_level=level,
+        **kwargs,
+    )
+    assert whole.loss.item() == pytest.approx(ours_total, rel=1e-5)
 
 
 def test_weighted_loss_matches_trl_with_scaled_advantages(trl_compute_loss: Any) -> None:

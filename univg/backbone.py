@@ -1,15 +1,18 @@
-"""One wrapper over transformers' Qwen2-VL shared by the SFT, pure-RL and GRPO modules.
+"""One wrapper over transformers' Qwen-VL models shared by the SFT, pure-RL and GRPO modules.
 
 ``BackboneSpec`` is what a YAML names (``model.init_args.backbone``); ``spec.build()`` returns the
-``Qwen2VLForConditionalGeneration`` (wrapped by peft when LoRA is on). Presets name model sizes in
-one table; ``tiny`` is for tests and the demo, ``qwen2-vl-2b``/``qwen2-vl-7b`` carry the public
-checkpoints' config values (a randomly initialised model of the same shape), and ``checkpoint``
-loads real weights with ``from_pretrained`` (a local path or a hub id).
+model (``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration``, wrapped by peft
+when LoRA is on). Presets name model sizes in one table; each belongs to a *family*
+(:data:`FAMILIES`: config and model classes, coordinate frame, FSDP units), so that nothing else
+branches on the backbone. ``tiny`` / ``tiny-qwen2.5-vl`` are for tests and the demo, the sized
+presets carry the public checkpoints' config values (a randomly initialised model of the same
+shape), and ``checkpoint`` loads real weights with ``from_pretrained`` (a local path or a hub id).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
@@ -78,19 +81,156 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
-#: Hub ids of the released weights for each preset (what users pass as ``checkpoint``).
-HUB_IDS = {"qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct", "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct"}
+# Qwen2.5-VL (Qwen/Qwen2.5-VL-3B-Instruct, Qwen/Qwen2.5-VL-7B-Instruct): a windowed-attention vision
+# tower (SwiGLU MLP, full attention every 8th block) whose merger projects to the text width.
+_VISION_QWEN25 = dict(
+    depth=32,
+    hidden_size=1280,
+    hidden_act="silu",
+    intermediate_size=3420,
+    num_heads=16,
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[7, 15, 23, 31],
+    tokens_per_second=2,
+)
+PRESETS.update(
+    {
+        # Qwen2.5-VL's architecture at the size of "tiny" (4 vision blocks: windowed and full attention)
+        "tiny-qwen2.5-vl": dict(
+            text_config=dict(PRESETS["tiny"]["text_config"]),
+            vision_config=dict(
+                depth=4,
+                hidden_size=32,
+                intermediate_size=64,
+                num_heads=2,
+                out_hidden_size=64,
+                window_size=56,
+                fullatt_block_indexes=[1, 3],
+            ),
+            tie_word_embeddings=True,
+        ),
+        "qwen2.5-vl-3b": dict(
+            text_config=dict(
+                vocab_size=151936,
+                hidden_size=2048,
+                intermediate_size=11008,
+                num_hidden_layers=36,
+                num_attention_heads=16,
+                num_key_value_heads=2,
+                rms_norm_eps=1e-6,
+                max_position_embeddings=128000,
+                rope_parameters=dict(_MROPE_128),
+            ),
+            vision_config=dict(_VISION_QWEN25, out_hidden_size=2048),
+            tie_word_embeddings=True,
+        ),
+        "qwen2.5-vl-7b": dict(
+            text_config=dict(
+                vocab_size=152064,
+                hidden_size=3584,
+                intermediate_size=18944,
+                num_hidden_layers=28,
+                num_attention_heads=28,
+                num_key_value_heads=4,
+                rms_norm_eps=1e-6,
+                max_position_embeddings=128000,
+                rope_parameters=dict(_MROPE_128),
+            ),
+            vision_config=dict(_VISION_QWEN25, out_hidden_size=3584),
+            tie_word_embeddings=False,
+        ),
+    }
+)
 
-#: Which coordinate frame each preset family reads and writes (docs/design.md section 1).
-PRESET_FRAMES = {"tiny": "qwen2-vl", "qwen2-vl-2b": "qwen2-vl", "qwen2-vl-7b": "qwen2-vl"}
+
+@dataclass(frozen=True)
+class Family:
+    """What a backbone family fixes: transformers classes, the coordinate frame it writes, FSDP units.
+
+    Class names are resolved lazily (``"module:Class"`` or a ``transformers`` top-level name) so that
+    importing univg does not import every model.
+    """
+
+    config_class: str
+    model_class: str
+    #: the :mod:`univg.boxes` frame the model reads and writes (docs/design.md section 1)
+    frame: str
+    #: decoder layers and vision blocks, sharded one by one under FSDP
+    layer_classes: tuple[str, ...]
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen2-vl": Family(
+        "Qwen2VLConfig",
+        "Qwen2VLForConditionalGeneration",
+        "qwen2-vl",  # integers in [0, 1000)
+        (
+            "transformers.models.qwen2_vl.modeling_qwen2_vl:Qwen2VLDecoderLayer",
+            "transformers.models.qwen2_vl.modeling_qwen2_vl:Qwen2VLVisionBlock",
+        ),
+    ),
+    "qwen2.5-vl": Family(
+        "Qwen2_5_VLConfig",
+        "Qwen2_5_VLForConditionalGeneration",
+        "pixels",  # absolute pixels of the resized image
+        (
+            "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl:Qwen2_5_VLDecoderLayer",
+            "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl:Qwen2_5_VLVisionBlock",
+        ),
+    ),
+}
+
+#: The family of each preset.
+PRESET_FAMILIES = {
+    "tiny": "qwen2-vl",
+    "qwen2-vl-2b": "qwen2-vl",
+    "qwen2-vl-7b": "qwen2-vl",
+    "tiny-qwen2.5-vl": "qwen2.5-vl",
+    "qwen2.5-vl-3b": "qwen2.5-vl",
+    "qwen2.5-vl-7b": "qwen2.5-vl",
+}
+
+#: Hub ids of the released weights for each preset (what users pass as ``checkpoint``).
+HUB_IDS = {
+    "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
+    "qwen2-vl-7b": "Qwen/Qwen2-VL-7B-Instruct",
+    "qwen2.5-vl-3b": "Qwen/Qwen2.5-VL-3B-Instruct",
+    "qwen2.5-vl-7b": "Qwen/Qwen2.5-VL-7B-Instruct",
+}
+
+#: Which coordinate frame each preset reads and writes (from its family).
+PRESET_FRAMES = {name: FAMILIES[family].frame for name, family in PRESET_FAMILIES.items()}
+
+
+def resolve_class(name: str) -> type:
+    """``"module:Class"``, or a name exported by ``transformers``."""
+    module, _, attr = name.rpartition(":")
+    return getattr(importlib.import_module(module or "transformers"), attr)
+
+
+def family_of_config(config: Any) -> Family:
+    """The family whose config class ``config`` is (a checkpoint's or a preset's)."""
+    for family in FAMILIES.values():
+        if type(config).__name__ == family.config_class.rpartition(":")[2]:
+            return family
+    raise ValueError(
+        f"unsupported backbone config {type(config).__name__} (model_type "
+        f"{getattr(config, 'model_type', '?')!r}); univg supports {sorted(FAMILIES)}"
+    )
+
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Literal types so that a YAML typo is rejected at parse time with the valid names listed.
-PresetName = Literal["tiny", "qwen2-vl-2b", "qwen2-vl-7b"]
+PresetName = Literal[
+    "tiny", "qwen2-vl-2b", "qwen2-vl-7b", "tiny-qwen2.5-vl", "qwen2.5-vl-3b", "qwen2.5-vl-7b"
+]
 DtypeName = Literal["float32", "bfloat16", "float16"]
 Quantization = Literal["4bit", "8bit"]
-assert set(get_args(PresetName)) == set(PRESETS), "PresetName must list every preset"
+assert set(get_args(PresetName)) == set(PRESETS) == set(PRESET_FAMILIES), "PresetName must list every preset"
 
 # What a YAML/command-line null can turn into on its way through the parser (see BackboneSpec).
 _NULL_STRINGS = ("None", "null")
@@ -107,9 +247,8 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 
 def preset_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """``Qwen2VLConfig`` of a preset, with nested ``overrides`` (e.g. ``{"text_config": {...}}``)."""
-    from transformers import Qwen2VLConfig
-
+    """The config (``Qwen2VLConfig``, ``Qwen2_5_VLConfig``) of a preset, with nested ``overrides``
+    (e.g. ``{"text_config": {...}}``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown backbone preset {name!r}; choose one of {sorted(PRESETS)}")
     values = _merge(PRESETS[name], overrides or {})
@@ -120,7 +259,7 @@ def preset_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
         raise ValueError(
             f"preset {name!r}: mrope_section {section} must sum to head_dim / 2 = {head_dim // 2}"
         )
-    return Qwen2VLConfig(**values)
+    return resolve_class(FAMILIES[PRESET_FAMILIES[name]].config_class)(**values)
 
 
 @dataclass
@@ -186,6 +325,22 @@ class BackboneSpec:
         return get_frame(PRESET_FRAMES[self.preset])
 
     @property
+    def family(self) -> Family:
+        """The preset's family: it fixes the frame and must match a checkpoint's architecture."""
+        return FAMILIES[PRESET_FAMILIES[self.preset]]
+
+    def check_family(self, config: Any) -> None:
+        """A checkpoint of another family than the preset's would be scored in the wrong frame."""
+        found = family_of_config(config)
+        if found != self.family:
+            names = sorted(p for p, f in PRESET_FAMILIES.items() if FAMILIES[f] == found)
+            raise ValueError(
+                f"backbone.checkpoint {self.checkpoint!r} is a {type(config).__name__} model but "
+                f"backbone.preset {self.preset!r} is of another family (its frame is {self.family.frame!r}); "
+                f"set backbone.preset to one of {names}"
+            )
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
@@ -198,6 +353,7 @@ class BackboneSpec:
             model = load_pretrained(
                 self.checkpoint, self.torch_dtype, self.quantization, self.attn_implementation
             )
+            self.check_family(model.config)
         else:
             if self.quantization is not None:
                 raise ValueError(
@@ -222,20 +378,22 @@ class BackboneSpec:
 def build_from_config(
     config: Any, dtype: torch.dtype = torch.float32, device: Any = None, attn_implementation: str = "sdpa"
 ) -> nn.Module:
-    """A randomly initialised ``Qwen2VLForConditionalGeneration`` (``device="meta"`` for sizing)."""
-    from transformers import Qwen2VLForConditionalGeneration
-
+    """A randomly initialised model of ``config``'s family (``device="meta"`` for sizing)."""
+    model_class = resolve_class(family_of_config(config).model_class)
     config._attn_implementation = attn_implementation
     with torch.device(device or "cpu"):
-        model = Qwen2VLForConditionalGeneration(config)
+        model = model_class(config)
     return model.to(dtype) if device != "meta" else model.to(dtype=dtype)
 
 
 def checkpoint_config(checkpoint: str | os.PathLike) -> Any:
-    """The ``Qwen2VLConfig`` saved with a checkpoint (a local path or hub id); no weights are read."""
-    from transformers import Qwen2VLConfig
+    """The config saved with a checkpoint (a local path or hub id) of a supported family; no weights
+    are read."""
+    from transformers import AutoConfig
 
-    return Qwen2VLConfig.from_pretrained(resolve_checkpoint(checkpoint))
+    config = AutoConfig.from_pretrained(resolve_checkpoint(checkpoint))
+    family_of_config(config)  # an unsupported architecture fails here, naming the families
+    return config
 
 
 def load_pretrained(
@@ -244,14 +402,14 @@ def load_pretrained(
     quantization: str | None = None,
     attn_implementation: str = "sdpa",
 ) -> nn.Module:
-    """``from_pretrained`` on a local path or hub id, with optional bitsandbytes quantisation."""
-    from transformers import Qwen2VLForConditionalGeneration
-
+    """``from_pretrained`` on a local path or hub id, with optional bitsandbytes quantisation; the
+    model class is the checkpoint's family's."""
     path = resolve_checkpoint(checkpoint)
+    model_class = resolve_class(family_of_config(checkpoint_config(path)).model_class)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     if quantization is not None:
         kwargs["quantization_config"] = quantization_config(quantization, dtype)
-    model = Qwen2VLForConditionalGeneration.from_pretrained(path, **kwargs)
+    model = model_class.from_pretrained(path, **kwargs)
     if quantization == "4bit":
         _disable_cpu_avx512bf16_repack(model)
     return model
@@ -338,10 +496,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
 
 
 def fsdp_layer_classes() -> set[type[nn.Module]]:
-    """Module classes that FSDP wraps (shards) one by one: decoder layers and vision blocks."""
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLDecoderLayer, Qwen2VLVisionBlock
-
-    return {Qwen2VLDecoderLayer, Qwen2VLVisionBlock}
+    """Module classes that FSDP wraps (shards) one by one: decoder layers and vision blocks of every
+    family (a model only contains its own)."""
+    return {resolve_class(name) for family in FAMILIES.values() for name in family.layer_classes}
 
 
 def fsdp_units(model: nn.Module) -> list[nn.Module]:

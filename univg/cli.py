@@ -40,6 +40,12 @@ def _checkpoint_of(model: object) -> str | None:
     return getattr(getattr(model, "backbone", None), "checkpoint", None)
 
 
+def _frame_of(model: object) -> str:
+    """The coordinate frame the model's backbone writes (its preset's family), for linking."""
+    backbone = getattr(model, "backbone", None)
+    return backbone.frame.name if backbone is not None else "qwen2-vl"
+
+
 #: Exit status of a run stopped by bad input (config, data, paths, checkpoints), as argparse uses.
 EXIT_USAGE = 2
 
@@ -70,6 +76,9 @@ class UniVGCLI(LightningCLI):
         parser.link_arguments(
             "model", "data.init_args.processor_path", compute_fn=_checkpoint_of, apply_on="instantiate"
         )
+        # The frame the targets and ground-truth boxes are written in is the backbone's (Qwen2-VL:
+        # [0, 1000); Qwen2.5-VL: pixels of the resized image), never a second setting to keep in step.
+        parser.link_arguments("model", "data.init_args.frame", compute_fn=_frame_of, apply_on="instantiate")
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads --ckpt_path here (the whole file, for its hyper-parameters), right after

@@ -25,9 +25,15 @@ from univg.groups import grouped as _grouped
 
 #: Advantage scales and loss normalisations: typed config knobs (a typo fails at parse time).
 ScaleRewards = Literal["group", "batch", "none"]
-LossType = Literal["grpo", "bnpo", "dr_grpo"]
+LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+#: Where the importance ratio is taken: per token (GRPO) or per sequence (GSPO: the exp of the
+#: sequence's mean log-ratio, one ratio and one clip per completion).
+ImportanceLevel = Literal["token", "sequence"]
 SCALES: tuple[str, ...] = get_args(ScaleRewards)
 LOSS_TYPES: tuple[str, ...] = get_args(LossType)
+IMPORTANCE_LEVELS: tuple[str, ...] = get_args(ImportanceLevel)
+#: Loss types normalised by tokens (over the whole optimiser step), the others by sequences.
+TOKEN_NORMALISED = ("bnpo", "dapo")
 #: Added to the std before dividing, as TRL does (keeps zero-variance groups at A = 0).
 STD_EPS = 1e-4
 
@@ -111,9 +117,22 @@ def _reduce(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, max_len
     masked = per_token * mask
     if loss_type == "grpo":  # mean over sequences of each sequence's token mean
         return (masked.sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)).mean()
-    if loss_type == "bnpo":  # token mean over the whole batch
+    if loss_type in TOKEN_NORMALISED:  # token mean over the batch (the step: see loss_share_size)
         return masked.sum() / mask.sum().clamp(min=1.0)
     return masked.sum() / (per_token.shape[0] * max_len)  # dr_grpo: constant normaliser
+
+
+def loss_share_size(mask: torch.Tensor, loss_type: str) -> float:
+    """What one micro-batch counts for in its optimiser step: its tokens (``bnpo``, ``dapo``) or its
+    sequences (``grpo``, ``dr_grpo``). A micro-batch's loss is scaled by its size over the step's
+    total (all micro-batches, all processes), so the step's loss is one mean over the whole step
+    however it is split: for the token-normalised types that is DAPO's token-level loss (TRL's
+    ``dapo``, normalised by ``num_items_in_batch``).
+
+    >>> loss_share_size(torch.tensor([[1, 1, 0], [1, 0, 0]]), "dapo"), loss_share_size(torch.ones(2, 3), "grpo")
+    (3.0, 2.0)
+    """
+    return float(mask.sum()) if loss_type in TOKEN_NORMALISED else float(mask.shape[0])
 
 
 def grpo_loss_terms(
@@ -128,6 +147,7 @@ def grpo_loss_terms(
     eps_high: float = 0.2,
     loss_type: str = "grpo",
     max_len: int | None = None,
+    importance_sampling_level: str = "token",
 ) -> GRPOLossTerms:
     """The GRPO(-Difficulty) loss and its logged terms.
 
@@ -139,8 +159,12 @@ def grpo_loss_terms(
         advantages: ``[N]``.
         weights: ``[N]`` per-sequence difficulty weights phi (detached here); ``None`` means 1.
         mask: ``[N, T]`` 1 on completion tokens, 0 on padding.
-        loss_type: "grpo" (default, docs/design.md section 4), "bnpo" or "dr_grpo" (sum / (N * max_len)).
+        loss_type: "grpo" (default, docs/design.md section 4), "bnpo"/"dapo" (token mean; over the
+            optimiser step with :func:`loss_share_size`) or "dr_grpo" (sum / (N * max_len)).
         max_len: the dr_grpo normaliser's length (e.g. max new tokens); default ``T``.
+        importance_sampling_level: "token" (a ratio per token) or "sequence" (GSPO: one ratio per
+            completion, ``exp(mean_t(logp - old_logp))``, clipped once; clip shares then count
+            sequences, as TRL's).
 
     >>> lp = torch.zeros(1, 2, requires_grad=True)
     >>> t = grpo_loss_terms(lp, None, None, torch.tensor([2.0]), torch.tensor([1.5]), torch.ones(1, 2), beta=0.0)
@@ -149,6 +173,10 @@ def grpo_loss_terms(
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {LOSS_TYPES}")
+    if importance_sampling_level not in IMPORTANCE_LEVELS:
+        raise ValueError(
+            f"unknown importance_sampling_level {importance_sampling_level!r}; choose one of {IMPORTANCE_LEVELS}"
+        )
     if logp.dim() != 2 or mask.shape != logp.shape:
         raise ValueError(
             f"logp and mask must both be [N, T], got {tuple(logp.shape)} and {tuple(mask.shape)}"
@@ -171,9 +199,13 @@ def grpo_loss_terms(
         (torch.ones_like(advantages) if weights is None else weights).detach().to(logp.dtype).unsqueeze(1)
     )  # [N, 1]
 
-    ratio = torch.exp(logp - old_logp)  # [N, T]
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)  # [N, T]
-    pg = -w * torch.min(ratio * adv, clipped * adv)  # [N, T]
+    log_ratio = logp - old_logp  # [N, T]
+    sequence = importance_sampling_level == "sequence"
+    if sequence:  # GSPO: the length-normalised sequence ratio
+        log_ratio = (log_ratio * mask).sum(dim=1, keepdim=True) / mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    ratio = torch.exp(log_ratio)  # [N, T], or [N, 1] per sequence
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    pg = (-w * torch.min(ratio * adv, clipped * adv)).expand_as(logp)  # [N, T]
     if ref_logp is not None:
         delta = ref_logp - logp  # [N, T]
         kl = torch.exp(delta) - delta - 1.0  # [N, T], >= 0
@@ -186,15 +218,19 @@ def grpo_loss_terms(
 
     with torch.no_grad():
         tokens = mask.sum().clamp(min=1.0)
-        low = ((ratio < 1.0 - eps_low) & (adv < 0)).to(mask.dtype)  # [N, T]
-        high = ((ratio > 1.0 + eps_high) & (adv > 0)).to(mask.dtype)  # [N, T]
+        low = ((ratio < 1.0 - eps_low) & (adv < 0)).to(mask.dtype)  # [N, T] or [N, 1]
+        high = ((ratio > 1.0 + eps_high) & (adv > 0)).to(mask.dtype)
+
+        def share(x: torch.Tensor) -> torch.Tensor:  # of tokens, or of sequences when per sequence
+            return x.mean() if sequence else (x * mask).sum() / tokens
+
         terms = GRPOLossTerms(
             loss=loss,
             pg_loss=_reduce(pg.detach(), mask, loss_type, length),
             kl=(kl.detach() * mask).sum() / tokens,
-            clip_low_frac=(low * mask).sum() / tokens,
-            clip_high_frac=(high * mask).sum() / tokens,
-            clip_frac=(torch.maximum(low, high) * mask).sum() / tokens,
+            clip_low_frac=share(low),
+            clip_high_frac=share(high),
+            clip_frac=share(torch.maximum(low, high)),
         )
     return terms
 

@@ -165,9 +165,13 @@ def compute_rewards(
     specs: Mapping[str, float],
     completions: Sequence[str],
     boxes: Sequence[Sequence[float]],
+    functions: Mapping[str, RewardFn] | None = None,
     **kwargs: Any,
 ) -> dict[str, torch.Tensor]:
     """Each named reward as a float32 ``[N]`` tensor, plus ``"total"`` = sum of weight * reward.
+
+    ``functions`` supplies rewards by name beside the registry (plug-ins,
+    :func:`univg.reward_plugins.resolve_rewards`).
 
     ``specs`` maps reward names to weights, e.g. ``{"accuracy": 1.0, "format": 1.0}`` (docs/design.md section 3:
     ``r = r_acc + r_fmt``). Extra keyword arguments (``strict``, ``frame``, ``sizes``) are passed to
@@ -186,12 +190,18 @@ def compute_rewards(
     out: dict[str, torch.Tensor] = {}
     total = torch.zeros(len(completions), dtype=torch.float32)  # [N]
     for name, weight in specs.items():
-        scores = get_reward(name)(completions, boxes=boxes, **kwargs)
+        fn = functions[name] if functions is not None and name in functions else get_reward(name)
+        scores = list(fn(completions, boxes=boxes, **kwargs))
         if len(scores) != len(completions):
             raise ValueError(
                 f"reward {name!r} returned {len(scores)} scores for {len(completions)} completions"
             )
-        out[name] = torch.tensor(scores, dtype=torch.float32)  # [N]
+        try:
+            out[name] = torch.tensor([float(v) for v in scores], dtype=torch.float32)  # [N]
+        except (TypeError, ValueError):
+            raise ValueError(f"reward {name!r} returned a score that is not a number: {scores}") from None
+        if not torch.isfinite(out[name]).all():
+            raise ValueError(f"reward {name!r} returned a non-finite score: {scores}")
         total = total + float(weight) * out[name]
     out["total"] = total
     return out

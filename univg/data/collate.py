@@ -86,6 +86,7 @@ class GroundingCollator:
         labels: list[list[int]] = []
         prompt_lengths: list[int] = []
         boxes: list[tuple[int, int, int, int]] = []
+        sizes: list[tuple[int, int]] = []
         cursor = 0
         for s in samples:
             prompt = self.processor.apply_chat_template(
@@ -98,6 +99,7 @@ class GroundingCollator:
                     f"{s.where()}: the prompt holds {cursor - first} images, the sample {len(s.images)}"
                 )
             size = self._resized_size(grid[first + s.target_index])
+            sizes.append(size)
             boxes.append(answer_coords(s, self.frame, size))
             ids = self._encode(prompt)
             prompt_lengths.append(len(ids))
@@ -119,6 +121,8 @@ class GroundingCollator:
         if self.mode == "train":
             batch["labels"], _ = _pad(labels, IGNORE_INDEX, side)
         batch["boxes"] = torch.tensor(boxes, dtype=torch.long)  # [B, 4] model frame
+        # (width, height) of each resized target image: what a pixel frame's coordinates count
+        batch["frame_sizes"] = sizes
         batch["prompt_lengths"] = torch.tensor(prompt_lengths, dtype=torch.long)  # [B]
         batch["tasks"] = [s.task for s in samples]
         # per sample, from its own template: how the rewards score its answer ("think" or "box")

@@ -4,6 +4,7 @@ selection, sums over processes, the run-time invariants and the step's logged va
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,7 @@ def score_completions(
     reward_weights: dict[str, float],
     miou_reward: str,
     frame: Any,
+    reward_functions: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, dict[str, Any]]:
     """The rewards of a batch's N completions (name -> [N], "total" the weighted sum), the reward
     whose group mean is mIoU ([N], phi's input) and the parsing statistics."""
@@ -43,10 +45,16 @@ def score_completions(
     boxes = batch["boxes"].repeat_interleave(g, dim=0).tolist()  # [N, 4] model frame
     forms = batch.get("answer_formats")  # per prompt: "think" or "box" (RefCOCO single image)
     forms = [f for f in forms for _ in range(g)] if forms is not None else None  # [N]
-    scoring = dict(frame=frame, answer_formats=forms)
-    rewards = compute_rewards(reward_weights, texts, boxes, **scoring)
+    sizes = batch.get("frame_sizes")  # per prompt: the resized target image (pixel frames)
+    sizes = [s for s in sizes for _ in range(g)] if sizes is not None else None  # [N]
+    scoring = dict(frame=frame, answer_formats=forms, sizes=sizes)
+    rewards = compute_rewards(reward_weights, texts, boxes, functions=reward_functions, **scoring)
     name = miou_reward
-    acc = rewards[name] if name in rewards else compute_rewards({name: 1.0}, texts, boxes, **scoring)[name]
+    acc = (
+        rewards[name]
+        if name in rewards
+        else compute_rewards({name: 1.0}, texts, boxes, functions=reward_functions, **scoring)[name]
+    )
     return rewards, acc, dict(reward_stats(texts, boxes, **scoring))
 
 
