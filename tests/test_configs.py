@@ -234,7 +234,8 @@ def _rejected(args: list[str]) -> str:
     "key,value,choices",
     [
         ("phi", "expp", "'none', 'exp', 'square', 'neglog'"),
-        ("loss_type", "grpp", "'grpo', 'bnpo', 'dr_grpo'"),
+        ("loss_type", "grpp", "'grpo', 'bnpo', 'dr_grpo', 'dapo'"),
+        ("importance_sampling_level", "seq", "'token', 'sequence'"),
         ("scale_rewards", "btch", "'group', 'batch', 'none'"),
         ("schedule", "cosin", "'cosine', 'linear', 'constant'"),
     ],
@@ -259,6 +260,23 @@ def test_engine_typos_fail_at_parse_time(tmp_path):
         ["fit", "--config", "configs/grpo_diff.yaml", "--model.init_args.engine", "univg.engines.Shared"]
     )
     assert "engine" in message
+
+
+def test_beyond_the_paper_knobs_parse(tmp_path):
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(
+        "model:\n  init_args:\n    loss_type: dapo\n    importance_sampling_level: sequence\n"
+        "    dynamic_sampling: {max_tries: 3}\n"
+        "    rewards:\n      accuracy: 1.0\n      format: 1.0\n"
+        "      brevity: {class_path: my_rewards.py:Brevity, init_args: {max_chars: 400}, weight: 0.5}\n"
+    )
+    cfg = print_config(["fit", "--config", "configs/grpo_diff.yaml", "--config", str(extra)])["model"][
+        "init_args"
+    ]
+    assert cfg["dynamic_sampling"] == {"max_tries": 3} and cfg["importance_sampling_level"] == "sequence"
+    assert cfg["rewards"]["brevity"]["init_args"] == {"max_chars": 400}
+    extra.write_text("model:\n  init_args:\n    dynamic_sampling: {max_trys: 3}\n")
+    assert "max_trys" in _rejected(["fit", "--config", "configs/grpo_diff.yaml", "--config", str(extra)])
 
 
 def test_base_config_errors_name_the_file(tmp_path):

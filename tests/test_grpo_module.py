@@ -162,6 +162,90 @@ def test_drop_zero_variance_groups(prompt_batch, tokenizer):
     m.loss_terms(s)  # the kept group still trains
 
 
+class Script(RolloutEngine):
+    """One scripted batch of completions per call, in order."""
+
+    def __init__(self, calls, tokenizer):
+        self.calls, self.tok = list(calls), tokenizer
+
+    def generate(self, model, inputs, tokenizer, sampling, *, record_logprobs=False):
+        return Scripted(self.calls.pop(0), self.tok).generate(model, inputs, tokenizer, sampling)
+
+
+class CaptureSteps(GRPOModule):
+    """Records the buffers it would optimise (the refill decision is what is under test)."""
+
+    def optimise(self, buffer):
+        self.steps = getattr(self, "steps", []) + [[s.rollout.num_prompts for s in buffer]]
+        self.step_logs = getattr(self, "step_logs", []) + [self._refill.pop_logs()]
+
+
+@pytest.mark.parametrize("max_tries, expected", [(4, [[0, 1, 1]]), (2, [[0, 1]])])
+def test_dynamic_sampling_refills_the_step(prompt_batch, tokenizer, max_tries, expected):
+    torch.manual_seed(0)
+    m = CaptureSteps(
+        backbone=BackboneSpec(preset="tiny"), group_size=4, max_completion_length=12, beta=0.0,
+        prompts_per_step=2, dynamic_sampling={"max_tries": max_tries}, phi="exp",
+    )  # fmt: skip
+    m.configure_model()
+    gt = prompt_batch["boxes"].tolist()
+    solved, mixed = [_answer(gt[0])] * 4, [_answer(gt[1]), "junk", "junk", "junk"]
+    # draw 1: both groups have one reward each (all solved, all junk): both dropped, nothing kept;
+    # draws 2 and 3: one group with variance each -> the step of 2 prompts is full after draw 3
+    calls = [[solved, ["junk"] * 4], [solved, mixed], [["junk"] * 4, mixed], [solved, mixed]]
+    m.engine = Script(calls, tokenizer)
+    for i in range(3):
+        m.training_step(prompt_batch, i)
+    assert m.steps[:1] == expected
+    logs = m.step_logs[0]
+    draws = len(expected[0])
+    assert logs["dynamic/tries"] == draws  # one micro-batch makes a plain step here
+    assert logs["dynamic/kept_share"] == pytest.approx(sum(expected[0]) / (2 * draws))
+    assert logs["dynamic/fill"] == pytest.approx(sum(expected[0]) / 2)
+
+
+def test_module_losses_follow_the_knobs(prompt_batch, tokenizer):
+    gt = prompt_batch["boxes"].tolist()
+    texts = [[_answer(gt[0]), "x", _answer(gt[0]), "y"], ["y", _answer(gt[1]), "z", "w"]]
+    m = _module(
+        phi="none", beta=0.0, num_iterations=2, importance_sampling_level="sequence", loss_type="dapo"
+    )
+    m.engine = Scripted(texts, tokenizer)
+    s = m.score(prompt_batch)
+    logp = s.old_logp + 0.3 * torch.randn_like(s.old_logp)  # a later iteration: ratios off 1
+    ours = m.loss_terms(s, logp=logp)
+    from univg.grpo import grpo_loss_terms
+
+    hand = grpo_loss_terms(
+        logp, s.old_logp, None, s.advantages, s.weights, s.rollout.completion_mask, beta=0.0,
+        loss_type="dapo", max_len=12, importance_sampling_level="sequence",
+    )  # fmt: skip
+    assert ours.loss.item() == pytest.approx(hand.loss.item())
+    token = grpo_loss_terms(
+        logp, s.old_logp, None, s.advantages, s.weights, s.rollout.completion_mask, beta=0.0
+    )
+    assert ours.loss.item() != pytest.approx(token.loss.item())
+
+
+def test_reward_plugin_in_the_module(prompt_batch, tokenizer, tmp_path):
+    plugin = tmp_path / "my_rewards.py"
+    plugin.write_text(
+        "def short(completions, limit, **kw):\n    return [float(len(c) <= limit) for c in completions]\n"
+    )
+    gt = prompt_batch["boxes"].tolist()
+    texts = [[_answer(gt[0]), "x" * 80, "y", "z"], ["y", _answer(gt[1]), "z", "w"]]
+    rewards = {
+        "accuracy": 1.0,
+        "short": {"class_path": f"{plugin}:short", "init_args": {"limit": 60}, "weight": 2.0},
+    }
+    m = _module(phi="none", beta=0.0, rewards=rewards)
+    m.engine = Scripted(texts, tokenizer)
+    s = m.score(prompt_batch)
+    # accuracy 1 for the exact answers, 0 otherwise; short: 1 unless longer than 60 characters
+    assert s.rewards["short"].tolist() == [1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert s.rewards["total"].tolist() == pytest.approx([3.0, 0.0, 2.0, 2.0, 2.0, 3.0, 2.0, 2.0])
+
+
 def test_bad_options_are_clear_errors():
     with pytest.raises(ValueError, match="phi"):
         GRPOModule(phi="cube")

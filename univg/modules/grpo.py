@@ -11,11 +11,9 @@ step's helpers (group selection, sums over processes, invariants, logged values)
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,9 +22,11 @@ from univg.difficulty import PHI_NAMES, PhiName, group_weights, step_weights
 from univg.distributed import make_reference
 from univg.engines import RolloutEngine, SharedPrefill
 from univg.grpo import (
+    IMPORTANCE_LEVELS,
     LOSS_TYPES,
     SCALES,
     GRPOLossTerms,
+    ImportanceLevel,
     LossType,
     ScaleRewards,
     group_advantages,
@@ -34,28 +34,26 @@ from univg.grpo import (
     zero_variance_groups,
 )
 from univg.modules.base import GroundingModule
+from univg.modules.dynamic_sampling import DynamicSampling, Refill
+from univg.modules.grpo_logging import StepLogging
 from univg.modules.grpo_step import (
     SamplerState,
     ScoredRollout,
-    completions_markdown,
-    group_pairs,
-    invariants_record,
     measure_invariants,
     score_completions,
     select_groups,
     select_prompt_rows,
     step_advantages,
-    step_logs,
     step_sizes,
     world_sum,
 )
-from univg.rewards import get_reward
+from univg.reward_plugins import RewardEntry, resolve_rewards
 from univg.rollout import Rollout, SamplingSpec, completion_logprobs, model_inputs, shared_prefix_allowed
 
 ACCURACY = "accuracy"  # the reward whose group mean is mIoU (docs/design.md section 4)
 
 
-class GRPOModule(SamplerState, GroundingModule):
+class GRPOModule(SamplerState, StepLogging, GroundingModule):
     """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. docs/design.md section 4 is the spec.
 
     Args:
@@ -71,11 +69,17 @@ class GRPOModule(SamplerState, GroundingModule):
         phi: difficulty weight "none" (plain GRPO), "exp" (paper default), "square", "neglog".
         phi_eps: epsilon of neglog.
         normalize_phi: rescale phi to mean 1 over the step's groups.
-        loss_type: "grpo", "bnpo" or "dr_grpo".
+        loss_type: "grpo", "bnpo", "dr_grpo" or "dapo" (token mean over the optimiser step; the
+            same normalisation as univg's "bnpo", see :func:`univg.grpo.loss_share_size`).
+        importance_sampling_level: "token" (GRPO) or "sequence" (GSPO: one length-normalised ratio
+            per completion, clipped once).
         scale_rewards: advantage scaling "group", "batch" or "none".
         drop_zero_variance: drop groups whose rewards are all equal (A = 0) from the loss.
+        dynamic_sampling: ``{max_tries: N}`` drops zero-variance groups and refills the step with
+            fresh prompts (DAPO; :mod:`univg.modules.dynamic_sampling`); None (default) is off.
         rewards: reward name -> weight (``univg.rewards`` registry; the release's own variants are
-            ``accuracy_release`` and ``format_release``).
+            ``accuracy_release`` and ``format_release``), or name -> plug-in ``{class_path,
+            init_args, weight}`` (a reward defined outside univg, :mod:`univg.reward_plugins`).
         miou_reward: the reward whose group mean is a prompt's mIoU (phi's input); with the release's
             rewards, ``accuracy_release``.
         prompts_per_step: prompts per optimiser step across all processes (gradient accumulation).
@@ -105,9 +109,11 @@ class GRPOModule(SamplerState, GroundingModule):
         phi_eps: float = 0.02,
         normalize_phi: bool = False,
         loss_type: LossType = "grpo",
+        importance_sampling_level: ImportanceLevel = "token",
         scale_rewards: ScaleRewards = "group",
         drop_zero_variance: bool = False,
-        rewards: dict[str, float] | None = None,
+        dynamic_sampling: DynamicSampling | None = None,
+        rewards: dict[str, RewardEntry] | None = None,
         miou_reward: str = ACCURACY,
         prompts_per_step: int = 16,
         logprob_chunk_size: int | None = None,
@@ -121,6 +127,7 @@ class GRPOModule(SamplerState, GroundingModule):
         for knob, value, choices in (
             ("phi", phi, PHI_NAMES),
             ("loss_type", loss_type, LOSS_TYPES),
+            ("importance_sampling_level", importance_sampling_level, IMPORTANCE_LEVELS),
             ("scale_rewards", scale_rewards, SCALES),
         ):
             if value not in choices:
@@ -139,10 +146,19 @@ class GRPOModule(SamplerState, GroundingModule):
         self.phi_eps = phi_eps
         self.normalize_phi = normalize_phi
         self.loss_type = loss_type
+        self.importance_sampling_level = importance_sampling_level
         self.scale_rewards = scale_rewards
         self.drop_zero_variance = drop_zero_variance
-        self.reward_weights = dict(rewards) if rewards else {ACCURACY: 1.0, "format": 1.0}
-        get_reward(miou_reward)  # an unknown name fails here, naming the registered rewards
+        if isinstance(dynamic_sampling, dict):
+            dynamic_sampling = DynamicSampling(**dynamic_sampling)
+        self.dynamic_sampling = dynamic_sampling
+        self._refill = Refill(dynamic_sampling) if dynamic_sampling is not None else None
+        # unknown names and bad plug-ins fail here, naming the registered rewards
+        self.reward_weights, self.reward_functions = resolve_rewards(
+            rewards or {ACCURACY: 1.0, "format": 1.0}
+        )
+        if miou_reward not in self.reward_functions:
+            resolve_rewards({miou_reward: 0.0})
         self.miou_reward = miou_reward
         self.prompts_per_step = prompts_per_step
         self.logprob_chunk_size = logprob_chunk_size
@@ -255,15 +271,15 @@ class GRPOModule(SamplerState, GroundingModule):
         roll = self.rollout(batch)
         t1 = time.perf_counter()
         rewards, acc, stats = score_completions(
-            roll.texts, batch, g, self.reward_weights, self.miou_reward, self.frame
+            roll.texts, batch, g, self.reward_weights, self.miou_reward, self.frame, self.reward_functions
         )
         total = rewards["total"]  # [N]
         advantages = group_advantages(total, g, self.scale_rewards)  # [N]
         zero_var = zero_variance_groups(total, g)  # [num_prompts]
         # mIoU per group (never over the micro-batch), the groups kept, phi of the kept ones
-        difficulty = group_weights(
-            acc, g, self.phi_name, self.phi_eps, drop=zero_var if self.drop_zero_variance else None
-        )
+        drop = self.drop_zero_variance or self.dynamic_sampling is not None
+        difficulty = group_weights(acc, g, self.phi_name, self.phi_eps, drop=zero_var if drop else None)
+        stats["prompts_drawn"] = int(zero_var.numel())
         stats["total_all"] = total  # every group's rewards, for a step-wide "batch" scale
         stats["zero_variance_frac"] = float(zero_var.float().mean())
         stats["truncated"] = float(roll.truncated.float().sum())
@@ -326,13 +342,20 @@ class GRPOModule(SamplerState, GroundingModule):
             eps_high=self.eps_high,
             loss_type=self.loss_type,
             max_len=self.max_completion_length,
+            importance_sampling_level=self.importance_sampling_level,
         )
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         per_step = self.micro_batches_per_step(int(batch["input_ids"].shape[0]))
-        self._buffer.append(self.score(batch))
-        if len(self._buffer) >= per_step:
+        scored = self.score(batch)
+        self._buffer.append(scored)
+        if self._refill is None:
+            full = len(self._buffer) >= per_step
+        else:  # dynamic sampling: draw until the step holds its prompts with reward variance
+            drawn, kept = scored.stats["prompts_drawn"], scored.rollout.num_prompts
+            full = self._refill.add(drawn, kept, per_step, self.prompts_per_step, world_sum)
+        if full:
             self.optimise(self._buffer)
             self._buffer = []
 
@@ -397,56 +420,6 @@ class GRPOModule(SamplerState, GroundingModule):
             self.engine.sync_weights(self.model)
             self._times["weight_sync"] = time.perf_counter() - t1
         self._log_step(buffer, logs, opt, used, inv if check else None)
-
-    def _log_step(
-        self,
-        buffer: list[ScoredRollout],
-        logs: dict[str, float],
-        opt: Any,
-        used: list[torch.Tensor],
-        invariants: dict[str, float] | None = None,
-    ) -> None:
-        out = step_logs(buffer, logs, used, self.group_size, self._times)
-        out["train/lr"] = float(opt.param_groups[0]["lr"])
-        if invariants is not None:
-            self._record_invariants(buffer, used, invariants, out)
-        miou = torch.cat([s.stats["miou_all"] for s in buffer])  # every group of the step
-        self.log_dict(out, on_step=True, prog_bar=False, batch_size=len(miou))
-        self.log("reward", out["reward/total_mean"], prog_bar=True, on_step=True, batch_size=len(miou))
-        self.last_step_logs = out
-        self._times = {}
-        exp = getattr(self.logger, "experiment", None) if self._trainer is not None else None
-        if exp is not None and hasattr(exp, "add_histogram"):
-            exp.add_histogram("difficulty/miou", miou, self.global_step)
-            every = self.log_completions_every
-            if every and self.global_step % every == 0:
-                exp.add_text(
-                    "completions", completions_markdown(buffer[0], self.group_size), self.global_step
-                )
-
-    def _record_invariants(
-        self,
-        buffer: list[ScoredRollout],
-        used: list[torch.Tensor],
-        inv: dict[str, float],
-        out: dict[str, float],
-    ) -> None:
-        """Log the step's invariants and append them, with every group's mIoU and weight gathered
-        from all processes, to ``invariants.jsonl`` (rank 0)."""
-        trainer = self.trainer if self._trainer is not None else None
-        record = invariants_record(
-            inv,
-            group_pairs(buffer, used, self.group_size),
-            step=int(self.global_step) - self.num_iterations,  # the step the lr was used at
-            phi=self.phi_name,
-            phi_eps=self.phi_eps,
-            normalize_phi=self.normalize_phi,
-            world_size=trainer.world_size if trainer is not None else 1,
-        )
-        out.update({f"invariants/{k}": record[k] for k in inv})
-        if trainer is not None and trainer.log_dir is not None and trainer.is_global_zero:
-            with open(Path(trainer.log_dir) / "invariants.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 __all__ = ["ACCURACY", "GRPOModule", "ScoredRollout", "select_prompt_rows"]

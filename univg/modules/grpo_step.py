@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from univg.difficulty import difficulty_shares
-from univg.grpo import group_advantages
+from univg.grpo import group_advantages, loss_share_size
 from univg.rewards import compute_rewards, reward_stats
 from univg.rollout import Rollout, images_per_prompt
 
@@ -257,13 +257,9 @@ def step_advantages(buffer: list[ScoredRollout], group_size: int, scale: str) ->
 
 
 def step_sizes(buffer: list[ScoredRollout], loss_type: str) -> list[float]:
-    """Each micro-batch's size in the loss normalisation: tokens (bnpo) or sequences (grpo, dr_grpo)."""
-    return [
-        float(s.rollout.completion_mask.sum())
-        if loss_type == "bnpo"
-        else float(s.rollout.completion_ids.shape[0])
-        for s in buffer
-    ]
+    """Each micro-batch's size in the loss normalisation: tokens (bnpo, dapo) or sequences (grpo,
+    dr_grpo); :func:`univg.grpo.loss_share_size`."""
+    return [loss_share_size(s.rollout.completion_mask, loss_type) for s in buffer]
 
 
 class SamplerState:
