@@ -19,7 +19,7 @@ import yaml
 from univg.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-GRID_TARGETS = ("table4", "table5", "table6", "size", "ablation-phi")
+GRID_TARGETS = ("table4", "table5", "table6", "size", "ablation-phi", "beyond")
 
 # overlays in configs/fsdp/ -> the stage configs they are documented with
 FSDP_BASES = {
@@ -85,8 +85,9 @@ def test_grid_covers_every_experiment_yaml():
     used = {a for cmd in FULL + DEBUG for a in cmd if a.endswith(".yaml")}
     every = {str(p.relative_to(ROOT)) for p in (ROOT / "experiments").rglob("*.yaml")}
     assert every - used == set()
-    # 16 rows: 14 trained (fit + test) and 2 evaluated only, at each scale
-    assert sum(c[0] == "fit" for c in FULL) == 14 and sum(c[0] == "test" for c in FULL) == 16
+    # the paper's 16 rows (14 trained, 2 evaluated only) and 4 trained beyond it, at each scale;
+    # every row is evaluated but the Qwen2.5-VL stage-1 row (make beyond tables its stage 2 only)
+    assert sum(c[0] == "fit" for c in FULL) == 18 and sum(c[0] == "test" for c in FULL) == 19
     assert len(DEBUG) == len(FULL)
 
 
@@ -129,7 +130,7 @@ def test_every_fsdp_overlay_is_checked():
 
 def _id(cmd: list[str]) -> str:
     name = next((a.split("=", 1)[1] for a in cmd if a.startswith("--trainer.logger.init_args.name=")), None)
-    overlay = [a for a in cmd if a.startswith("experiments/table")]
+    overlay = [a for a in cmd if a.startswith(("experiments/table", "experiments/beyond"))]
     return f"{cmd[0]}-{name or Path(overlay[0]).stem}"
 
 
@@ -137,9 +138,10 @@ def _id(cmd: list[str]) -> str:
 def test_grid_row_loads_full_scale(cmd):
     cfg = print_config(cmd)
     name = cfg["trainer"]["logger"]["init_args"]["name"]
-    assert name.startswith(("table4_", "table5_", "table6_"))  # every run says its table row
+    assert name.startswith(("table4_", "table5_", "table6_", "beyond_"))  # every run says its row
     backbone = cfg["model"]["init_args"]["backbone"]
-    assert backbone["preset"] == ("qwen2-vl-2b" if name.startswith("table6_") else "qwen2-vl-7b")
+    expected = {"table6_": "qwen2-vl-2b", "beyond_q25": "qwen2.5-vl-7b"}
+    assert backbone["preset"] == next((v for k, v in expected.items() if name.startswith(k)), "qwen2-vl-7b")
     if cmd[0] == "fit":
         callbacks = [c["class_path"] for c in cfg["trainer"]["callbacks"]]
         assert "univg.callbacks.HParamsLogger" in callbacks
@@ -150,7 +152,8 @@ def test_grid_row_loads_full_scale(cmd):
 @pytest.mark.parametrize("cmd", DEBUG, ids=[_id(c) for c in DEBUG])
 def test_grid_row_loads_debug_scale(cmd):
     cfg = print_config(cmd)
-    assert cfg["model"]["init_args"]["backbone"]["preset"] == "tiny"
+    q25 = any("beyond_q25" in a or "qwen2.5" in a for a in cmd)
+    assert cfg["model"]["init_args"]["backbone"]["preset"] == ("tiny-qwen2.5-vl" if q25 else "tiny")
     assert cfg["trainer"]["accelerator"] == "cpu"
     if cmd[0] == "fit":
         assert cfg["data"]["class_path"] == "univg.data.SyntheticDataModule"
