@@ -48,15 +48,17 @@ class Refill:
         micro_batches_per_step: int,
         prompts_per_step: int,
         world_sum: Callable[[list[float]], list[float]],
+        last: bool = False,
     ) -> bool:
-        """Count one scored micro-batch; True when the step is full or out of tries. Every process
-        calls this once per micro-batch, so the sums over processes agree on the answer."""
+        """Count one scored micro-batch; True when the step is full or out of tries (or ``last``:
+        the epoch's last micro-batch, which ends the step with what it holds). Every process calls
+        this once per micro-batch, so the sums over processes agree on the answer."""
         self.draws += 1
         drawn, kept = world_sum([float(drawn_prompts), float(kept_prompts)])
         self.drawn += drawn
         self.kept += kept
         out_of_tries = self.draws >= self.spec.max_tries * micro_batches_per_step
-        if self.kept >= prompts_per_step or out_of_tries:
+        if self.kept >= prompts_per_step or out_of_tries or last:
             self._logs = {
                 "dynamic/tries": self.draws / micro_batches_per_step,
                 "dynamic/kept_share": self.kept / max(self.drawn, 1.0),

@@ -350,19 +350,27 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         per_step = self.micro_batches_per_step(int(batch["input_ids"].shape[0]))
         scored = self.score(batch)
         self._buffer.append(scored)
+        # the epoch's last micro-batch ends a partial step here, where Lightning lets it be logged
+        batches = self.trainer.num_training_batches if self._trainer is not None else math.inf
+        last = batch_idx + 1 >= batches
         if self._refill is None:
-            full = len(self._buffer) >= per_step
+            full = len(self._buffer) >= per_step or last
         else:  # dynamic sampling: draw until the step holds its prompts with reward variance
             drawn, kept = scored.stats["prompts_drawn"], scored.rollout.num_prompts
-            full = self._refill.add(drawn, kept, per_step, self.prompts_per_step, world_sum)
+            full = self._refill.add(drawn, kept, per_step, self.prompts_per_step, world_sum, last)
         if full:
+            if len(self._buffer) < per_step and self._refill is None:
+                self.print(
+                    f"univg: last optimiser step of the epoch uses {len(self._buffer)} micro-batch(es)"
+                )
             self.optimise(self._buffer)
             self._buffer = []
 
     def on_train_epoch_end(self) -> None:
-        if self._buffer:  # a last partial step: train on it rather than drop its prompts
-            self.print(f"univg: last optimiser step of the epoch uses {len(self._buffer)} micro-batch(es)")
-            self.optimise(self._buffer)
+        # only when the epoch's length is unknown (an iterable dataset) or max_steps stopped it
+        if self._buffer:
+            prompts = sum(s.stats["prompts_drawn"] for s in self._buffer)
+            self.print(f"univg: {prompts} prompt(s) scored after the last optimiser step were not trained on")
             self._buffer = []
 
     def optimise(self, buffer: list[ScoredRollout]) -> None:
