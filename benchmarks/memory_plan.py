@@ -258,6 +258,8 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
         "train",
         "stage",
         "build",
+        "image",
+        "gather",
         "rank",
         "params pred",
         "params meas",
@@ -278,11 +280,19 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
         else:
             step = ["-", "-", f"{r['peak_rss_build_gb'] / build:.2f} (build)"]
         cells = [
-            r["preset"], r["procs"], "LoRA" if r["lora"] else "full", r["stage"], r["build"], r.get("rank", 0),
+            r["preset"], r["procs"], "LoRA" if r["lora"] else "full", r["stage"], r["build"],
+            r.get("image_size", 448), _gather_name(r), r.get("rank", 0),
             f"{plan['parameters'] / 1e9:.3f}", f"{r['param_bytes_local'] / 1e9:.3f}",
             f"{build:.2f}", f"{r['peak_rss_build_gb']:.2f}", *step,
         ]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def _gather_name(r: dict) -> str:
+    """The all-gather dtype of a fsdp_memory.py row ("-" for one process: nothing is gathered)."""
+    if r["procs"] == 1:
+        return "-"
+    return "fp32" if r.get("param_dtype", "bfloat16") in (None, "float32") else "bf16"
 
 
 def check_tokens(image_size: int) -> tuple[int, int]:
