@@ -57,6 +57,10 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
         "stage": args.stage,
         "lora": args.lora,
         "build": "single" if procs == 1 else ("legacy" if args.legacy_build else "meta"),
+        "image_size": args.image_size,
+        "param_dtype": args.param_dtype if procs > 1 else None,
+        "precision": args.precision,
+        "threads": args.threads,
     }
 
     class Measure(Callback):

@@ -84,9 +84,21 @@ def sharded_state(
     }
 
 
+def gathered_bytes(s: Shape, gather_bytes: int = 2) -> float:
+    """Unsharded parameter bytes at the peak of an FSDP2 step (``gather_bytes`` per element: 2 for bf16).
+
+    FSDP2 keeps the root unit unsharded for the whole step, and gathering a unit holds its
+    all-gather buffer and the unsharded parameters copied out of it at once (2x the unit), so the
+    peak is the root's own gather or, on top of the root, a decoder layer's and the next one's
+    (prefetched). Measured on 2 CPU ranks with the 2B preset (benchmarks/RESULTS.md): the root
+    alone, gathered once, left the step's peak 1 GB (fp32) above the plan.
+    """
+    return gather_bytes * max(2 * s.root, s.root + 2 * 2 * s.layer)
+
+
 def transient(s: Shape, tokens: int, logit_tokens: int, checkpointing: bool = True) -> dict[str, float]:
     """Bytes per rank that are not sharded: gathered bf16 units, activations, logits (estimates)."""
-    gathered = 2 * s.root + 2 * 2 * s.layer  # root unit + current and prefetched layer, bf16
+    gathered = gathered_bytes(s)
     grad_unsharded = 4 * 2 * s.layer  # a layer's fp32 gradients before reduce-scatter (x2 overlap)
     # elements autograd keeps per token inside one decoder layer (norms, q/k/v/o inputs, attention
     # output, MLP gate/up/act/down inputs), bf16
@@ -152,6 +164,7 @@ def host_plan(
     logit_tokens: int,
     build: str = "meta",
     reference: bool = False,
+    gather_bytes: int = 2,
 ) -> dict[str, float]:
     """Bytes per rank of host memory (CPU training) beyond the runtime's fixed overhead.
 
@@ -159,9 +172,8 @@ def host_plan(
     (every rank builds the full model, then shards it) or "single" (one process, no FSDP). The peak
     is the larger of the build and the step. The step holds the sharded fp32 state (weights, the
     frozen reference copy for full fine-tuning with beta > 0, gradients and AdamW moments of what
-    trains), and, with FSDP, the root unit gathered in bf16 for the whole step (FSDP2 keeps the root
-    unsharded between forward and backward; generate is one FSDP forward) plus one decoder layer
-    and the next one prefetched.
+    trains), and, with FSDP, the gathered units (:func:`gathered_bytes`; ``gather_bytes`` per
+    element: 2 for bf16 all-gathers, 4 with ``param_dtype: null``).
     """
     trainable = s.lora if lora else s.total - s.vision
     params = 4 * (s.total + (s.lora if lora else 0)) / ranks
@@ -172,7 +184,7 @@ def host_plan(
         "optimizer": 8 * trainable / ranks,
     }
     sharded = build != "single"
-    gathered = (2 * s.root + 2 * 2 * s.layer) if sharded else 0.0
+    gathered = gathered_bytes(s, gather_bytes) if sharded else 0.0
     grad_unsharded = 4 * 2 * s.layer if sharded and not lora else 0.0
     acts = transient(s, tokens, logit_tokens)
     step = {
@@ -195,10 +207,10 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip().startswith("{")]
     rows = [r for r in rows if "peak_rss_gb" in r]
     shapes = {p: shape_of(p) for p in {r["preset"] for r in rows}}
-    tokens, logit_tokens = CHECK_TOKENS
 
     def predict(r: dict) -> dict[str, float]:
         reference = r["stage"] == "grpo" and not r["lora"]
+        tokens, logit_tokens = check_tokens(r.get("image_size", 448))
         return host_plan(
             shapes[r["preset"]],
             r["procs"],
@@ -208,6 +220,7 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
             logit_tokens,
             r["build"],
             reference,
+            4 if r.get("param_dtype", "bfloat16") in (None, "float32") else 2,
         )
 
     # The fixed overhead (interpreter, torch, data, tokenizer, gloo; GRPO adds its rollout machinery)
@@ -245,6 +258,8 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
         "train",
         "stage",
         "build",
+        "image",
+        "gather",
         "rank",
         "params pred",
         "params meas",
@@ -265,16 +280,29 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
         else:
             step = ["-", "-", f"{r['peak_rss_build_gb'] / build:.2f} (build)"]
         cells = [
-            r["preset"], r["procs"], "LoRA" if r["lora"] else "full", r["stage"], r["build"], r.get("rank", 0),
+            r["preset"], r["procs"], "LoRA" if r["lora"] else "full", r["stage"], r["build"],
+            r.get("image_size", 448), _gather_name(r), r.get("rank", 0),
             f"{plan['parameters'] / 1e9:.3f}", f"{r['param_bytes_local'] / 1e9:.3f}",
             f"{build:.2f}", f"{r['peak_rss_build_gb']:.2f}", *step,
         ]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
-#: Tokens of the fsdp_memory.py step (one 448 x 448 image = 256 tokens plus ~60 of text and answer)
-#: and logit tokens (the completion or answer positions); small next to the weights at these sizes.
-CHECK_TOKENS = (2 * 330, 2 * 30)
+def _gather_name(r: dict) -> str:
+    """The all-gather dtype of a fsdp_memory.py row ("-" for one process: nothing is gathered)."""
+    if r["procs"] == 1:
+        return "-"
+    return "fp32" if r.get("param_dtype", "bfloat16") in (None, "float32") else "bf16"
+
+
+def check_tokens(image_size: int) -> tuple[int, int]:
+    """Tokens of a fsdp_memory.py step (G 2 rows of one image, (size / 28)^2 tokens, plus ~74 of text
+    and answer) and logit tokens (the completion or answer positions); small next to the weights.
+
+    >>> check_tokens(448)
+    (660, 60)
+    """
+    return 2 * ((image_size // 28) ** 2 + 74), 2 * 30
 
 
 # ------------------------------------------------------------------------------------------ measure

@@ -72,7 +72,8 @@ def grpo_2b_command(tmp: Path, precision: str) -> list[str]:
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
 def test_2b_preset_runs_a_grpo_step_on_cpu(tmp_path: Path, precision: str) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
+    threads = os.environ.get("OMP_NUM_THREADS", "1")  # the recorded runs used 2 (the machine's cores)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
     start = time.perf_counter()
     proc = subprocess.run(
         grpo_2b_command(tmp_path, precision),
@@ -86,6 +87,9 @@ def test_2b_preset_runs_a_grpo_step_on_cpu(tmp_path: Path, precision: str) -> No
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
     print(f"2B GRPO step, {precision}: {time.perf_counter() - start:.0f} s, peak RSS {peak:.2f} GB")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    metrics = list(tmp_path.rglob("metrics.csv"))
+    if metrics:
+        print(f"2B GRPO step, {precision}, {threads} threads, metrics: {metrics[0].read_text()!r}")
     # the real 2B dimensions: 2,208,985,600 (tied head) plus LoRA r 8 on q (1536 -> 1536) and v
     # (1536 -> 256) of 28 layers: 28 x (8 x 1536 + 1536 x 8 + 8 x 1536 + 256 x 8) = 1,089,536 trainable
     assert "2,210,075,136 parameters, 1,089,536 trainable" in proc.stdout + proc.stderr

@@ -236,7 +236,8 @@ def build_sharded_model(
     ``spec.checkpoint`` is read from its safetensors files and ``init_checkpoint`` (a univg .ckpt)
     on top, each rank reading only its rows (:mod:`univg.sharded_build`).
     """
-    from univg.sharded_build import build_on_meta, materialise, safetensors_source, univg_checkpoint_source
+    from univg.shard_sources import safetensors_source, univg_checkpoint_source
+    from univg.sharded_build import build_on_meta, materialise
     from univg.tokenizer import resolve_checkpoint
 
     rank, world = mesh.get_local_rank(), mesh.size()
@@ -255,18 +256,12 @@ def build_sharded_reference(
     spec: Any, policy: nn.Module, mesh: Any, settings: FSDPSettings | None = None
 ) -> nn.Module:
     """A frozen copy of a sharded policy, built on meta and sharded alike: each rank copies its shard."""
+    from univg.shard_sources import shards_of
     from univg.sharded_build import build_on_meta, materialise
 
     ref, _ = build_on_meta(spec, record=False)  # draws no random numbers: every weight is copied
     shard_model(ref, mesh, settings)
-    theirs = dict(policy.named_parameters())
-
-    def from_policy(name: str, local: torch.Tensor) -> bool:
-        src = theirs[name]
-        local.copy_(src.to_local() if hasattr(src, "to_local") else src)
-        return True
-
-    materialise(ref, {}, from_policy)
+    materialise(ref, {}, shards_of(policy))
     ref.eval().requires_grad_(False)
     return ref
 

@@ -3,7 +3,8 @@
 The model is constructed with its parameters on the ``meta`` device (buffers, e.g. rotary
 frequencies, stay real: they are small and computed, not drawn), ``fully_shard`` is applied, the
 shards are allocated with ``to_empty`` and then filled with this rank's rows (FSDP2 shards every
-parameter along dim 0, ``torch.chunk`` style) from one of three sources:
+parameter along dim 0, ``torch.chunk`` style). The recorded random init lives here; the readers
+of checkpoints and of another model's shards are :mod:`univg.shard_sources`:
 
 - **random init** (a preset without a checkpoint): every in-place write that construction and
   transformers' ``post_init`` make to a parameter (``uniform_``, ``normal_``, ``fill_``, ...) is
@@ -12,28 +13,32 @@ parameter along dim 0, ``torch.chunk`` style) from one of three sources:
   ordinary build, so the sharded model equals what one process builds with the same seed
   (``tests/test_distributed.py`` checks it bit for bit) while the peak extra memory is one full
   parameter (the 151,936-row embedding: 0.93 GB for 2B in fp32), not the model.
-- **a Hugging Face checkpoint** (``backbone.checkpoint``): each rank reads only its rows of each
-  tensor from the ``*.safetensors`` files (``safe_open(...).get_slice``; the released Qwen2-VL
-  files' key names are mapped to transformers 5's).
-- **a univg ``.ckpt``** (``init_checkpoint``): opened with ``torch.load(mmap=True)``, so only the
-  pages of this rank's rows are read.
+- **a Hugging Face checkpoint** (``backbone.checkpoint``) or **a univg ``.ckpt``**
+  (``init_checkpoint``): each rank reads only its rows
+  (:func:`~univg.shard_sources.safetensors_source`, :func:`~univg.shard_sources.univg_checkpoint_source`).
 
 The frozen GRPO reference for full fine-tuning is built the same way, on meta, and its shards are
-copied from the policy's shards (never a full copy of the model).
+copied from the policy's shards (:func:`~univg.shard_sources.shards_of`; never a full copy of the model).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from univg.shard_sources import (  # re-exported: the readers lived here before
+    Source,
+    copy_shards,
+    rank_rows,
+    safetensors_source,
+    shards_of,
+    univg_checkpoint_source,
+)
 
 # In-place ops that overwrite every element: replaying them needs no earlier value of the tensor.
 _OVERWRITES = {
@@ -49,22 +54,6 @@ _OVERWRITES = {
     "log_normal_",
     "cauchy_",
 }
-
-
-def rank_rows(full: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """This rank's dim-0 chunk of ``full`` as FSDP2 lays it out (``torch.chunk``; empty past the end).
-
-    >>> [rank_rows(torch.arange(5), r, 2).tolist() for r in (0, 1)]
-    [[0, 1, 2], [3, 4]]
-    >>> rank_rows(torch.arange(1), 1, 2).tolist()
-    []
-    """
-    if full.dim() == 0 or world == 1:
-        return full
-    chunks = torch.chunk(full, world, dim=0)
-    if rank < len(chunks):
-        return chunks[rank]
-    return full.new_empty((0, *full.shape[1:]))
 
 
 @contextmanager
@@ -270,9 +259,7 @@ def build_on_meta(spec: Any, rank: int = 0, world: int = 1, record: bool = True)
     return model, rows
 
 
-def materialise(
-    model: nn.Module, rows: dict[str, torch.Tensor], *sources: Callable[[str, torch.Tensor], bool]
-) -> None:
+def materialise(model: nn.Module, rows: dict[str, torch.Tensor], *sources: Source) -> None:
     """Give a sharded meta model real shards: the recorded ``rows`` (``rows`` is emptied), then sources.
 
     A source is called with (parameter name, local shard) and returns True when it wrote the shard.
@@ -335,138 +322,16 @@ def _reset_fsdp_params(model: nn.Module) -> None:
                     fsdp_param.reset_sharded_param()
 
 
-# ------------------------------------------------------------------------------------- checkpoints
-def _strip_peft(name: str) -> str:
-    """Model-level name of a (possibly peft-wrapped) parameter: LoRA's ``base_layer`` removed."""
-    if name.startswith("base_model.model."):
-        name = name[len("base_model.model.") :]
-    return name.replace(".base_layer.", ".")
-
-
-#: Released Qwen2-VL safetensors key prefixes -> transformers 5 parameter names.
-_LEGACY_PREFIXES = (("model.", "model.language_model."), ("visual.", "model.visual."))
-
-
-def _hf_key(name: str, keys: set[str]) -> str | None:
-    if name in keys:
-        return name
-    for new, old in ((new, old) for old, new in _LEGACY_PREFIXES):
-        if name.startswith(new) and old + name[len(new) :] in keys:
-            return old + name[len(new) :]
-    return None
-
-
-def safetensors_source(path: str | os.PathLike, rank: int, world: int) -> Callable[[str, torch.Tensor], bool]:
-    """A :func:`materialise` source reading this rank's rows from a Hugging Face checkpoint folder."""
-    from safetensors import safe_open
-
-    folder = Path(path)
-    if not folder.is_dir():  # a hub id: fetch (or find in the cache) the weight files only
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(str(path), allow_patterns=["*.safetensors", "*.json"]))
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-    else:
-        single = folder / "model.safetensors"
-        if not single.is_file():
-            raise FileNotFoundError(f"{folder}: no model.safetensors or model.safetensors.index.json")
-        with safe_open(str(single), framework="pt") as f:
-            weight_map = {k: single.name for k in f.keys()}
-    keys = set(weight_map)
-    used: set[str] = set()
-
-    def source(name: str, local: torch.Tensor) -> bool:
-        plain = _strip_peft(name)
-        key = _hf_key(plain, keys)
-        if key is None and plain == "lm_head.weight":  # tied head stored only as the embedding
-            key = _hf_key("model.language_model.embed_tokens.weight", keys)
-        if key is None:
-            if ".lora_" in name:
-                return False
-            raise KeyError(f"{folder}: no tensor for parameter {plain!r} in the checkpoint")
-        used.add(key)
-        with safe_open(str(folder / weight_map[key]), framework="pt") as f:
-            piece = f.get_slice(key)
-            shape = piece.get_shape()
-            if world == 1 or not shape:
-                rows = piece[:]
-            else:
-                start = _row_offset(shape[0], rank, world)
-                rows = piece[start : start + local.shape[0]]
-        if tuple(rows.shape) != tuple(local.shape):
-            raise ValueError(
-                f"{folder}: tensor {key!r} has shape {shape}, the model's {plain!r} does not match"
-            )
-        local.copy_(rows)
-        return True
-
-    return source
-
-
-def _row_offset(rows: int, rank: int, world: int) -> int:
-    """First row of ``rank``'s chunk (``torch.chunk``: ceil(rows / world) rows per chunk)."""
-    per = -(-rows // world)
-    return min(rows, rank * per)
-
-
-def univg_checkpoint_source(
-    path: str | os.PathLike, rank: int, world: int
-) -> Callable[[str, torch.Tensor], bool]:
-    """A :func:`materialise` source reading this rank's rows of the ``model.*`` weights of a univg .ckpt."""
-    path = Path(path)
-    if path.is_dir() and any(path.glob("*.distcp")):
-        # the sharded folder an FSDP stage-1 run writes: read whole (each rank), then take its rows
-        from univg.distributed import read_sharded_checkpoint
-
-        state = read_sharded_checkpoint(path)
-    elif not path.is_file():
-        raise FileNotFoundError(
-            f"init_checkpoint {path} does not exist (expected a .ckpt file or sharded checkpoint folder of a univg run)"
-        )
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # an old (non-zip) file cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
-    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    if not weights:
-        raise ValueError(f"init_checkpoint {path} holds no 'model.*' weights (keys: {list(state)[:5]} ...)")
-
-    def source(name: str, local: torch.Tensor) -> bool:
-        full = weights.get(name)
-        if full is None:
-            raise KeyError(f"init_checkpoint {path} has no weight for parameter {name!r}")
-        rows = rank_rows(full, rank, world)
-        if rows.shape != local.shape:
-            raise ValueError(
-                f"init_checkpoint {path}: {name!r} has shape {tuple(full.shape)}, the model's does not match"
-            )
-        local.copy_(rows)
-        return True
-
-    return source
-
-
-def copy_shards(src: nn.Module, dst: nn.Module) -> None:
-    """Copy a sharded model's local shards into an identically sharded (materialised) model."""
-    theirs = dict(src.named_parameters())
-    with torch.no_grad():
-        for name, p in dst.named_parameters():
-            s = theirs[name]
-            local = p.to_local() if hasattr(p, "to_local") else p
-            local.copy_(s.to_local() if hasattr(s, "to_local") else s)
-
-
 __all__ = [
     "RecordShards",
+    "Source",
     "build_on_meta",
     "copy_shards",
     "materialise",
     "meta_parameters",
     "rank_rows",
+    "return_freed_memory_to_os",
     "safetensors_source",
+    "shards_of",
     "univg_checkpoint_source",
 ]
