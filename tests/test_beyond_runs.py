@@ -55,3 +55,24 @@ def test_qwen25_fit_sft_grpo_and_test_in_pixels(tmp_path: Path) -> None:
         assert 0.0 <= r["iou"] <= 1.0
     results = json.loads(next(tmp_path.glob("synthetic/version_0/results_test.json")).read_text())
     assert results  # the metrics were computed and written
+
+
+def test_dynamic_sampling_fit_ends_the_epoch_with_a_partial_step(tmp_path: Path) -> None:
+    # 6 prompts in micro-batches of 2, 4 prompts per step: one step of 2 micro-batches then the
+    # epoch's last micro-batch as a partial step (which once crashed at logging); with dynamic
+    # sampling the untrained tiny model's all-zero groups are dropped and refills are drawn.
+    univg(
+        "fit", "--config", "configs/grpo_diff_debug.yaml", "--model.init_args.dynamic_sampling.max_tries=2",
+        "--data.init_args.num_train=6", "--trainer.max_steps=10", "--trainer.max_epochs=2", "--trainer.limit_val_batches=0",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.logger.init_args.name=dyn",
+    )  # fmt: skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = tmp_path.glob("dyn/version_0/events.out.tfevents.*")
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    tries = [e.value for e in acc.Scalars("dynamic/tries")]
+    # 3 micro-batches an epoch: running out of tries needs 2 x 2 draws, so each epoch's end closes
+    # its one step, after 1.5 plain steps' draws; 2 epochs, 2 steps
+    assert tries == [1.5, 1.5]
+    assert [e.value for e in acc.Scalars("dynamic/fill")] == [0.0, 0.0]  # nothing kept: every group scored 0
