@@ -62,13 +62,10 @@ def unreadable(path: str | os.PathLike[str], option: str, err: BaseException) ->
     return CheckpointError(f"{option} {path}: not a readable checkpoint ({type(err).__name__}: {first})")
 
 
-def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load the ``model.*`` weights of a univg Lightning checkpoint into ``model`` (strict): a
-    ``.ckpt`` file or the sharded folder an FSDP run writes.
-
-    Only the policy is taken (a GRPO checkpoint's ``ref_model.*`` is ignored): the caller's
-    reference model, if any, is then a copy of these weights.
-    """
+def read_model_weights(path: str | os.PathLike, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """The ``model.*`` weights (prefix removed) of a univg Lightning checkpoint: a ``.ckpt`` file
+    or the sharded folder an FSDP run writes (read whole). ``mmap``: map the file instead of
+    reading it (what a rank that keeps only its rows wants)."""
     import torch
 
     path = Path(path)
@@ -84,7 +81,12 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     else:
         check_checkpoint(path, "init_checkpoint")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+            except RuntimeError:
+                if not mmap:
+                    raise
+                state = torch.load(path, map_location="cpu", weights_only=False)  # old non-zip file
         except Exception as err:  # torch's errors neither name the file nor say what is wrong with it
             raise unreadable(path, "init_checkpoint", err) from err
     if not isinstance(state, dict):
@@ -93,6 +95,17 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
         raise ValueError(f"init_checkpoint {path} holds no 'model.*' weights (keys: {list(state)[:5]} ...)")
+    return weights
+
+
+def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load the ``model.*`` weights of a univg Lightning checkpoint into ``model`` (strict): a
+    ``.ckpt`` file or the sharded folder an FSDP run writes.
+
+    Only the policy is taken (a GRPO checkpoint's ``ref_model.*`` is ignored): the caller's
+    reference model, if any, is then a copy of these weights.
+    """
+    weights = read_model_weights(path)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # tied lm_head / embedding may be stored once; anything else missing is an error
     missing = [k for k in missing if not k.endswith("lm_head.weight")]
@@ -102,4 +115,4 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
         )
 
 
-__all__ = ["CheckpointError", "check_checkpoint", "load_model_weights", "unreadable"]
+__all__ = ["CheckpointError", "check_checkpoint", "load_model_weights", "read_model_weights", "unreadable"]

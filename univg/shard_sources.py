@@ -120,25 +120,11 @@ def _row_offset(rows: int, rank: int, world: int) -> int:
 
 def univg_checkpoint_source(path: str | os.PathLike, rank: int, world: int) -> Source:
     """A :func:`~univg.sharded_build.materialise` source reading this rank's rows of the ``model.*`` weights of a univg .ckpt."""
-    path = Path(path)
-    if path.is_dir() and any(path.glob("*.distcp")):
-        # the sharded folder an FSDP stage-1 run writes: read whole (each rank), then take its rows
-        from univg.distributed import read_sharded_checkpoint
+    from univg.checkpoints import read_model_weights
 
-        state = read_sharded_checkpoint(path)
-    elif not path.is_file():
-        raise FileNotFoundError(
-            f"init_checkpoint {path} does not exist (expected a .ckpt file or sharded checkpoint folder of a univg run)"
-        )
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        except RuntimeError:  # an old (non-zip) file cannot be memory-mapped
-            state = torch.load(path, map_location="cpu", weights_only=False)
-    state = state.get("state_dict", state)
-    weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-    if not weights:
-        raise ValueError(f"init_checkpoint {path} holds no 'model.*' weights (keys: {list(state)[:5]} ...)")
+    # the sharded folder an FSDP stage-1 run writes is read whole (each rank), a file mapped; then
+    # each parameter takes its rows
+    weights = read_model_weights(path, mmap=True)
 
     def source(name: str, local: torch.Tensor) -> bool:
         full = weights.get(name)
