@@ -23,7 +23,7 @@ from univg.demo import (
     validation_set,
     write_table,
 )
-from univg.demo.numerics import PINNED_ENV, pin_environment
+from univg.demo.numerics import PINNED_ENV, pin_environment, pinned_torch
 from univg.demo.seeds import run_seed, seed_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,12 +95,25 @@ def test_smoke_demo_writes_every_artefact(tmp_path):
     # stage 2 alone from the saved stage-1 checkpoint reproduces the demo's stage-2 runs exactly,
     # and its evaluation of the checkpoint (a fresh module loading the file) the CoT-SFT row
     cfg = apply_overrides(smoke_settings(0), ['grpo_phis=["none"]'])
-    again = run_stage2(cfg, tmp_path / "cot_sft" / "version_0" / "stage1.ckpt", tmp_path / "again")
+    ckpt = tmp_path / "cot_sft" / "version_0" / "stage1.ckpt"
+    again = run_stage2(cfg, ckpt, tmp_path / "again")
     assert list(again["rows"]) == ["CoT-SFT", "continued CoT-SFT", "GRPO"]
     for row in again["rows"]:
         assert again["rows"][row] == rows[row], row
     assert again["reward_probe"]["GRPO"] == probes["GRPO"]
     assert again["sft_losses"]["continued CoT-SFT"] == summary["sft_losses"]["continued CoT-SFT"]
+
+    # the demo rerun into the same folder with other stage-2 settings reuses stage 1 (same stage-1
+    # settings and numerics: the checkpoint file is not rewritten) and scores every stage afresh
+    stamp = ckpt.stat().st_mtime_ns
+    cfg = apply_overrides(smoke_settings(0), ['grpo_phis=["none"]', "cont_sft_epochs=1"])
+    rerun = run_demo(cfg, tmp_path)
+    assert ckpt.stat().st_mtime_ns == stamp
+    assert list(rerun["rows"]) == ["constant box", "base (untrained)", "CoT-SFT", "continued CoT-SFT", "GRPO"]
+    for row in ("constant box", "base (untrained)", "CoT-SFT", "GRPO"):
+        assert rerun["rows"][row] == rows[row], row
+    assert rerun["sft_losses"]["CoT-SFT"] == summary["sft_losses"]["CoT-SFT"]
+    assert rerun["sft_losses"]["continued CoT-SFT"] == summary["sft_losses"]["continued CoT-SFT"][:2]
 
 
 def _numbers(summary: dict) -> dict:
@@ -165,6 +178,28 @@ def test_pin_environment_sets_each_mode_and_refuses_too_late(monkeypatch):
     monkeypatch.setenv("MKL_CBWR", "AUTO")
     with pytest.raises(RuntimeError, match="torch is already imported"):
         pin_environment("avx2")
+
+
+def test_pinned_torch_sets_then_restores_torch_state(monkeypatch):
+    import torch
+
+    monkeypatch.delenv("MKL_CBWR", raising=False)  # the environment pins are not in effect here
+
+    def state() -> tuple:
+        return (
+            torch.get_num_threads(),
+            torch.are_deterministic_algorithms_enabled(),
+            torch.backends.mkldnn.enabled,
+        )
+
+    before = state()
+    with pytest.warns(UserWarning, match="not in effect"), pinned_torch("avx2") as report:
+        assert state() == (2, True, False)
+    assert report["mode"] == "avx2" and report["pinned"] is False and report["MKL_CBWR"] is None
+    assert state() == before
+    with pinned_torch("native") as report:
+        assert state() == before
+    assert report["pinned"] is False and report["threads"] == before[0]
 
 
 def test_overrides_parse_field_types_and_reject_unknown_fields():

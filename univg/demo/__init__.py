@@ -59,7 +59,7 @@ _EXPORTS = {
     "run_demo": "run",
     "run_stage2": "run",
     "main": "run",
-    "apply_torch_pins": "numerics",
+    "pinned_torch": "numerics",
     "pin_environment": "numerics",
 }
 __all__ = sorted(_EXPORTS)

@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
 from typing import Any, Literal, get_args
 
 Numerics = Literal["avx2", "baseline", "native"]
@@ -70,15 +71,34 @@ def pin_environment(
     return wanted
 
 
-def apply_torch_pins(numerics: Numerics = DEFAULT) -> dict[str, Any]:
-    """The torch-level pins (threads, deterministic algorithms, oneDNN off) and a report of the
-    numerics in effect, for ``summary.json``. Warns when the environment pins did not take."""
+@contextmanager
+def pinned_torch(numerics: Numerics = DEFAULT) -> Iterator[dict[str, Any]]:
+    """The torch-level pins (threads, deterministic algorithms, oneDNN off) for the duration of the
+    block, then torch's previous state back; yields a report of the numerics in effect, for
+    ``summary.json``. Warns when the environment pins did not take."""
     import torch
 
-    if numerics != "native":
-        torch.set_num_threads(THREADS)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.mkldnn.enabled = False
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.mkldnn.enabled,
+    )
+    try:
+        if numerics != "native":
+            torch.set_num_threads(THREADS)
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.mkldnn.enabled = False
+        yield _report(numerics)
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        torch.backends.mkldnn.enabled = before[3]
+
+
+def _report(numerics: Numerics) -> dict[str, Any]:
+    import torch
+
     report: dict[str, Any] = {
         "mode": numerics,
         "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -96,6 +116,6 @@ def apply_torch_pins(numerics: Numerics = DEFAULT) -> dict[str, Any]:
             f"{report['aten_cpu_capability']}, expected {expected}; MKL_CBWR {report['MKL_CBWR']}): "
             "torch was imported before the pins were set, or this CPU lacks the instructions; the "
             "numbers are this machine's. Run `python -m univg.demo` for the pinned ones.",
-            stacklevel=2,
+            stacklevel=4,
         )
     return report

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 
-from univg.demo.numerics import DEFAULT, NUMERICS, Numerics, apply_torch_pins
+from univg.demo.numerics import DEFAULT, NUMERICS, Numerics, pinned_torch
 from univg.demo.report import collect_pictures, write_outputs
 from univg.demo.sets import eval_set, sft_train_set
 from univg.demo.settings import DemoSettings, apply_overrides, smoke_settings
@@ -25,15 +25,15 @@ def run_demo(
     (its environment pins only hold when set before torch was imported, as ``__main__`` does)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = apply_torch_pins(numerics)
-    t_all = time.perf_counter()
-    L.seed_everything(cfg.seed, verbose=False)
-    test = eval_set(cfg)
-    train = sft_train_set(cfg)
-    rows = {"constant box": constant_box_metrics(train, test)}
-    ckpt, stage1_rows, times, stage1_losses = run_stage1(cfg, train, test, out)
-    rows.update(stage1_rows)
-    curves, probes, stage2_rows, stage2_times, losses = run_grpo_stage(cfg, ckpt, test, out)
+    with pinned_torch(numerics) as report:
+        t_all = time.perf_counter()
+        L.seed_everything(cfg.seed, verbose=False)
+        test = eval_set(cfg)
+        train = sft_train_set(cfg)
+        rows = {"constant box": constant_box_metrics(train, test)}
+        ckpt, stage1_rows, times, stage1_losses = run_stage1(cfg, train, test, out, numerics)
+        rows.update(stage1_rows)
+        curves, probes, stage2_rows, stage2_times, losses = run_grpo_stage(cfg, ckpt, test, out)
     rows.update(stage2_rows)
     times.update(stage2_times)
     times["total"] = time.perf_counter() - t_all
@@ -50,13 +50,12 @@ def run_stage2(
     re-running SFT): the checkpoint's own row, then every stage-2 run."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = apply_torch_pins(numerics)
-    t_all = time.perf_counter()
-    test = eval_set(cfg)
-    t0 = time.perf_counter()
-    rows = {"CoT-SFT": evaluate_checkpoint(cfg, ckpt, test, out)}
-    times = {"cot_sft_eval": time.perf_counter() - t0}
-    curves, probes, stage2_rows, stage2_times, losses = run_grpo_stage(cfg, ckpt, test, out)
+    with pinned_torch(numerics) as report:
+        t_all = time.perf_counter()
+        test = eval_set(cfg)
+        rows = {"CoT-SFT": evaluate_checkpoint(cfg, ckpt, test, out)}
+        times = {"cot_sft_eval": time.perf_counter() - t_all}
+        curves, probes, stage2_rows, stage2_times, losses = run_grpo_stage(cfg, ckpt, test, out)
     rows.update(stage2_rows)
     times.update(stage2_times)
     times["total"] = time.perf_counter() - t_all

@@ -131,6 +131,34 @@ class DemoSettings:
         )
 
 
+#: Fields that only stage 2 or the scoring reads: stage 1 (its data, model and training) does not
+#: depend on them, so a stage-1 checkpoint is reused when every other field matches.
+NOT_STAGE1 = (
+    "eval_n",
+    "eval_split",
+    "eval_tasks",
+    "grpo_tasks",
+    "grpo_phis",
+    "probe_n",
+    "probe_every",
+    "grpo_steps",
+    "grpo_prompts",
+    "group_size",
+    "grpo_lr",
+    "beta",
+    "scale_rewards",
+    "loss_type",
+    "temperature",
+    "cont_sft_epochs",
+    "cont_sft_lr",
+)
+
+
+def stage1_settings(cfg: DemoSettings) -> dict[str, Any]:
+    """The settings stage 1 depends on (JSON-ready)."""
+    return json.loads(json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_STAGE1}))
+
+
 def smoke_settings(seed: int = 0) -> DemoSettings:
     """Tiny budgets: every artefact in about a minute (the CI test), numbers meaningless."""
     return DemoSettings(

@@ -3,6 +3,7 @@ stage-1 checkpoint (continued CoT-SFT, GRPO, GRPO-Difficulty), each then evaluat
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from univg.data.datamodules import GroundingDataModule
 from univg.data.schema import GroundingSample
 from univg.demo.probe import LossRecorder, RewardProbe, StepRecorder
 from univg.demo.sets import probe_set, stage2_prompts
-from univg.demo.settings import DemoSettings
+from univg.demo.settings import DemoSettings, stage1_settings
 from univg.metrics import metrics_from_records
 from univg.modules import GRPOModule, SFTModule
 
@@ -59,6 +60,7 @@ def _trainer(out: Path, name: str, max_steps: int = -1, callbacks: Sequence[L.Ca
 
 
 def _evaluate(module: Any, data: ListDataModule, out: Path, name: str) -> dict[str, float]:
+    module.fresh = True  # a rerun into the same folder scores afresh, never resumes old predictions
     trainer = _trainer(out, name)
     trainer.test(module, datamodule=data, verbose=False)
     return dict(module.last_results["test"]["metrics"])
@@ -80,11 +82,16 @@ def constant_box_metrics(
 
 
 def run_stage1(
-    cfg: DemoSettings, train: list[GroundingSample], test: list[GroundingSample], out: Path
+    cfg: DemoSettings, train: list[GroundingSample], test: list[GroundingSample], out: Path, numerics: str
 ) -> tuple[Path, Rows, dict[str, float], list[float]]:
     """The untrained model's evaluation, CoT-SFT over the curriculum (one run, one schedule; the
     data order is the curriculum) and its evaluation. Returns the stage-1 checkpoint, the rows, the
-    seconds and the per-step training losses."""
+    seconds and the per-step training losses.
+
+    Stage 1 is reproducible to the bit under pinned numerics, so when ``out`` already holds a
+    stage-1 checkpoint whose record (``stage1.json`` beside it) has the same stage-1 settings and
+    numerics, it is evaluated instead of trained again (the record gives the losses and seconds).
+    """
     data = ListDataModule(
         train, test, batch_size=cfg.sft_batch, eval_batch_size=50, target_format="cot", seed=cfg.seed
     )
@@ -104,14 +111,25 @@ def run_stage1(
     )
     rows["base (untrained)"] = _evaluate(sft, data, out, "base")
     times["base_eval"] = time.perf_counter() - t0
+    ckpt = out / "cot_sft" / "version_0" / "stage1.ckpt"
+    record_path = ckpt.with_suffix(".json")
+    key = {"stage1_settings": stage1_settings(cfg), "numerics": numerics}
+    record = json.loads(record_path.read_text()) if record_path.exists() and ckpt.exists() else {}
+    if numerics != "native" and {k: record.get(k) for k in key} == key:
+        print(f"univg demo: stage 1 reused from {ckpt} (same stage-1 settings and numerics)")
+        times["cot_sft"] = record["seconds"]
+        t0 = time.perf_counter()
+        rows["CoT-SFT"] = evaluate_checkpoint(cfg, ckpt, test, out)
+        times["cot_sft_eval"] = time.perf_counter() - t0
+        return ckpt, rows, times, record["losses"]
     t0 = time.perf_counter()
     sft.run_name = "cot_sft"
     losses = LossRecorder()
     trainer = _trainer(out, "cot_sft", max_steps=sum(p.steps for p in cfg.phases), callbacks=[losses])
     trainer.fit(sft, datamodule=data)
-    ckpt = out / "cot_sft" / "version_0" / "stage1.ckpt"
     trainer.save_checkpoint(ckpt)
     times["cot_sft"] = time.perf_counter() - t0
+    record_path.write_text(json.dumps({**key, "losses": losses.losses, "seconds": times["cot_sft"]}))
     t0 = time.perf_counter()
     sft.num_pictures = 8
     rows["CoT-SFT"] = _evaluate(sft, data, out, "cot_sft_eval")
