@@ -16,7 +16,7 @@ Everything goes to ``--out`` (default ``runs/demo``):
                            points, the SFT losses and the wall times
     <stage>/version_0/     TensorBoard logs, configs, predictions (``tensorboard --logdir runs/demo``)
 
-    python -m univg.demo --out runs/demo --seed 0          # the full run (about 14 minutes)
+    python -m univg.demo --out runs/demo --seed 0          # the full run (wall times: README)
     python -m univg.demo --out runs/demo_smoke --smoke     # every artefact, tiny budgets (CI)
     python -m univg.demo --stage1 runs/demo/cot_sft/version_0/stage1.ckpt --set grpo_lr=2e-4 \\
         --set eval_split=validation --out runs/s2          # stage 2 alone, other settings

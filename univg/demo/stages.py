@@ -236,24 +236,26 @@ def run_grpo(
 def run_grpo_stage(
     cfg: DemoSettings, ckpt: str | os.PathLike, test: list[GroundingSample], out: Path
 ) -> tuple[Curves, Curves, Rows, dict[str, float], dict[str, list[float]]]:
-    """Stage 2 from a stage-1 checkpoint, every run on the same prompts: continued CoT-SFT (unless
-    ``cont_sft_epochs`` is 0), then a GRPO run per phi of ``cfg.grpo_phis``.
+    """Stage 2 from a stage-1 checkpoint, every run on the same prompts: a GRPO run per phi of
+    ``cfg.grpo_phis``, then continued CoT-SFT (unless ``cont_sft_epochs`` is 0), which comes first
+    in the rows (the paper's Table 4 order).
 
     Returns the GRPO runs' per-step logs and probe points, the rows, the seconds, and the continued
     CoT-SFT's per-step losses.
     """
     curves: Curves = {}
     probes: Curves = {}
-    rows: Rows = {}
+    grpo_rows: Rows = {}
     times: dict[str, float] = {}
     losses: dict[str, list[float]] = {}
-    if cfg.cont_sft_epochs > 0:
-        rows[CONTINUED_SFT], t, losses[CONTINUED_SFT] = run_continued_sft(cfg, ckpt, test, out)
-        times.update(t)
     for phi in cfg.grpo_phis:
         label = GRPO_LABELS.get(phi, f"GRPO-Difficulty ({phi})")
-        curves[label], points, rows[label], t = run_grpo(cfg, ckpt, test, out, phi)
+        curves[label], points, grpo_rows[label], t = run_grpo(cfg, ckpt, test, out, phi)
         if points:
             probes[label] = points
         times.update(t)
-    return curves, probes, rows, times, losses
+    rows: Rows = {}
+    if cfg.cont_sft_epochs > 0:
+        rows[CONTINUED_SFT], t, losses[CONTINUED_SFT] = run_continued_sft(cfg, ckpt, test, out)
+        times.update(t)
+    return curves, probes, {**rows, **grpo_rows}, times, losses
