@@ -9,11 +9,12 @@ CONSTRAINTS := $(if $(filter cpu,$(TORCH)),-c constraints/cpu.txt,)
 SCALE ?= full
 DEMO ?= full
 SEED ?= 0
+SEEDS ?= 0,1,2
 export MALLOC_MMAP_MAX_ ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-all lint format demo bench bench-quick debug rehearsal clean
+.PHONY: help install test test-slow test-all lint format demo demo-seeds bench bench-quick debug rehearsal clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -45,6 +46,9 @@ format: $(VENV)/.installed ## Apply ruff format and autofixes
 
 demo: $(VENV)/.installed ## The paper's pipeline in miniature on CPU -> runs/demo (DEMO=smoke: ~2 min check; SEED=n)
 	$(PY) -m univg.demo --seed $(SEED) $(if $(filter smoke,$(DEMO)),--smoke --out runs/demo_smoke,--out runs/demo)
+
+demo-seeds: $(VENV)/.installed ## The demo per seed (SEEDS=0,1,2), then the per-seed and mean table -> runs/demo_seeds/seeds.md
+	$(PY) -m univg.demo.seeds --seeds $(SEEDS) --out runs/demo_seeds
 
 bench: $(VENV)/.installed ## Benchmarks: GRPO step vs TRL (ours, TRL completion-only, TRL as shipped), eval, data, memory plan
 	$(PY) benchmarks/grpo_step.py
