@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             if i:  # the first batch is warm-up
                 times.append(time.perf_counter() - t0)
         module.metrics["test"].reset()
-        module._predictions["test"] = []
+        module.evaluation.records["test"].clear()
         rates[engine] = args.batch_size / statistics.median(times)
         print(
             f"{engine:<8} {rates[engine]:7.2f} samples/s  (median {statistics.median(times):.2f} s per batch of "
