@@ -127,9 +127,9 @@ TABLE6_ROWS := table6_2b_base table6_2b_cot table6_2b_grpo table6_2b_diff
 SIZE_ROWS := table4_base table4_cot90k table4_s2diff table6_2b_base table6_2b_cot table6_2b_diff
 
 # ----------------------------------------------------------------------------------- the tables
-table4: ## Paper Table 4 (stages: base, pure RL, CoT-SFT/SFT 21k/90k, stage-2 CoT/GRPO/GRPO-Difficulty); SCALE=debug on CPU
+table4: ## Paper Table 4 (stages: base, pure RL, CoT-SFT/SFT 21k/90k, stage-2 CoT/GRPO/GRPO-Difficulty); SCALE=mini|debug on CPU
 table5: ## Paper Table 5 (phi: none, neglog, square, exp), stage 2 from the CoT-SFT 90k row
-ablation-phi: ## Alias of table5: the phi ablation (`make ablation-phi SCALE=debug` runs on CPU in minutes)
+ablation-phi: ## Alias of table5: the phi ablation (SCALE=mini: the demo's recipe on CPU; SCALE=debug: plumbing in minutes; SEEDS=0,1,2)
 table6: ## Paper Table 6 (2B: base, CoT-SFT 90k, GRPO, GRPO-Difficulty)
 size: ## Size axis: 2B vs 7B (base, CoT-SFT 90k, GRPO-Difficulty), rows shared with table4/table6
 $(eval $(call GRID_TABLE,table4,table4,$(TABLE4_ROWS)))

@@ -181,3 +181,54 @@ def test_seeds_run_the_grid_once_per_seed_then_merge_with_spread():
     assert len(merge) == 1
     assert "/nonexistent/d/seed2/table5_phi_exp/test" in merge[0]
     assert merge[0].endswith("--out /nonexistent/d/ablation-phi-seeds.md")
+
+
+def run_grid_in_process(target: str, root: Path, *make_args: str) -> None:
+    """Run the commands ``make -n`` prints for ``target``, in this process (one import of torch)."""
+    from univg import distributed, reports
+    from univg.cli import main as univg_main
+
+    proc = make_n(target, f"GRID_ROOT={root}", *make_args)
+    assert proc.returncode == 0, proc.stderr
+    for line in proc.stdout.splitlines():
+        words = shlex.split(line)
+        if len(words) < 3 or words[1] != "-m":
+            continue
+        module, argv = words[2], words[3:]
+        if module == "univg":
+            univg_main(argv)
+        elif module == "univg.distributed":
+            assert distributed.main(argv) in (0, None)
+        elif module == "univg.reports":
+            assert reports.main(argv) == 0
+
+
+@pytest.mark.slow
+def test_hparams_view_lists_the_phi_rows_with_their_test_avg(tmp_path):
+    # The HParams view reads each run folder's session (hyper-parameters) and the last value of its
+    # metric tags; read them back with TensorBoard's own event reader, as the dashboard does.
+    import json
+    import math
+
+    from univg.hparams_view import read_sessions, render
+
+    root = tmp_path / "debug"
+    run_grid_in_process("ablation-phi", root, "SCALE=debug")
+    sessions = read_sessions(root)
+    fits = {name: s for name, s in sessions.items() if name.startswith("table5_") and name.endswith("/fit")}
+    assert sorted(s["1 phi"] for s in fits.values()) == ["exp", "neglog", "none", "square"]
+    for name, session in fits.items():
+        row = name.split("/")[0]
+        results = json.loads((root / row / "test" / "results_test.json").read_text())["metrics"]
+        # the training run carries the test AVG its evaluation measured (written by that evaluation)
+        assert not math.isnan(session["test/avg"])
+        assert session["test/avg"] == pytest.approx(results["avg"], abs=1e-6)
+        assert session["test/acc@0.5/single"] == pytest.approx(results["acc@0.5/single"], abs=1e-6)
+        assert session["2 stage"] == "stage 2 GRPO" and session["4 preset"] == "tiny"
+        assert session["model.phi"] == session["1 phi"]
+    stage1 = sessions["table4_cot90k/fit"]
+    assert stage1["1 phi"] == "n/a" and stage1["2 stage"] == "stage 1 CoT-SFT"
+    table = render(fits)
+    assert table.splitlines()[0].startswith("| run | 1 phi | 2 stage | 3 data size | 4 preset | test/avg")
+    merged = (root / "ablation-phi.md").read_text()
+    assert "| Model | phi |" in merged and "| table5_phi_square | square |" in merged
