@@ -322,7 +322,11 @@ def _grpo(phi: str) -> dict:
     return {
         "model": {
             "class_path": "univg.modules.GRPOModule",
-            "init_args": {"phi": phi, "init_checkpoint": "x/fit/weights.ckpt", "backbone": {"preset": "tiny"}},
+            "init_args": {
+                "phi": phi,
+                "init_checkpoint": "x/fit/weights.ckpt",
+                "backbone": {"preset": "tiny"},
+            },
         },
         "data": {"init_args": {"num_train": 160}},
     }
@@ -335,9 +339,7 @@ def test_table5_reads_phi_from_the_saved_config_not_the_run_name(tmp_path):
         _grid_row(tmp_path, "table5_phi_exp", _grpo("none"), 0.5),
         _grid_row(tmp_path, "start", {"model": {"class_path": "univg.modules.SFTModule"}}, 0.4),
     ]
-    header, rows, notes = build_table(
-        find_results(runs), "table5"
-    )
+    header, rows, notes = build_table(find_results(runs), "table5")
     assert header == ["Model", "phi", "single", "AVG", "Paper AVG (MIG-Bench)"]
     assert rows == [
         ["row_a", "square", "60.00", "60.00", "71.56"],  # Table 5's square row
