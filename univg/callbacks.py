@@ -27,7 +27,6 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from univg.metrics import MIG_TASKS
 from univg.run_config import ROW_KEYS, row_keys, training_config, training_config_path
 
 #: Metric tags shown as HParams columns (logged later by the modules under the same tags).
@@ -107,15 +106,17 @@ def row_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
     return {f"{i} {name}": keys[name] for i, name in enumerate(ROW_KEYS, 1)}
 
 
-def metric_tags(config: Mapping[str, Any], base: Sequence[str] = HPARAM_METRICS) -> list[str]:
-    """HParams metric columns: ``base`` and ``test/acc@0.5/<task>`` for the tasks the run's data
-    names (``data.init_args.tasks``; MIG-Bench's ten otherwise).
+def metric_tags(base: Sequence[str] = HPARAM_METRICS) -> list[str]:
+    """HParams metric columns: ``base`` and ``test/acc@0.5/<task>`` for every task type an
+    evaluation can score (MIG-Bench's ten and the synthetic ``single``). Every run registers the
+    same columns, whatever its own data, since TensorBoard takes one run's list for the whole view.
 
-    >>> metric_tags({"data": {"init_args": {"tasks": ["single"]}}}, base=("test/avg",))
-    ['test/avg', 'test/acc@0.5/single']
+    >>> metric_tags(base=("test/avg",))[:3]
+    ['test/avg', 'test/acc@0.5/single', 'test/acc@0.5/diff']
     """
-    tasks = ((config.get("data") or {}).get("init_args") or {}).get("tasks") or MIG_TASKS
-    return list(base) + [f"test/acc@0.5/{t}" for t in tasks]
+    from univg.data.synthetic import TASKS
+
+    return list(base) + [f"test/acc@0.5/{t}" for t in TASKS]
 
 
 def takes_metrics(logger: Any) -> bool:
@@ -140,7 +141,7 @@ class HParamsLogger(Callback):
     """
 
     def __init__(self, metrics: list[str] | None = None) -> None:
-        self.metrics = list(metrics) if metrics is not None else None  # None: metric_tags(config)
+        self.metrics = list(metrics) if metrics is not None else None  # None: metric_tags()
         self._done = False
         self._config: dict[str, Any] = {}
 
@@ -154,7 +155,7 @@ class HParamsLogger(Callback):
         params.update(training_hparams(config))
         params["run"] = str(getattr(trainer.logger, "name", "") or "")
         params["stage"] = str(getattr(stage, "value", stage))  # "fit", not the enum (CSV writes its name)
-        metrics = self.metrics if self.metrics is not None else metric_tags(config)
+        metrics = self.metrics if self.metrics is not None else metric_tags()
         for logger in trainer.loggers:
             if takes_metrics(logger):
                 logger.log_hyperparams(params, metrics={m: math.nan for m in metrics})
