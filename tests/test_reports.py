@@ -11,6 +11,7 @@ import pytest
 from univg.metrics import MIG_TASKS
 from univg.reports import (
     build_table,
+    find_results,
     load_reference,
     main,
     merge_results,
@@ -294,3 +295,69 @@ def test_ablation_tables_show_every_paper_row_in_full(tmp_path):
     rows = {r["Model"]: r for r in csv.DictReader(table.splitlines())}
     assert rows["sft90k (paper)"]["Region"] == "86.62" and rows["sft90k (paper)"]["AVG"] == "67.30"
     assert rows["table4_s2diff"]["Paper AVG"] == "72.64" and rows["table4_s2diff"]["Δ"] == "-2.64"
+
+
+def _grid_row(root: Path, row: str, train: dict | None, single: float) -> Path:
+    """A grid row as the CLI leaves it: <row>/fit/config.yaml (when trained) and <row>/test/ with
+    its results and config.yaml naming the trained weights."""
+    import yaml
+
+    test_cfg: dict = {"model": {"class_path": "univg.modules.GroundingModule", "init_args": {}}}
+    if train is not None:
+        (root / row / "fit").mkdir(parents=True)
+        (root / row / "fit" / "config.yaml").write_text(yaml.safe_dump(train))
+        test_cfg["model"]["init_args"]["init_checkpoint"] = str(root / row / "fit" / "weights.ckpt")
+    result = {
+        "run": row,
+        "benchmark": "synthetic",
+        "stage": "test",
+        "metrics": {"acc@0.5/single": single, "acc@0.5": single, "avg": single, "count": 100.0},
+    }
+    write_run_results(result, root / row / "test")
+    (root / row / "test" / "config.yaml").write_text(yaml.safe_dump(test_cfg))
+    return root / row / "test"
+
+
+def _grpo(phi: str) -> dict:
+    return {
+        "model": {
+            "class_path": "univg.modules.GRPOModule",
+            "init_args": {
+                "phi": phi,
+                "init_checkpoint": "x/fit/weights.ckpt",
+                "backbone": {"preset": "tiny"},
+            },
+        },
+        "data": {"init_args": {"num_train": 160}},
+    }
+
+
+def test_table5_reads_phi_from_the_saved_config_not_the_run_name(tmp_path):
+    # the run names say nothing (or the wrong thing) about phi; the saved configs decide
+    runs = [
+        _grid_row(tmp_path, "row_a", _grpo("square"), 0.6),
+        _grid_row(tmp_path, "table5_phi_exp", _grpo("none"), 0.5),
+        _grid_row(tmp_path, "start", {"model": {"class_path": "univg.modules.SFTModule"}}, 0.4),
+    ]
+    header, rows, notes = build_table(find_results(runs), "table5")
+    assert header == ["Model", "phi", "single", "AVG", "Paper AVG (MIG-Bench)"]
+    assert rows == [
+        ["row_a", "square", "60.00", "60.00", "71.56"],  # Table 5's square row
+        ["table5_phi_exp", "none", "50.00", "50.00", "70.65"],  # not exp (72.64): the config says none
+        ["start", "n/a", "40.00", "40.00", "–"],  # an SFT run has no Table 5 row
+    ]
+    assert any("different task and model size" in n for n in notes)
+
+
+def test_merge_seeds_reports_mean_and_spread(tmp_path):
+    dirs = []
+    for seed, (a, b) in enumerate([(0.5, 0.2), (0.7, 0.2), (0.6, 0.5)]):
+        root = tmp_path / f"seed{seed}"
+        dirs += [_grid_row(root, "table5_phi_none", _grpo("none"), a), _grid_row(root, "x", _grpo("exp"), b)]
+    out = tmp_path / "ablation-phi-seeds.md"
+    assert main(["merge", "--seeds", "--runs", *map(str, dirs), "--layout", "table5", "--out", str(out)]) == 0
+    rows = list(csv.reader(out.with_suffix(".csv").read_text().splitlines()))
+    assert rows[0] == ["Model", "phi", "single", "AVG", "seeds", "Paper AVG (MIG-Bench)"]
+    # none: 50, 70, 60 -> mean 60, sample sd 10; exp: 20, 20, 50 -> mean 30, sd sqrt(300) = 17.32
+    assert rows[1] == ["table5_phi_none", "none", "60.00 ± 10.00", "60.00 ± 10.00", "3", "70.65"]
+    assert rows[2] == ["x", "exp", "30.00 ± 17.32", "30.00 ± 17.32", "3", "72.64"]

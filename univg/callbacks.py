@@ -2,9 +2,12 @@
 
 :class:`HParamsLogger` writes the run's resolved configuration (the knobs that differ between the
 rows of the paper's tables: method, phi, lr, data counts, backbone, ...) as hyper-parameters of
-every logger of the run; TensorBoard also gets the evaluation metrics registered as HParams
-columns, so the HParams view lines up the grid. Add it to a run with ``--trainer.callbacks+=univg.callbacks.HParamsLogger``
-(the Make grid does this for every row).
+every logger of the run, the row's distinguishing keys first (``1 phi``, ``2 stage``, ``3 data
+size``, ``4 preset``: :func:`univg.run_config.row_keys`); TensorBoard also gets the evaluation
+metrics registered as HParams columns (AVG, Acc@0.5, mean IoU, Acc@0.5 per task), and an
+evaluation of a trained run writes its test metrics into that training run's folder too, so in
+the HParams view each row's training run carries its test numbers. Add it to a run with
+``--trainer.callbacks+=univg.callbacks.HParamsLogger`` (the Make grid does this for every row).
 
 :class:`CheckpointOnInterrupt` (added to every ``python -m univg fit`` by the CLI) turns Ctrl+C
 into "finish this optimiser step, write ``last.ckpt``, stop", so a resumed run repeats nothing.
@@ -17,12 +20,14 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from univg.run_config import ROW_KEYS, row_keys, training_config, training_config_path
 
 #: Metric tags shown as HParams columns (logged later by the modules under the same tags).
 HPARAM_METRICS = ("val/avg", "val/acc@0.5", "val/miou", "test/avg", "test/acc@0.5", "test/miou")
@@ -85,16 +90,33 @@ def training_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
     Found through ``model.init_args.init_checkpoint``: the ``config.yaml`` that LightningCLI saved
     beside the checkpoint (``<run>/fit/weights.ckpt`` or ``<run>/fit/checkpoints/last.ckpt``).
     """
-    import yaml
+    saved = training_config(config)
+    return {f"train.{k}": v for k, v in run_hparams(saved).items()} if saved is not None else {}
 
-    ckpt = ((config.get("model") or {}).get("init_args") or {}).get("init_checkpoint")
-    if not ckpt:
-        return {}
-    for d in (Path(ckpt).parent, Path(ckpt).parent.parent):
-        if (d / "config.yaml").is_file():
-            saved = yaml.safe_load((d / "config.yaml").read_text())
-            return {f"train.{k}": v for k, v in run_hparams(saved).items()}
-    return {}
+
+def row_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The row keys of a run as HParams names that sort first (TensorBoard orders by name):
+    ``1 phi``, ``2 stage``, ``3 data size``, ``4 preset``; an evaluation shows its training run's.
+
+    >>> row_hparams({"model": {"class_path": "univg.modules.SFTModule", "init_args": {"backbone": {"preset": "tiny"}}},
+    ...              "data": {"init_args": {"num_train": 8000}}})
+    {'1 phi': 'n/a', '2 stage': 'stage 1 CoT-SFT', '3 data size': 8000, '4 preset': 'tiny'}
+    """
+    keys = row_keys(config, training_config(config))
+    return {f"{i} {name}": keys[name] for i, name in enumerate(ROW_KEYS, 1)}
+
+
+def metric_tags(base: Sequence[str] = HPARAM_METRICS) -> list[str]:
+    """HParams metric columns: ``base`` and ``test/acc@0.5/<task>`` for every task type an
+    evaluation can score (MIG-Bench's ten and the synthetic ``single``). Every run registers the
+    same columns, whatever its own data, since TensorBoard takes one run's list for the whole view.
+
+    >>> metric_tags(base=("test/avg",))[:3]
+    ['test/avg', 'test/acc@0.5/single', 'test/acc@0.5/diff']
+    """
+    from univg.data.synthetic import TASKS
+
+    return list(base) + [f"test/acc@0.5/{t}" for t in TASKS]
 
 
 def takes_metrics(logger: Any) -> bool:
@@ -119,27 +141,43 @@ class HParamsLogger(Callback):
     """
 
     def __init__(self, metrics: list[str] | None = None) -> None:
-        self.metrics = list(metrics) if metrics is not None else list(HPARAM_METRICS)
+        self.metrics = list(metrics) if metrics is not None else None  # None: metric_tags()
         self._done = False
+        self._config: dict[str, Any] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         first = next(cb for cb in trainer.callbacks if isinstance(cb, HParamsLogger))
         if self._done or first is not self or trainer.logger is None or not trainer.is_global_zero:
             return  # one logger per run even when the callback was added twice
-        config = self._config(trainer, pl_module)
-        params = run_hparams(config)
+        config = self._config = self._resolved_config(trainer, pl_module)
+        params = row_hparams(config)
+        params.update(run_hparams(config))
         params.update(training_hparams(config))
         params["run"] = str(getattr(trainer.logger, "name", "") or "")
         params["stage"] = str(getattr(stage, "value", stage))  # "fit", not the enum (CSV writes its name)
+        metrics = self.metrics if self.metrics is not None else metric_tags()
         for logger in trainer.loggers:
             if takes_metrics(logger):
-                logger.log_hyperparams(params, metrics={m: math.nan for m in self.metrics})
+                logger.log_hyperparams(params, metrics={m: math.nan for m in metrics})
             else:  # CSV, W&B, MLflow: plain hyper-parameters (they have no HParams columns to register)
                 logger.log_hyperparams(params)
         self._done = True
 
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """An evaluation of a trained run: its test metrics also go into that run's TensorBoard
+        folder (beside the training run's ``config.yaml``), where the HParams view reads the
+        training run's columns."""
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        path = training_config_path(self._config) if self._done else None
+        tensorboard = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
+        if path is None or not tensorboard or not trainer.is_global_zero:
+            return
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        write_scalars(path.parent, values)
+
     @staticmethod
-    def _config(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    def _resolved_config(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         from lightning.pytorch.cli import SaveConfigCallback
 
         for cb in trainer.callbacks:
@@ -147,6 +185,19 @@ class HParamsLogger(Callback):
                 cfg = cb.config
                 return cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg)
         return {"model": {"init_args": dict(pl_module.hparams)}}
+
+
+def write_scalars(log_dir: str | Path, values: Mapping[str, float], step: int = 1) -> None:
+    """``values`` as TensorBoard scalars in ``log_dir`` (a new events file beside the others), at
+    ``step`` (after the NaN placeholders the HParams registration writes at step 0)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(log_dir), filename_suffix=".test_metrics")
+    try:
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, step)
+    finally:
+        writer.close()
 
 
 class CheckpointOnInterrupt(Callback):
@@ -263,7 +314,10 @@ __all__ = [
     "HParamsLogger",
     "flatten",
     "last_checkpoint_path",
+    "metric_tags",
+    "row_hparams",
     "run_hparams",
     "takes_metrics",
     "training_hparams",
+    "write_scalars",
 ]

@@ -13,10 +13,14 @@ merged into one table by :func:`merge_results` (``python -m univg.reports merge`
 - ``zeroshot``: Table 2, LISA-Grounding val/test, LLMSeg, ReasonVOS, ReVOS + AVG;
 - ``refcoco``: Table 3, RefCOCO/+/g in 8 splits + AVG (one run per split, same run name);
 - ``table4`` / ``table5`` / ``table6``: the ablations (stages, phi, 2B): MIG-Bench columns, AVG and
-  the paper's AVG for the run whose name matches a row id of docs/design.md section 5.
+  the paper's AVG for the row a run stands for: Table 5's by the phi in the run's saved config
+  (:mod:`univg.run_config`), Tables 4 and 6 by the row id in the run name (docs/design.md section 5).
 
 Each table also shows the paper's rows in full (all models of Tables 1-3, every ablation row of
-Tables 4-6), from ``paper_results.json`` beside this module (the UniVG-R1 paper, arXiv 2505.14231).
+Tables 4-6), from :mod:`univg.paper_tables`. Runs on the synthetic benchmark (the grid's ``debug``
+and ``mini`` scales) get their own task columns and the paper's AVG beside them, labelled as a
+different task and model size, instead of the paper's rows. ``--seeds`` merges runs of the same
+name from several seeds into one row of mean ± standard deviation.
 
 All numbers are percentages with two decimals, as in the paper. A cell we have no number for is "–".
 """
@@ -28,31 +32,31 @@ import csv
 import io
 import json
 import os
-import re
+import statistics
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from univg.metrics import MIG_COLUMNS, PARSES
+from univg.paper_tables import (  # re-exported: the reports' public names before the split
+    PAPER_ABLATION_ROWS,
+    PAPER_ABLATIONS,
+    PAPER_RESULTS,
+    PAPER_TABLE_TITLES,
+    PAPER_TABLES_FILE,
+    REFCOCO_SPLITS,
+    REFERENCE_LAYOUTS,
+    ZEROSHOT,
+    load_paper_tables,
+    load_reference,
+    paper_ablation,
+    paper_notes,
+    reference_columns,
+    reference_rows,
+)
+from univg.results_files import find_results, read_results
 
-REFCOCO_SPLITS: tuple[tuple[str, str], ...] = (
-    ("refcoco/val", "RefCOCO val"),
-    ("refcoco/testA", "RefCOCO testA"),
-    ("refcoco/testB", "RefCOCO testB"),
-    ("refcoco+/val", "RefCOCO+ val"),
-    ("refcoco+/testA", "RefCOCO+ testA"),
-    ("refcoco+/testB", "RefCOCO+ testB"),
-    ("refcocog/val", "RefCOCOg val"),
-    ("refcocog/test", "RefCOCOg test"),
-)
-ZEROSHOT: tuple[tuple[str, str], ...] = (
-    ("lisa/val", "LISA-Grounding val"),
-    ("lisa/test", "LISA-Grounding test"),
-    ("llmseg", "LLMSeg-Grounding"),
-    ("reasonvos", "ReasonVOS"),
-    ("revos", "ReVOS"),
-)
 MIG_BENCHMARKS = ("mig_bench", "mig_bench_revised", "synthetic")
 
 #: Benchmark key -> title; the keys are what ``GroundingModule(benchmark=...)`` and results use.
@@ -64,124 +68,8 @@ BENCHMARKS: dict[str, str] = {
     **dict(ZEROSHOT),
 }
 
-LAYOUTS = ("mig", "refcoco", "zeroshot", "table4", "table5", "table6")
-
-#: Where the paper's numbers live: every per-column value of the UniVG-R1 paper's Tables 1-6
-#: (arXiv 2505.14231), Acc@0.5 in %, as printed, keyed by layout and by this module's column keys.
-PAPER_TABLES_FILE = Path(__file__).with_name("paper_results.json")
-
-#: Layout -> the paper's table number and what it shows.
-PAPER_TABLE_TITLES: dict[str, str] = {
-    "mig": "Table 1: MIG-Bench, Acc@0.5 (%)",
-    "zeroshot": "Table 2: zero-shot reasoning grounding, Acc@0.5 (%)",
-    "refcoco": "Table 3: RefCOCO/+/g, Acc@0.5 (%)",
-    "table4": "Table 4: training stages and data (MIG-Bench, Acc@0.5 %)",
-    "table5": "Table 5: difficulty weighting phi (MIG-Bench, Acc@0.5 %)",
-    "table6": "Table 6: 2B model (MIG-Bench, Acc@0.5 %)",
-}
-
-
-def load_paper_tables(path: str | os.PathLike = PAPER_TABLES_FILE) -> dict[str, dict[str, dict[str, float]]]:
-    """The paper's rows by layout (``mig``, ``zeroshot``, ``refcoco``, ``table4``-``table6``).
-
-    >>> tables = load_paper_tables()
-    >>> tables["mig"]["UniVG-R1"]["common_object"], tables["refcoco"]["Shikra"]["avg"], len(tables["mig"])
-    (93.13, 82.97, 9)
-    """
-    data = json.loads(Path(path).read_text())
-    return {layout: rows for layout, rows in data.items() if not layout.startswith("_")}
-
-
-_PAPER = load_paper_tables()
-
-# The paper's rows of the tables that compare models (Tables 1-3), named "<model> (paper)" so a run
-# called "UniVG-R1" stays apart from the published row; in the paper's order.
-PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
-    layout: {f"{model} (paper)": values for model, values in _PAPER[layout].items()}
-    for layout in ("mig", "refcoco", "zeroshot")
-}
-
-REFERENCE_LAYOUTS = tuple(PAPER_RESULTS)  # the layouts with rows of other models: mig, refcoco, zeroshot
-
-
-def reference_columns(layout: str) -> tuple[str, ...]:
-    """The keys a reference row of ``layout`` may fill: the table's column keys and ``avg``.
-
-    >>> reference_columns("zeroshot")
-    ('lisa/val', 'lisa/test', 'llmseg', 'reasonvos', 'revos', 'avg')
-    """
-    cols = {"mig": MIG_COLUMNS, "refcoco": REFCOCO_SPLITS, "zeroshot": ZEROSHOT}[layout]
-    return tuple(k for k, _ in cols) + ("avg",)
-
-
-def load_reference(path: str | os.PathLike) -> dict[str, dict[str, dict[str, float]]]:
-    """Reference rows (other models' published numbers, Acc@0.5 in %) from a JSON file.
-
-    The file maps a layout (``mig``, ``refcoco``, ``zeroshot``) to rows: ``{"mig": {"UniVG-R1
-    (paper)": {"common": 80.0, ..., "avg": 72.64}}}``. Keys are the table's column keys (see
-    :func:`reference_columns`); a column left out shows "–". Everything is checked, and an error
-    names the file, the layout, the row and the key.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object mapping layouts to rows, got {type(data).__name__}")
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for layout, rows in data.items():
-        if layout not in REFERENCE_LAYOUTS:
-            raise ValueError(f"{path}: unknown layout {layout!r}; choose from {REFERENCE_LAYOUTS}")
-        if not isinstance(rows, dict):
-            raise ValueError(f"{path}: {layout}: expected an object of rows, got {type(rows).__name__}")
-        allowed = reference_columns(layout)
-        for name, values in rows.items():
-            if not isinstance(values, dict):
-                raise ValueError(f"{path}: {layout} / {name!r}: expected an object of column values")
-            for key, value in values.items():
-                if key not in allowed:
-                    raise ValueError(
-                        f"{path}: {layout} / {name!r}: unknown column {key!r}; use one of {allowed}"
-                    )
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-                    raise ValueError(
-                        f"{path}: {layout} / {name!r} / {key!r}: {value!r} is not a percentage in [0, 100]"
-                    )
-            out.setdefault(layout, {})[str(name)] = {k: float(v) for k, v in values.items()}
-    return out
-
-
-def reference_rows(
-    layout: str, reference: dict[str, dict[str, dict[str, float]]] | None = None
-) -> dict[str, dict[str, float]]:
-    """The paper rows of ``layout``: the built-in :data:`PAPER_RESULTS`, a row of ``reference``
-    with the same name filling (and overriding) its cells, new names appended.
-
-    >>> row = reference_rows("mig", {"mig": {"Qwen2-VL-7B (paper)": {"region": 50.0}}})["Qwen2-VL-7B (paper)"]
-    >>> row["region"], row["diff"], row["avg"]
-    (50.0, 29.92, 30.2)
-    """
-    rows = {name: dict(values) for name, values in PAPER_RESULTS.get(layout, {}).items()}
-    for name, values in (reference or {}).get(layout, {}).items():
-        rows.setdefault(name, {}).update(values)
-    return rows
-
-
-#: The paper's ablation rows by run id (docs/design.md section 5 maps ids to stages): every column.
-PAPER_ABLATION_ROWS: dict[str, dict[str, dict[str, float]]] = {
-    layout: _PAPER[layout] for layout in ("table4", "table5", "table6")
-}
-#: The paper's printed MIG-Bench AVG of each ablation row, by run id ("none" in Table 5 is plain
-#: GRPO, the same run as Table 4's s2grpo).
-PAPER_ABLATIONS: dict[str, dict[str, float]] = {
-    layout: {row: values["avg"] for row, values in rows.items()}
-    for layout, rows in PAPER_ABLATION_ROWS.items()
-}
-_ALIASES = {
-    "table5": {"grpo": "none", "s2grpo": "none", "s2diff": "exp", "phi_exp": "exp"},
-    "table6": {"cotsft": "cot", "s2cot": "cot", "s2grpo": "grpo", "s2diff": "diff", "grpo_diff": "diff"},
-}
+ABLATIONS = ("table4", "table5", "table6")
+LAYOUTS = ("mig", "refcoco", "zeroshot", *ABLATIONS)
 
 
 # ----------------------------------------------------------------------------- cells
@@ -253,15 +141,31 @@ def _csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return buf.getvalue()
 
 
-def _columns(layout: str, results: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+def _columns(
+    layout: str, results: Sequence[dict[str, Any]], synthetic: bool = False
+) -> list[tuple[str, str]]:
     if layout == "refcoco":
         return list(REFCOCO_SPLITS)
     if layout == "zeroshot":
         return list(ZEROSHOT)
-    cols: list[tuple[str, str]] = list(MIG_COLUMNS)
+    cols: list[tuple[str, str]] = [] if synthetic else list(MIG_COLUMNS)
     for r in results:
-        cols += [c for c in task_columns(r.get("metrics", {})) if c not in cols]
+        m = r.get("metrics", {})
+        present = [c for c in task_columns(m) if not synthetic or f"acc@0.5/{c[0]}" in m]
+        cols += [c for c in present if c not in cols]
     return cols
+
+
+def _spread(values: Sequence[float | None]) -> str:
+    """Mean ± sample standard deviation over seeds (percent); one value alone, "–" for none.
+
+    >>> _spread([0.5, 0.7, 0.6]), _spread([0.5]), _spread([None, None])
+    ('60.00 ± 10.00', '50.00', '–')
+    """
+    present = [v for v in values if v is not None]
+    if len(present) < 2:
+        return pct(present[0] if present else None)
+    return f"{pct(statistics.mean(present))} ± {100.0 * statistics.stdev(present):.2f}"
 
 
 def build_table(
@@ -269,89 +173,75 @@ def build_table(
     layout: str,
     paper: bool = True,
     reference: dict[str, dict[str, dict[str, float]]] | None = None,
+    seeds: bool = False,
 ) -> tuple[list[str], list[list[str]], list[str]]:
     """(header, rows, footnotes) of ``layout`` over ``results`` (one row per run name).
 
     AVG is the unweighted mean of the row's filled columns; "*" marks an AVG over fewer columns
     than the table has. ``reference`` (see :func:`load_reference`) adds or completes the paper rows.
+    ``seeds``: the results of one run name are seeds of it (one result each); every cell shows the
+    mean ± standard deviation over them, AVG that of the per-seed AVGs.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
-    cols = _columns(layout, results)
-    rows_by_run: dict[str, dict[str, float | None]] = {}
-    for r in results:
-        rows_by_run.setdefault(r["run"], {}).update(run_cells(r, layout))
+    synthetic = bool(results) and all(r.get("benchmark") == "synthetic" for r in results)
     ablation = layout.startswith("table")
-    header = ["Model"] + [title for _, title in cols] + ["AVG"]
+    cols = _columns(layout, results, synthetic)
+    by_run: dict[str, list[dict[str, float | None]]] = {}
+    rows_of: dict[str, dict[str, Any]] = {}
+    for r in results:
+        cells = by_run.setdefault(r["run"], [])
+        if seeds or not cells:
+            cells.append({})
+        cells[-1].update(run_cells(r, layout))
+        rows_of.setdefault(r["run"], r.get("_row") or {})
+    with_phi = layout == "table5"
+    header = ["Model", *(["phi"] if with_phi else []), *[title for _, title in cols], "AVG"]
+    header += ["seeds"] if seeds else []
     if ablation:
-        header += ["Paper AVG", "Δ"]
+        header += ["Paper AVG (MIG-Bench)"] if synthetic else ["Paper AVG", "Δ"]
     rows, notes = [], []
-    n_main = len(MIG_COLUMNS) if layout in ("mig", "table4", "table5", "table6") else len(cols)
-    for run, cells in rows_by_run.items():
-        values = [cells.get(k) for k, _ in cols]
-        avg = mean(values)
-        filled = sum(v is not None for v in values)
-        mark = "*" if avg is not None and filled < n_main else ""
-        row = [run] + [pct(v) for v in values] + [pct(avg) + mark]
+    n_main = len(cols) if synthetic or layout not in ("mig", *ABLATIONS) else len(MIG_COLUMNS)
+    for run, samples in by_run.items():
+        phi = rows_of[run].get("phi")
+        values = [[s.get(k) for k, _ in cols] for s in samples]
+        avgs = [mean(v) for v in values]
+        filled = max(sum(x is not None for x in v) for v in values)
+        mark = "*" if avgs[0] is not None and filled < n_main else ""
+        cells = [_spread([v[i] for v in values]) for i in range(len(cols))]
+        row = [run, *([phi or "–"] if with_phi else []), *cells, _spread(avgs) + mark]
+        row += [str(len(samples))] if seeds else []
         if mark:
             notes.append(f"* {run}: AVG over {filled} of {n_main} columns.")
         if ablation:
-            paper_avg = paper_ablation(layout, run)
+            paper_avg = paper_ablation(layout, run, phi=phi)
+            avg = mean(avgs)
             delta = None if paper_avg is None or avg is None else 100.0 * avg - paper_avg
-            row += [_paper(paper_avg), "–" if delta is None else f"{delta:+.2f}"]
+            row += [_paper(paper_avg)] + ([] if synthetic else ["–" if delta is None else f"{delta:+.2f}"])
         rows.append(row)
-    if paper:
+    if synthetic and ablation:
+        size = "Qwen2-VL-2B" if layout == "table6" else "Qwen2-VL-7B"
+        notes.append(
+            f"Paper AVG: {PAPER_TABLE_TITLES[layout].split(':')[0]} of the UniVG-R1 paper (arXiv 2505.14231), "
+            f"{size} on MIG-Bench's 10 task types: a different task and model size from these runs (a small "
+            "Qwen2-VL on synthetic images); compare the order of the rows, not the values."
+        )
+    elif paper:
         keys = [k for k, _ in cols]
         if layout in REFERENCE_LAYOUTS:
             paper_rows = reference_rows(layout, reference)
         else:
             paper_rows = {f"{row} (paper)": values for row, values in PAPER_ABLATION_ROWS[layout].items()}
         for name, values in paper_rows.items():
-            row = [name] + [_paper(values.get(k)) for k in keys] + [_paper(values.get("avg"))]
+            row = [
+                name,
+                *([name.removesuffix(" (paper)")] if with_phi else []),
+                *[_paper(values.get(k)) for k in keys],
+            ]
+            row += [_paper(values.get("avg"))] + (["–"] if seeds else [])
             rows.append(row + ["–", "–"] if ablation else row)
         notes += paper_notes(layout, paper_rows)
     return header, rows, notes
-
-
-def paper_notes(layout: str, paper_rows: dict[str, dict[str, float]]) -> list[str]:
-    """Footnotes of the paper rows: their source, and each row whose printed AVG is not the mean
-    of its printed columns (by more than rounding to two decimals explains).
-
-    >>> row = {"lisa/val": 60.0, "lisa/test": 50.0, "llmseg": 50.0, "reasonvos": 50.0, "revos": 40.0}
-    >>> paper_notes("zeroshot", {"x (paper)": row | {"avg": 50.1}, "y (paper)": row | {"avg": 50.01}})
-    ['Paper rows: UniVG-R1 paper (arXiv 2505.14231), Table 2, as printed.', 'x (paper): printed AVG 50.10; its columns average to 50.00 (AVG shows the printed value).']
-    """
-    source = PAPER_TABLE_TITLES[layout].split(":")[0]
-    on = " (revised MIG-Bench)" if layout == "mig" else ""
-    notes = [f"Paper rows: UniVG-R1 paper (arXiv 2505.14231), {source}{on}, as printed."]
-    n_cols = len(reference_columns(layout if layout in REFERENCE_LAYOUTS else "mig")) - 1
-    for name, values in paper_rows.items():
-        cells = [v for k, v in values.items() if k != "avg"]
-        if "avg" not in values or len(cells) < n_cols:
-            continue
-        col_mean = sum(cells) / len(cells)
-        if round(abs(values["avg"] - col_mean), 4) > 0.015:
-            notes.append(
-                f"{name}: printed AVG {values['avg']:.2f}; its columns average to {col_mean:.2f} "
-                "(AVG shows the printed value)."
-            )
-    return notes
-
-
-def paper_ablation(layout: str, run: str) -> float | None:
-    """The paper's AVG for the ablation row a run name stands for (by id, alias or name token).
-
-    >>> paper_ablation("table4", "runs/table4/s2diff"), paper_ablation("table6", "2b_grpo"), paper_ablation("table5", "x")
-    (72.64, 56.57, None)
-    """
-    table = PAPER_ABLATIONS.get(layout, {})
-    aliases = _ALIASES.get(layout, {})
-    name = run.lower().rstrip("/").split("/")[-1]
-    for candidate in [name, *re.split(r"[-_.\s]+", name)]:
-        candidate = aliases.get(candidate, candidate)
-        if candidate in table:
-            return table[candidate]
-    return None
 
 
 def footer(results: Sequence[dict[str, Any]]) -> list[str]:
@@ -442,79 +332,23 @@ def write_run_results(result: dict[str, Any], out_dir: str | os.PathLike) -> Pat
 
 
 # ----------------------------------------------------------------------------- merging
-def find_results(paths_or_dirs: Sequence[Any], stage: str | None = None) -> list[dict[str, Any]]:
-    """Results dicts from files, directories (searched recursively for ``results_*.json``) or dicts.
-
-    The same (run, benchmark) seen twice is labelled ``run (dir)`` the second time, not dropped.
-    """
-    out: list[dict[str, Any]] = []
-    for item in paths_or_dirs:
-        if isinstance(item, dict):
-            out.append(dict(item))
-            continue
-        p = Path(item)
-        if p.is_dir():
-            files = sorted(p.rglob("results_*.json"))
-        elif p.is_file():
-            files = [p]
-        else:
-            raise FileNotFoundError(f"no results file or run directory at {p}")
-        for f in files:
-            r = read_results(f)
-            r.setdefault("_path", str(f))
-            out.append(r)
-    if stage is not None:
-        out = [r for r in out if r.get("stage", "test") == stage]
-    seen: set[tuple[str, str]] = set()
-    for r in out:
-        key = (r["run"], r["benchmark"])
-        if key in seen:
-            r["run"] = f"{r['run']} ({Path(r.get('_path', '?')).parent.name})"
-        seen.add((r["run"], r["benchmark"]))
-    return out
-
-
-def read_results(path: str | os.PathLike) -> dict[str, Any]:
-    """One ``results_<stage>.json``; a torn or foreign file is a ``ValueError`` naming the file and
-    the position (a run killed while writing, a file copied half-way).
-
-    >>> import tempfile
-    >>> bad = Path(tempfile.mkdtemp()) / "results_test.json"
-    >>> _ = bad.write_text('{"run": "a", "benchmark": ')
-    >>> read_results(bad)  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ValueError: .../results_test.json: not valid JSON at line 1, column 27 (Expecting value)
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a results object, got a JSON {type(data).__name__}")
-    missing = [key for key in ("run", "benchmark") if key not in data]
-    if missing:
-        raise ValueError(f"{path}: not a univg results file (no {' or '.join(map(repr, missing))} field)")
-    return data
-
-
 def merge_tables(
     paths_or_dirs: Sequence[Any],
     layout: str,
     stage: str | None = None,
     reference: dict[str, dict[str, dict[str, float]]] | None = None,
+    seeds: bool = False,
 ) -> tuple[str, str]:
-    """(Markdown, CSV) of several runs in one table of ``layout`` (see the module docstring)."""
-    results = find_results(paths_or_dirs, stage)
+    """(Markdown, CSV) of several runs in one table of ``layout`` (see the module docstring);
+    ``seeds``: runs of one name are seeds of one row (mean ± standard deviation)."""
+    results = find_results(paths_or_dirs, stage, seeds=seeds)
     if layout in ("refcoco", "zeroshot"):
         results = [r for r in results if layout_of(r["benchmark"]) == layout]
     else:
         results = [r for r in results if layout_of(r["benchmark"]) == "mig"]
     if not results:
         raise ValueError(f"no results for layout {layout!r} in {list(map(str, paths_or_dirs))}")
-    header, rows, notes = build_table(results, layout, reference=reference)
+    header, rows, notes = build_table(results, layout, reference=reference, seeds=seeds)
     titles = PAPER_TABLE_TITLES
     md = [f"## {titles[layout]}", "", _markdown(header, rows), "", "AVG: unweighted mean of the columns."]
     md += notes + ["", *footer(results)]
@@ -535,6 +369,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     merge.add_argument("--runs", nargs="+", required=True, help="run directories or results_*.json files")
     merge.add_argument("--layout", required=True, choices=LAYOUTS)
     merge.add_argument("--stage", default=None, help="only results of this stage (test or val)")
+    merge.add_argument(
+        "--seeds",
+        action="store_true",
+        help="runs of one name are seeds of one row: mean ± standard deviation",
+    )
     merge.add_argument("--out", default=None, help="Markdown file to write (CSV beside it); default stdout")
     merge.add_argument(
         "--reference", default=None, help="JSON of other models' published rows (see load_reference)"
@@ -554,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "merge":
         reference = load_reference(args.reference) if args.reference else None
-        md, table = merge_tables(args.runs, args.layout, args.stage, reference)
+        md, table = merge_tables(args.runs, args.layout, args.stage, reference, seeds=args.seeds)
         if args.out is None:
             sys.stdout.write(md)
         else:
@@ -568,6 +407,33 @@ def _run(args: argparse.Namespace) -> int:
     sys.stdout.write(md)
     return 0
 
+
+__all__ = [
+    "BENCHMARKS",
+    "LAYOUTS",
+    "PAPER_ABLATIONS",
+    "PAPER_ABLATION_ROWS",
+    "PAPER_RESULTS",
+    "PAPER_TABLES_FILE",
+    "PAPER_TABLE_TITLES",
+    "REFCOCO_SPLITS",
+    "REFERENCE_LAYOUTS",
+    "ZEROSHOT",
+    "build_table",
+    "find_results",
+    "layout_of",
+    "load_paper_tables",
+    "load_reference",
+    "merge_results",
+    "merge_tables",
+    "paper_ablation",
+    "paper_notes",
+    "read_results",
+    "reference_columns",
+    "reference_rows",
+    "render_run",
+    "write_run_results",
+]
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

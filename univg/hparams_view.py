@@ -1,0 +1,79 @@
+"""TensorBoard's HParams view of a runs folder, as a table in the terminal.
+
+Reads what the HParams dashboard reads, with TensorBoard's own event reader: each run folder's
+session (the hyper-parameters :class:`univg.callbacks.HParamsLogger` registered) and the last
+value of each registered metric in that folder. A grid row's training run shows its test numbers
+because the evaluation writes them there too::
+
+    python -m univg.hparams_view runs/mini/seed0                  # phi, stage, data size, preset, test AVG
+    python -m univg.hparams_view runs/mini/seed0 --columns "1 phi" test/avg test/acc@0.5/single
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+#: The columns shown by default: the row keys, then the test metrics.
+DEFAULT_COLUMNS = ("1 phi", "2 stage", "3 data size", "4 preset", "test/avg", "test/acc@0.5", "test/miou")
+
+
+def read_sessions(root: str | Path) -> dict[str, dict[str, Any]]:
+    """Every HParams session under ``root``: run folder (relative) -> its hyper-parameters and the
+    last value of each of its registered metrics (NaN where only the placeholder was written)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    root = Path(root)
+    sessions: dict[str, dict[str, Any]] = {}
+    for folder in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
+        acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        if metadata.SESSION_START_INFO_TAG not in content:
+            continue
+        start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+        row: dict[str, Any] = {}
+        for name, value in start.hparams.items():
+            kind = value.WhichOneof("kind")
+            row[name] = getattr(value, kind) if kind else None
+        experiment = content.get(metadata.EXPERIMENT_TAG)
+        tags = acc.Tags()["scalars"]
+        if experiment is not None:
+            registered = [m.name.tag for m in metadata.parse_experiment_plugin_data(experiment).metric_infos]
+        else:
+            registered = list(tags)
+        for tag in registered:
+            row[tag] = acc.Scalars(tag)[-1].value if tag in tags else math.nan
+        sessions[str(folder.relative_to(root))] = row
+    return sessions
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "NaN" if math.isnan(value) else f"{value:.4g}"
+    return "–" if value is None else str(value)
+
+
+def render(sessions: dict[str, dict[str, Any]], columns: Sequence[str] = DEFAULT_COLUMNS) -> str:
+    """A Markdown table: one line per session, the given columns (metrics as fractions)."""
+    lines = ["| run | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, row in sessions.items():
+        lines.append("| " + " | ".join([name, *(_cell(row.get(c)) for c in columns)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m univg.hparams_view", description=__doc__.split("\n\n")[0])
+    p.add_argument("root", help="a runs folder (tensorboard --logdir of it shows the same sessions)")
+    p.add_argument("--columns", nargs="+", default=list(DEFAULT_COLUMNS))
+    a = p.parse_args(argv)
+    print(render(read_sessions(a.root), a.columns), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
