@@ -9,7 +9,6 @@ CONSTRAINTS := $(if $(filter cpu,$(TORCH)),-c constraints/cpu.txt,)
 SCALE ?= full
 DEMO ?= full
 SEED ?= 0
-SEEDS ?= 0,1,2
 export MALLOC_MMAP_MAX_ ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -48,7 +47,7 @@ demo: $(VENV)/.installed ## The paper's pipeline in miniature on CPU -> runs/dem
 	$(PY) -m univg.demo --seed $(SEED) $(if $(filter smoke,$(DEMO)),--smoke --out runs/demo_smoke,--out runs/demo)
 
 demo-seeds: $(VENV)/.installed ## The demo per seed (SEEDS=0,1,2), then the per-seed and mean table -> runs/demo_seeds/seeds.md
-	$(PY) -m univg.demo.seeds --seeds $(SEEDS) --out runs/demo_seeds
+	$(PY) -m univg.demo.seeds --seeds $(or $(SEEDS),0$(comma)1$(comma)2) --out runs/demo_seeds
 
 bench: $(VENV)/.installed ## Benchmarks: GRPO step vs TRL (ours, TRL completion-only, TRL as shipped), eval, data, memory plan
 	$(PY) benchmarks/grpo_step.py
