@@ -129,6 +129,7 @@ def run_ours(args: argparse.Namespace, shared: bool = True) -> dict[str, Any]:
 
     import univg.modules.grpo as grpo_mod
     from univg.data import GroundingCollator
+    from univg.engines import RolloutEngine
     from univg.modules import GRPOModule
     from univg.rollout import generate
     from univg.tokenizer import load_processor
@@ -155,11 +156,16 @@ def run_ours(args: argparse.Namespace, shared: bool = True) -> dict[str, Any]:
     clock = _Clock()
     # completions forced to the full length, as in the TRL runs (min_new_tokens)
     engine = {} if shared else {"engine": "hf"}
-    forced = functools.partial(generate, min_new_tokens=args.completion_length, **engine)
+    forced = clock.wrap("generation", functools.partial(generate, min_new_tokens=args.completion_length, **engine))
+
+    class Forced(RolloutEngine):  # our decoders, completions forced to the full length
+        def generate(self, model, inputs, tokenizer, sampling, *, record_logprobs=False):
+            return forced(model, inputs, tokenizer, **sampling.generate_kwargs())
+
+    module.engine = Forced()
     logprobs = grpo_mod.completion_logprobs
     if not shared:
         logprobs = functools.partial(logprobs, shared_prefix=False)
-    grpo_mod.generate = clock.wrap("generation", forced)
     grpo_mod.completion_logprobs = clock.wrap("logprob_passes", logprobs)
     params = [p for p in module.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0, fused=True)
