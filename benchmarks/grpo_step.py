@@ -156,7 +156,9 @@ def run_ours(args: argparse.Namespace, shared: bool = True) -> dict[str, Any]:
     clock = _Clock()
     # completions forced to the full length, as in the TRL runs (min_new_tokens)
     engine = {} if shared else {"engine": "hf"}
-    forced = clock.wrap("generation", functools.partial(generate, min_new_tokens=args.completion_length, **engine))
+    forced = clock.wrap(
+        "generation", functools.partial(generate, min_new_tokens=args.completion_length, **engine)
+    )
 
     class Forced(RolloutEngine):  # our decoders, completions forced to the full length
         def generate(self, model, inputs, tokenizer, sampling, *, record_logprobs=False):
