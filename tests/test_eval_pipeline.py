@@ -143,13 +143,14 @@ def test_synthetic_benchmark_table_matches_hand_computation(tmp_path):
     assert result["benchmark"] == "synthetic" and result["run"] == "scripted"
     assert result["skipped"] == {} and result["notes"]["duplicates_removed"] == 0
     check_hand_results(result)
-    # Markdown row: Static (diff) 66.67, Region 50.00, Reason 0.00, AVG 38.89 over 3 of 10 columns
+    # Markdown row: Static (diff) 66.67, Region 50.00, Reason 0.00, AVG 38.89 over the 3 tasks run
+    # (a synthetic run's table has the columns of its own tasks only)
     md = (out / "results_test.md").read_text()
-    assert "| scripted | 66.67 | – | – | – | – | 50.00 | – | – | 0.00 | – | 38.89* |" in md
-    assert "AVG over 3 of 10 columns" in md
+    assert "| Model | Static | Region | Reason | AVG |" in md
+    assert "| scripted | 66.67 | 50.00 | 0.00 | 38.89 |" in md
     assert "| Acc@0.5 | 42.86 |" in md and "| parse rate, strict (last <answer> block) | 71.43 |" in md
     rows = list(csv.DictReader((out / "results_test.csv").open()))
-    assert rows[0]["Static"] == "66.67" and rows[0]["Region"] == "50.00" and rows[0]["AVG"] == "38.89*"
+    assert rows[0]["Static"] == "66.67" and rows[0]["Region"] == "50.00" and rows[0]["AVG"] == "38.89"
     # predictions: each sample once, with the pixel box of the 56 px target image for parsed answers
     preds = [json.loads(line) for line in (out / "predictions_test.jsonl").open()]
     assert sorted(p["id"] for p in preds) == sorted(module.asked) and len(preds) == 7
