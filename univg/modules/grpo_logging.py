@@ -71,6 +71,8 @@ class StepLogging:
             world_size=trainer.world_size if trainer is not None else 1,
         )
         out.update({f"invariants/{k}": record[k] for k in inv})
-        if trainer is not None and trainer.log_dir is not None and trainer.is_global_zero:
-            with open(Path(trainer.log_dir) / "invariants.jsonl", "a", encoding="utf-8") as f:
+        # trainer.log_dir is a collective (a broadcast) under DDP/FSDP: every rank asks, once
+        root = trainer.log_dir if trainer is not None else None
+        if root is not None and trainer.is_global_zero:
+            with open(Path(root) / "invariants.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
