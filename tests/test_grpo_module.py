@@ -253,6 +253,14 @@ def test_bad_options_are_clear_errors():
         GRPOModule(loss_type="ppo")
     with pytest.raises(ValueError, match="group_size"):
         GRPOModule(group_size=1)
+    with pytest.raises(ValueError, match="registered rewards"):
+        GRPOModule(miou_reward="acuracy")
+
+
+def test_miou_reward_outside_the_weighted_rewards_is_resolved_but_not_in_the_total():
+    m = GRPOModule(rewards={"format": 1.0}, miou_reward="accuracy")
+    assert set(m.reward_weights) == {"format"}
+    assert set(m.reward_functions) == {"format", "accuracy"}
 
 
 @pytest.mark.slow

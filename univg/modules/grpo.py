@@ -48,6 +48,7 @@ from univg.modules.grpo_step import (
     world_sum,
 )
 from univg.reward_plugins import RewardEntry, resolve_rewards
+from univg.rewards import get_reward
 from univg.rollout import Rollout, SamplingSpec, completion_logprobs, model_inputs, shared_prefix_allowed
 
 ACCURACY = "accuracy"  # the reward whose group mean is mIoU (docs/design.md section 4)
@@ -157,8 +158,8 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         self.reward_weights, self.reward_functions = resolve_rewards(
             rewards or {ACCURACY: 1.0, "format": 1.0}
         )
-        if miou_reward not in self.reward_functions:
-            resolve_rewards({miou_reward: 0.0})
+        if miou_reward not in self.reward_functions:  # scored for phi only, not in the total
+            self.reward_functions[miou_reward] = get_reward(miou_reward)  # unknown: names the registered
         self.miou_reward = miou_reward
         self.prompts_per_step = prompts_per_step
         self.logprob_chunk_size = logprob_chunk_size
