@@ -35,7 +35,8 @@ def write_outputs(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     write_table(rows, cfg.eval_tasks, out)
-    plot_figure3(curves, out / "figure3.png", probes)
+    if curves:  # no GRPO run (grpo_phis empty): no Figure 3
+        plot_figure3(curves, out / "figure3.png", probes)
     return summary
 
 
