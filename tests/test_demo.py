@@ -41,6 +41,15 @@ def test_constant_box_and_table_arithmetic(tmp_path):
     assert (tmp_path / "table.csv").read_text().splitlines()[1] == "a,50.0,25.0,30.0,40.0"
 
 
+def test_outputs_without_a_grpo_run_have_no_figure(tmp_path):
+    from univg.demo.report import write_outputs
+
+    rows = {"continued CoT-SFT": {"acc@0.5/single": 0.5, "acc@0.5": 0.5, "miou": 0.4, "avg": 0.5}}
+    summary = write_outputs(DemoSettings(grpo_phis=()), tmp_path, rows, {}, {}, {"cont_sft": 1.0}, {})
+    assert summary["rows"] == rows and (tmp_path / "table.md").is_file()
+    assert not (tmp_path / "figure3.png").exists()
+
+
 def test_validation_split_is_another_draw_of_the_same_generator():
     cfg = smoke_settings(3)
     val, test = validation_set(cfg), held_out_set(cfg)
