@@ -212,9 +212,9 @@ def test_pinned_torch_sets_then_restores_torch_state(monkeypatch):
 
 
 def test_overrides_parse_field_types_and_reject_unknown_fields():
-    cfg = apply_overrides(smoke_settings(0), ["grpo_lr=2e-4", "beta=0", 'grpo_phis=["exp"]', "untie=false"])
-    assert (cfg.grpo_lr, cfg.beta, cfg.grpo_phis, cfg.untie) == (2e-4, 0.0, ("exp",), False)
-    assert smoke_settings(0).grpo_lr != 2e-4  # a copy: the original is untouched
+    cfg = apply_overrides(smoke_settings(0), ["grpo_lr=7e-4", "beta=0", 'grpo_phis=["exp"]', "untie=false"])
+    assert (cfg.grpo_lr, cfg.beta, cfg.grpo_phis, cfg.untie) == (7e-4, 0.0, ("exp",), False)
+    assert smoke_settings(0).grpo_lr != 7e-4  # a copy: the original is untouched
     with pytest.raises(SystemExit, match="grpo_learning_rate"):
         apply_overrides(smoke_settings(0), ["grpo_learning_rate=1"])
     with pytest.raises(SystemExit, match="expected field=value"):
