@@ -2,6 +2,7 @@
 
     python benchmarks/fsdp_memory.py --preset qwen2-vl-2b --procs 2 --lora            # FSDP2, meta init
     python benchmarks/fsdp_memory.py --preset qwen2-vl-2b --procs 2 --lora --legacy-build
+    python benchmarks/fsdp_memory.py --preset qwen2-vl-2b --procs 2 --lora --shard-frozen-root
     python benchmarks/fsdp_memory.py --preset qwen2-vl-2b --procs 1 --lora            # one process, no FSDP
     python benchmarks/fsdp_memory.py --preset tiny --procs 2 --stage sft             # the runtime's fixed cost
 
@@ -9,7 +10,9 @@
 :class:`univg.distributed.FSDP2Strategy` (gloo), i.e. the code path of ``python -m univg fit`` with a
 ``configs/fsdp/*.yaml`` overlay: FSDP2 with bf16 all-gathers and fp32 reduction, fp32 master weights,
 activation checkpointing. ``--legacy-build`` sets ``meta_init: false`` (every rank builds the full
-model, then shards it: the path before meta init). ``--procs 1`` is the plain single-process
+model, then shards it: the path before meta init); ``--shard-frozen-root`` shards the root's frozen
+parameters (with LoRA: embedding and tied head) instead of replicating them (the layout before
+``replicate_frozen_root``). ``--procs 1`` is the plain single-process
 ``fit`` (no strategy). One step on short sequences: one synthetic ``--image-size`` image per
 prompt, one prompt per rank; GRPO samples G ``--group-size`` completions of ``--new-tokens`` tokens.
 
@@ -26,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -59,6 +63,7 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
         "build": "single" if procs == 1 else ("legacy" if args.legacy_build else "meta"),
         "image_size": args.image_size,
         "param_dtype": args.param_dtype if procs > 1 else None,
+        "replicate_frozen_root": procs > 1 and not args.shard_frozen_root,
         "precision": args.precision,
         "threads": args.threads,
     }
@@ -122,6 +127,7 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
             param_dtype=args.param_dtype,
             reduce_dtype="float32",
             meta_init=not args.legacy_build,
+            replicate_frozen_root=not args.shard_frozen_root,
         )
         devices = procs
     else:
@@ -156,12 +162,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--legacy-build", action="store_true", help="every rank builds the full model (meta_init: false)"
     )
+    p.add_argument(
+        "--shard-frozen-root",
+        action="store_true",
+        help="shard the root's frozen parameters too (replicate_frozen_root: false, the earlier layout)",
+    )
     p.add_argument("--image-size", type=int, default=448)
     p.add_argument("--group-size", type=int, default=2)
     p.add_argument("--new-tokens", type=int, default=8)
     p.add_argument("--param-dtype", default="bfloat16", help="FSDP all-gather/compute dtype (null: fp32)")
     p.add_argument("--precision", default="32-true", help="Lightning precision (32-true, bf16-mixed)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop the ranks after this many seconds (build figures kept)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -185,9 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.procs > 1:
             launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.procs)]
         cmd = launcher + [str(Path(__file__).resolve()), *forwarded, "--worker", "--out", tmp]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        try:
+            stdout, stderr = proc.communicate(timeout=args.timeout)
+        except subprocess.TimeoutExpired:  # stop every rank; what they wrote so far is still printed
+            os.killpg(proc.pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            stderr += f"\nstopped after --timeout {args.timeout} s"
         if proc.returncode != 0:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+            sys.stderr.write(stdout[-3000:] + stderr[-6000:])
             print(json.dumps({"error": f"worker exited with {proc.returncode}", "preset": args.preset}))
         for r in range(args.procs):  # an unfinished rank's line has the build figures only
             path = Path(tmp) / f"rank{r}.json"

@@ -42,11 +42,18 @@ class Shape:
     vocab: int
     largest: int = 0  # the largest single parameter (the embedding): the meta build's scratch
     lora: int = 0  # LoRA r 8 on q/v (univg.backbone.LoRASpec defaults)
+    root_vision: int = 0  # the root's vision part (patch embedding, merger): frozen with the tower
+
+    def frozen_root(self, lora: bool) -> int:
+        """Root parameters FSDP leaves whole on every rank (``replicate_frozen_root``): with LoRA the
+        whole root, else the frozen vision part."""
+        return self.root if lora else self.root_vision
 
 
 def shape_of(preset: str) -> Shape:
     """Parameter counts of a preset from a meta-device build."""
     from univg.backbone import BackboneSpec, build_from_config, count_parameters, fsdp_units, vision_tower
+    from univg.distributed import frozen_root_params
 
     spec = BackboneSpec(preset=preset)
     cfg = spec.config()
@@ -69,36 +76,41 @@ def shape_of(preset: str) -> Shape:
         vocab=text.vocab_size,
         largest=max(p.numel() for p in model.parameters()),
         lora=count_parameters(lora, trainable_only=True),
+        root_vision=sum(p.numel() for p in frozen_root_params(spec.prepare(model)).values()),
     )
 
 
 def sharded_state(
     s: Shape, ranks: int, param_bytes: int = 4, grad_bytes: int = 4, adam_bytes: int = 8
 ) -> dict[str, float]:
-    """Bytes per rank of the sharded fp32 state: weights, gradients (trainable only), AdamW moments."""
+    """Bytes per rank of the sharded fp32 state: weights, gradients (trainable only), AdamW moments
+    (full fine-tuning; the frozen vision part of the root is replicated in bf16)."""
     trainable = s.total - s.vision
     return {
-        "parameters": param_bytes * s.total / ranks,
+        "parameters": param_bytes * (s.total - s.root_vision) / ranks + 2 * s.root_vision,
         "gradients": grad_bytes * trainable / ranks,
         "optimizer": adam_bytes * trainable / ranks,
     }
 
 
-def gathered_bytes(s: Shape, gather_bytes: int = 2) -> float:
+def gathered_bytes(s: Shape, gather_bytes: int = 2, root: int | None = None) -> float:
     """Unsharded parameter bytes at the peak of an FSDP2 step (``gather_bytes`` per element: 2 for bf16).
 
     FSDP2 keeps the root unit unsharded for the whole step, and gathering a unit holds its
     all-gather buffer and the unsharded parameters copied out of it at once (2x the unit), so the
     peak is the root's own gather or, on top of the root, a decoder layer's and the next one's
-    (prefetched). Measured on 2 CPU ranks with the 2B preset (benchmarks/RESULTS.md): the root
-    alone, gathered once, left the step's peak 1 GB (fp32) above the plan.
+    (prefetched). ``root``: the root parameters FSDP shards (default all; the frozen ones are
+    replicated instead, :meth:`Shape.frozen_root`). Measured on 2 CPU ranks with the 2B preset
+    (benchmarks/RESULTS.md): the root alone, gathered once, left the step's peak 1 GB (fp32) above
+    the plan.
     """
-    return gather_bytes * max(2 * s.root, s.root + 2 * 2 * s.layer)
+    root = s.root if root is None else root
+    return gather_bytes * max(2 * root, root + 2 * 2 * s.layer)
 
 
 def transient(s: Shape, tokens: int, logit_tokens: int, checkpointing: bool = True) -> dict[str, float]:
     """Bytes per rank that are not sharded: gathered bf16 units, activations, logits (estimates)."""
-    gathered = gathered_bytes(s)
+    gathered = gathered_bytes(s, root=s.root - s.frozen_root(lora=False))
     grad_unsharded = 4 * 2 * s.layer  # a layer's fp32 gradients before reduce-scatter (x2 overlap)
     # elements autograd keeps per token inside one decoder layer (norms, q/k/v/o inputs, attention
     # output, MLP gate/up/act/down inputs), bf16
@@ -165,6 +177,7 @@ def host_plan(
     build: str = "meta",
     reference: bool = False,
     gather_bytes: int = 2,
+    replicate_frozen_root: bool = True,
 ) -> dict[str, float]:
     """Bytes per rank of host memory (CPU training) beyond the runtime's fixed overhead.
 
@@ -173,18 +186,22 @@ def host_plan(
     is the larger of the build and the step. The step holds the sharded fp32 state (weights, the
     frozen reference copy for full fine-tuning with beta > 0, gradients and AdamW moments of what
     trains), and, with FSDP, the gathered units (:func:`gathered_bytes`; ``gather_bytes`` per
-    element: 2 for bf16 all-gathers, 4 with ``param_dtype: null``).
+    element: 2 for bf16 all-gathers, 4 with ``param_dtype: null``). With ``replicate_frozen_root``
+    the root's frozen parameters are held whole on every rank in the all-gather dtype and never
+    gathered.
     """
+    sharded = build != "single"
     trainable = s.lora if lora else s.total - s.vision
-    params = 4 * (s.total + (s.lora if lora else 0)) / ranks
-    ref = 4 * s.total / ranks if reference and not lora else 0.0
+    frozen_root = s.frozen_root(lora) if sharded and replicate_frozen_root else 0
+    whole = gather_bytes * frozen_root  # replicated, in the dtype FSDP computes in
+    params = 4 * (s.total - frozen_root + (s.lora if lora else 0)) / ranks + whole
+    ref = 4 * (s.total - frozen_root) / ranks + whole if reference and not lora else 0.0
     state = {
         "parameters": params + ref,
         "gradients": 4 * trainable / ranks,
         "optimizer": 8 * trainable / ranks,
     }
-    sharded = build != "single"
-    gathered = gathered_bytes(s, gather_bytes) if sharded else 0.0
+    gathered = gathered_bytes(s, gather_bytes, root=s.root - frozen_root) if sharded else 0.0
     grad_unsharded = 4 * 2 * s.layer if sharded and not lora else 0.0
     acts = transient(s, tokens, logit_tokens)
     step = {
@@ -221,6 +238,7 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
             r["build"],
             reference,
             4 if r.get("param_dtype", "bfloat16") in (None, "float32") else 2,
+            r.get("replicate_frozen_root", False),  # rows measured before the setting existed: sharded
         )
 
     # The fixed overhead (interpreter, torch, data, tokenizer, gloo; GRPO adds its rollout machinery)
@@ -258,6 +276,7 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
         "train",
         "stage",
         "build",
+        "frozen root",
         "image",
         "gather",
         "rank",
@@ -281,11 +300,18 @@ def check_measured(path: str, overhead_gb: float | None) -> None:
             step = ["-", "-", f"{r['peak_rss_build_gb'] / build:.2f} (build)"]
         cells = [
             r["preset"], r["procs"], "LoRA" if r["lora"] else "full", r["stage"], r["build"],
-            r.get("image_size", 448), _gather_name(r), r.get("rank", 0),
+            _root_name(r), r.get("image_size", 448), _gather_name(r), r.get("rank", 0),
             f"{plan['parameters'] / 1e9:.3f}", f"{r['param_bytes_local'] / 1e9:.3f}",
             f"{build:.2f}", f"{r['peak_rss_build_gb']:.2f}", *step,
         ]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
+
+
+def _root_name(r: dict) -> str:
+    """How a fsdp_memory.py row held the root's frozen parameters ("-" for one process)."""
+    if r["procs"] == 1:
+        return "-"
+    return "whole" if r.get("replicate_frozen_root", False) else "sharded"
 
 
 def _gather_name(r: dict) -> str:

@@ -9,6 +9,7 @@ rank 0 the final full parameters); the tests compare those.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,7 +39,7 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
     from lightning.pytorch.strategies import DDPStrategy
 
-    from univg.backbone import BackboneSpec
+    from univg.backbone import BackboneSpec, LoRASpec
     from univg.data import SyntheticDataModule
     from univg.distributed import FSDP2Strategy, is_sharded, rank_state_bytes, shard_report
     from univg.modules import GRPOModule, SFTModule
@@ -72,6 +73,17 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
                 torch.save(flat, out / f"{mode}_start_params.pt")
                 if ref_flat is not None:
                     torch.save(ref_flat, out / f"{mode}_start_ref_params.pt")
+            if mode == "lora":  # every parameter whole (a collective), and how each rank holds it
+                from univg.distributed import frozen_root_params
+
+                full = {
+                    n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()
+                    for n, p in pl_module.model.named_parameters()
+                }
+                root = frozen_root_params(pl_module.model)
+                record["root"] = {n: [str(p.dtype), hasattr(p, "full_tensor")] for n, p in root.items()}
+                if rank == 0:
+                    torch.save(full, out / "lora_start_params.pt")
             if mode == "resume":
                 saved = torch.load(out / "fsdp_final_params.pt")
                 record["start_matches_saved"] = bool(torch.equal(flat, saved))
@@ -91,6 +103,8 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
             record["max_rank_diff"] = float((gathered[0] - gathered[1]).abs().max())
             if rank == 0:
                 torch.save(flat, out / f"{mode}_final_params.pt")
+            if mode == "lora":
+                record["grpo_logs"] = {k: float(v) for k, v in pl_module.last_step_logs.items()}
             if mode == "grpo":
                 # ranks ask for different lengths: without synced generation the all-gathers would
                 # not pair up and this would hang
@@ -105,8 +119,12 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
                 }
 
     L.seed_everything(0)
-    backbone = BackboneSpec(preset="tiny", checkpoint=str(out / "hf") if mode == "hf" else None)
-    if mode in ("grpo", "init"):
+    backbone = BackboneSpec(
+        preset="tiny",
+        checkpoint=str(out / "hf") if mode == "hf" else None,
+        lora=LoRASpec() if mode == "lora" else None,
+    )
+    if mode in ("grpo", "init", "lora"):
         module = GRPOModule(
             backbone=backbone,
             init_checkpoint=str(out / "init.ckpt") if mode == "init" else None,
@@ -128,6 +146,8 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
         )
     if mode == "ddp":
         strategy = DDPStrategy(process_group_backend="gloo")
+    elif mode == "lora":  # as configs/fsdp/*.yaml: bf16 all-gathers
+        strategy = FSDP2Strategy(process_group_backend="gloo", param_dtype="bfloat16", reduce_dtype="float32")
     else:
         strategy = FSDP2Strategy(process_group_backend="gloo")
     callbacks = [Recorder()]
@@ -138,7 +158,7 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
         accelerator="cpu",
         devices=2,
         strategy=strategy,
-        max_steps=STEPS + 1 if mode == "resume" else (1 if mode in ("grpo", "hf", "init") else STEPS),
+        max_steps=STEPS + 1 if mode == "resume" else (1 if mode in ("grpo", "hf", "init", "lora") else STEPS),
         logger=False,
         enable_checkpointing=mode == "fsdp",
         enable_progress_bar=False,
@@ -148,7 +168,7 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
         val_check_interval=1 if mode == "grpo" else None,
         callbacks=callbacks,
         # as configs/sft.yaml: clipping by the trainer (over DTensor gradients under FSDP2)
-        gradient_clip_val=None if mode in ("grpo", "init") else 1.0,
+        gradient_clip_val=None if mode in ("grpo", "init", "lora") else 1.0,
         default_root_dir=str(out),
     )
     ckpt = str(ckpt_dir / "last.ckpt") if mode == "resume" else None
@@ -205,17 +225,36 @@ def test_fsdp_shards_every_parameter_across_ranks(runs):
     for name in names:
         (l0, full), (l1, full1) = fsdp[0]["shards"][name], fsdp[1]["shards"][name]
         assert full == full1
+        if _replicated(name):  # frozen, outside every unit: whole on both ranks
+            assert l0 == l1 == full, name
+            continue
         # dim-0 sharding: each rank holds a part, together exactly the whole
         assert l0 + l1 == full, name
         if full > 1:
             assert 0 < l0 < full, name
-    # the tied 151,936 x 64 embedding is split in two halves
+    # the tied 151,936 x 64 embedding trains (full fine-tuning): split in two halves
     emb = [n for n in names if n.endswith("embed_tokens.weight")][0]
     assert fsdp[0]["shards"][emb] == [75968 * 64, 151936 * 64]
-    # what each rank stores (params + grads + 2 Adam moments) is half of the trainable model
+    # what the two ranks store together: the model once, plus the replicated part a second time
     b0, b1 = fsdp[0]["state_bytes"], fsdp[1]["state_bytes"]
     total = sum(full for _, full in fsdp[0]["shards"].values()) * 4
-    assert b0["parameters"] + b1["parameters"] == total
+    whole = sum(full for n, (_, full) in fsdp[0]["shards"].items() if _replicated(n)) * 4
+    assert 0 < whole < 0.1 * total
+    assert b0["parameters"] + b1["parameters"] == total + whole
+
+
+def _split_but_frozen_root(shards: dict) -> bool:
+    """Every parameter split across the ranks, except the frozen root ones (whole on each rank)."""
+    return all(
+        local == full if _replicated(name) else 0 < local < full
+        for name, (local, full) in shards.items()
+        if full > 1
+    )
+
+
+def _replicated(name: str) -> bool:
+    """The tiny model's frozen root parameters in these runs (full fine-tuning, vision frozen)."""
+    return ".visual.patch_embed." in name or ".visual.merger." in name
 
 
 @pytest.mark.slow
@@ -228,11 +267,14 @@ def test_fsdp_ranks_materialise_only_their_shard_of_the_single_process_weights(r
 
     fsdp = runs["fsdp"]
     total = sum(full for _, full in fsdp[0]["shards"].values()) * 4  # fp32 bytes of the whole model
+    whole = sum(full for n, (_, full) in fsdp[0]["shards"].items() if _replicated(n)) * 4
     for r in fsdp:
-        # about half of the model each (dim-0 chunks: at most one row more than half per tensor)
-        assert abs(r["start_param_bytes"] - total / 2) < 0.001 * total, r["start_param_bytes"]
+        # about half of the sharded part each (dim-0 chunks: at most one row more than half per
+        # tensor), plus the replicated frozen part whole
+        half = (total - whole) / 2 + whole
+        assert abs(r["start_param_bytes"] - half) < 0.001 * total, r["start_param_bytes"]
         assert r["tied"]  # the tied head is still the embedding's parameter
-    assert fsdp[0]["start_param_bytes"] + fsdp[1]["start_param_bytes"] == total
+    assert fsdp[0]["start_param_bytes"] + fsdp[1]["start_param_bytes"] == total + whole
     L.seed_everything(0)
     single = _flat_params(BackboneSpec(preset="tiny").build())
     assert torch.equal(torch.load(runs["out"] / "fsdp_start_params.pt"), single)
@@ -282,7 +324,7 @@ def test_grpo_under_fsdp_shards_reference_and_generates_in_sync(tmp_path):
     ranks = _run("grpo", tmp_path)
     for r in ranks:
         assert r["sharded"] and r["ref_sharded"]
-        assert all(0 < local < full for local, full in r["ref_shards"].values() if full > 1)
+        assert _split_but_frozen_root(r["ref_shards"])
         assert "train/loss" in r["grpo_logs"] and r["grpo_logs"]["train/kl"] >= 0.0
         assert r["val"]["count"] == 2.0  # each rank evaluated one of the 2 prompts; results gathered once
     assert [r["generated_lengths"] for r in ranks] == [2, 5]
@@ -321,10 +363,38 @@ def test_fsdp_init_checkpoint_and_full_finetuning_reference(tmp_path):
     ranks = _run("init", tmp_path)
     for r in ranks:
         assert r["sharded"] and r["ref_sharded"]
-        assert all(0 < local < full for local, full in r["ref_shards"].values() if full > 1)
+        assert _split_but_frozen_root(r["ref_shards"])
     expected = _flat_params(model)
     assert torch.equal(torch.load(tmp_path / "init_start_params.pt"), expected)
     assert torch.equal(torch.load(tmp_path / "init_start_ref_params.pt"), expected)
+
+
+@pytest.mark.slow
+def test_fsdp_lora_holds_the_frozen_root_whole_in_bf16(tmp_path):
+    """LoRA under FSDP2 with bf16 all-gathers: the frozen root (tied embedding and head, final norm,
+    vision patch embedding and merger) is whole on every rank, in bf16, equal to the single-process
+    build's weights rounded to bf16; everything else is sharded and equals that build bit for bit
+    (the probe build that finds the root draws no random numbers)."""
+    import lightning as L
+
+    from univg.backbone import BackboneSpec, LoRASpec
+
+    ranks = _run("lora", tmp_path)
+    names = set(ranks[0]["root"])
+    assert any(n.endswith("embed_tokens.weight") for n in names) and len(names) == 9
+    for r in ranks:
+        assert r["root"] == {n: ["torch.bfloat16", False] for n in names}  # whole, not a DTensor
+        assert r["tied"] and math.isfinite(r["grpo_logs"]["train/loss"])
+        assert all(
+            0 < local < full for n, (local, full) in r["shards"].items() if n not in names and full > 1
+        )
+    L.seed_everything(0)
+    single = dict(BackboneSpec(preset="tiny", lora=LoRASpec()).build().named_parameters())
+    full = torch.load(tmp_path / "lora_start_params.pt")
+    assert set(full) == set(single)
+    for name, value in full.items():
+        expected = single[name].detach().to(torch.bfloat16) if name in names else single[name].detach()
+        assert value.dtype == expected.dtype and torch.equal(value, expected), name
 
 
 if __name__ == "__main__":  # torchrun worker

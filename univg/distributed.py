@@ -26,7 +26,12 @@ vision tower while another rank runs it, and the all-gathers no longer pair up; 
 batches always carry images.
 
 Each rank holds only its shard from the start: the model is built on the meta device, sharded,
-and each rank fills its rows (:mod:`univg.sharded_build`). A random-init preset gets the same
+and each rank fills its rows (:mod:`univg.sharded_build`). One exception by default: the root
+unit's frozen parameters (with LoRA the tied embedding and head, the final norm, the vision patch
+embedding and merger; with full fine-tuning only the vision ones) are held whole on every rank in
+the compute dtype (``replicate_frozen_root``). FSDP2 keeps the root gathered for the whole step
+and holds it twice while gathering, so sharding them cost more at the peak than replicating them
+(2B with LoRA on 2 CPU ranks: 6.7 GB instead of 7.8 GB per rank, benchmarks/RESULTS.md). A random-init preset gets the same
 weights as an unsharded build with the same seed (``seed_everything``, which every univg config
 sets); a checkpoint is read row-sliced from its files.
 """
@@ -66,6 +71,13 @@ class FSDPSettings:
         meta_init: build the model on the meta device and materialise only this rank's shard
             (:mod:`univg.sharded_build`); False builds the full model on every rank, then shards it
             (the earlier path: host memory per rank = the whole model).
+        replicate_frozen_root: keep the root unit's frozen parameters (with LoRA: the embedding,
+            tied head, final norm, patch embedding and merger) whole on every rank instead of
+            sharding them (:func:`frozen_root_params`), stored in ``param_dtype`` when one is set
+            (they never update, so they need no fp32 master copy; a checkpoint holds them so). FSDP2 keeps the root gathered for the whole
+            step, and gathering holds it twice for a moment (the all-gather buffer and the copy out
+            of it); a replicated frozen parameter needs neither, and has no gradient or optimiser
+            state to shard. False shards them too.
     """
 
     param_dtype: str | None = None
@@ -73,6 +85,7 @@ class FSDPSettings:
     reshard_after_forward: bool = True
     cpu_offload: bool = False
     meta_init: bool = True
+    replicate_frozen_root: bool = True
 
     def __post_init__(self) -> None:
         for name in ("param_dtype", "reduce_dtype"):
@@ -113,6 +126,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         reshard_after_forward: bool = True,
         cpu_offload: bool = False,
         meta_init: bool = True,
+        replicate_frozen_root: bool = True,
         process_group_backend: str | None = None,
         timeout: timedelta | None = timedelta(minutes=30),
     ) -> None:
@@ -127,7 +141,9 @@ class FSDP2Strategy(ModelParallelStrategy):
             process_group_backend=process_group_backend,
             timeout=timeout,
         )
-        self.fsdp = FSDPSettings(param_dtype, reduce_dtype, reshard_after_forward, cpu_offload, meta_init)
+        self.fsdp = FSDPSettings(
+            param_dtype, reduce_dtype, reshard_after_forward, cpu_offload, meta_init, replicate_frozen_root
+        )
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":
@@ -162,22 +178,49 @@ def shard_model(model: nn.Module, mesh: Any, settings: FSDPSettings | None = Non
     """``fully_shard`` each vision block, each decoder layer, then the root (in place; idempotent).
 
     The root unit holds what is left: embedding (tied with the head in the 2B preset), final norm,
-    head, patch embedding and merger. Returns ``model`` (now also an ``FSDPModule``).
+    head, patch embedding and merger; with ``replicate_frozen_root`` its frozen parameters stay
+    whole on every rank (FSDP ignores them). Returns ``model`` (now also an ``FSDPModule``).
     """
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     if is_sharded(model):
         return model
-    kwargs = (settings or FSDPSettings()).fully_shard_kwargs()
+    settings = settings or FSDPSettings()
+    kwargs = settings.fully_shard_kwargs()
+    ignored = set(frozen_root_params(model).values()) if settings.replicate_frozen_root else set()
+    if settings.param_dtype is not None:  # stored as FSDP would compute them: frozen, no fp32 master
+        for p in ignored:
+            p.data = p.data.to(DTYPES[settings.param_dtype])
     for unit in fsdp_units(model):
         fully_shard(unit, mesh=mesh, **kwargs)
-    fully_shard(model, mesh=mesh, **kwargs)
+    fully_shard(model, mesh=mesh, ignored_params=ignored or None, **kwargs)
     # generate(): root parameters gathered for the call, and synced_gpus across ranks (module docstring)
     register_fsdp_forward_method(model, "generate")
     setattr(model, HF_FSDP_FLAG, True)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     setattr(base, HF_FSDP_FLAG, True)
     return model
+
+
+def frozen_root_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Parameters outside every FSDP unit (:func:`univg.backbone.fsdp_units`) that do not train.
+
+    With LoRA everything outside the units is frozen (the tied head appears once, as the
+    embedding); full fine-tuning with a frozen vision tower leaves its patch embedding and merger:
+
+    >>> from univg.backbone import BackboneSpec
+    >>> lora = frozen_root_params(BackboneSpec(lora={}).build(device="meta"))
+    >>> [n.split(".", 3)[-1] for n in lora if "visual" not in n]
+    ['language_model.embed_tokens.weight', 'language_model.norm.weight']
+    >>> [n.split(".")[2] for n in frozen_root_params(BackboneSpec().build(device="meta"))]
+    ['patch_embed', 'merger', 'merger', 'merger', 'merger', 'merger', 'merger']
+    """
+    in_units = {id(p) for unit in fsdp_units(model) for p in unit.parameters()}
+    out: dict[str, nn.Parameter] = {}
+    for name, p in model.named_parameters():  # a tied parameter once, under its first name
+        if id(p) not in in_units and not p.requires_grad:
+            out[name] = p
+    return out
 
 
 def shard_module(module: nn.Module) -> None:
@@ -241,14 +284,17 @@ def build_sharded_model(
     from univg.tokenizer import resolve_checkpoint
 
     rank, world = mesh.get_local_rank(), mesh.size()
-    model, rows = build_on_meta(spec, rank, world)
+    settings = settings or FSDPSettings()
+    whole = frozen_root_params if settings.replicate_frozen_root else None  # what FSDP will not shard
+    dtype = DTYPES[settings.param_dtype] if settings.param_dtype else None  # see shard_model
+    model, rows = build_on_meta(spec, rank, world, keep_whole=whole, whole_dtype=dtype)
     shard_model(model, mesh, settings)
     sources = []
     if spec.checkpoint is not None:
         sources.append(safetensors_source(resolve_checkpoint(spec.checkpoint), rank, world))
     if init_checkpoint is not None:
         sources.append(univg_checkpoint_source(init_checkpoint, rank, world))
-    materialise(model, rows, *sources)
+    materialise(model, rows, *sources, mesh=mesh)
     return model
 
 
@@ -261,7 +307,7 @@ def build_sharded_reference(
 
     ref, _ = build_on_meta(spec, record=False)  # draws no random numbers: every weight is copied
     shard_model(ref, mesh, settings)
-    materialise(ref, {}, shards_of(policy))
+    materialise(ref, {}, shards_of(policy, mesh.get_local_rank(), mesh.size()), mesh=mesh)
     ref.eval().requires_grad_(False)
     return ref
 
@@ -401,6 +447,7 @@ __all__ = [
     "build_sharded_model",
     "build_sharded_reference",
     "shard_report",
+    "frozen_root_params",
 ]
 
 if __name__ == "__main__":  # pragma: no cover

@@ -141,13 +141,20 @@ def univg_checkpoint_source(path: str | os.PathLike, rank: int, world: int) -> S
     return source
 
 
-def shards_of(model: nn.Module) -> Source:
-    """A source copying each parameter's local shard from ``model``, sharded the same way."""
+def shards_of(model: nn.Module, rank: int = 0, world: int = 1) -> Source:
+    """A source copying each parameter's local shard from ``model``, sharded the same way.
+
+    A parameter ``model`` holds whole (replicated) gives this rank's rows of it when ``local``
+    is a shard (``rank`` of ``world``).
+    """
     theirs = dict(model.named_parameters())
 
     def source(name: str, local: torch.Tensor) -> bool:
         src = theirs[name]
-        local.copy_(src.to_local() if hasattr(src, "to_local") else src)
+        src = src.to_local() if hasattr(src, "to_local") else src
+        if src.shape != local.shape:
+            src = rank_rows(src, rank, world)
+        local.copy_(src)
         return True
 
     return source

@@ -103,10 +103,19 @@ class RecordShards(TorchDispatchMode):
     of silently producing different numbers.
     """
 
-    def __init__(self, tracked: list[nn.Parameter], rank: int, world: int) -> None:
+    def __init__(
+        self,
+        tracked: list[nn.Parameter],
+        rank: int,
+        world: int,
+        whole: frozenset[int] = frozenset(),
+        whole_dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         self.tracked = tracked
         self.rank, self.world = rank, world
+        self.whole = whole  # positions in ``tracked`` (creation order) kept whole, not cut to rows
+        self.whole_dtype = whole_dtype  # and the dtype they are kept in (None: the parameter's)
         self.rows: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}  # id(param) -> (param, rows)
         self._current: tuple[nn.Parameter, torch.Tensor] | None = None  # (param, full scratch)
         self._views: list[tuple[torch.Tensor, nn.Parameter, list[tuple[Any, tuple, dict]]]] = []
@@ -136,7 +145,10 @@ class RecordShards(TorchDispatchMode):
     def _cut(self) -> None:
         if self._current is not None:
             p, full = self._current
-            self.rows[id(p)] = (p, rank_rows(full, self.rank, self.world).to(p.dtype, copy=True))
+            if self.whole and next(i for i, t in enumerate(self.tracked) if t is p) in self.whole:
+                self.rows[id(p)] = (p, full.to(self.whole_dtype or p.dtype))
+            else:
+                self.rows[id(p)] = (p, rank_rows(full, self.rank, self.world).to(p.dtype, copy=True))
             self._current = None
 
     def _scratch(self, p: nn.Parameter, op: str) -> torch.Tensor:
@@ -217,19 +229,40 @@ def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
         return False
 
 
-def build_on_meta(spec: Any, rank: int = 0, world: int = 1, record: bool = True) -> tuple[nn.Module, dict]:
+def build_on_meta(
+    spec: Any,
+    rank: int = 0,
+    world: int = 1,
+    record: bool = True,
+    keep_whole: Callable[[nn.Module], Any] | None = None,
+    whole_dtype: torch.dtype | None = None,
+) -> tuple[nn.Module, dict]:
     """``spec.build()`` with meta parameters; returns (model, name -> this rank's rows).
 
     With ``record`` the random initialisation is replayed (see module docstring); without it no
     random numbers are drawn (a checkpoint will fill every weight). LoRA adapters added by
     ``spec.prepare`` are recorded either way: their init draws from the same generator right after
-    the backbone, as in an ordinary build.
+    the backbone, as in an ordinary build. ``keep_whole(model)`` names parameters whose recorded
+    value is kept whole rather than cut to this rank's rows (the ones FSDP will not shard); a
+    first build without recording finds where in the creation order they are; ``whole_dtype``
+    is the dtype they are kept in (None: their own).
     """
-    from univg.backbone import build_from_config, checkpoint_config
-
     if record and world > 1:
         return_freed_memory_to_os()
-    recorder = RecordShards([], rank, world)
+    whole: frozenset[int] = frozenset()
+    if keep_whole is not None and record and spec.checkpoint is None:
+        with torch.random.fork_rng(devices=[]):  # the adapters' init draws: leave the generator as it was
+            probe, order = _build_meta(spec, RecordShards([], rank, world), record=False)
+        ids = {id(p) for n, p in probe.named_parameters() if n in set(keep_whole(probe))}
+        whole = frozenset(i for i, p in enumerate(order.tracked) if id(p) in ids)
+    model, made = _build_meta(spec, RecordShards([], rank, world, whole, whole_dtype), record)
+    return model, _recorded_rows(model, made, spec)
+
+
+def _build_meta(spec: Any, recorder: RecordShards, record: bool) -> tuple[nn.Module, RecordShards]:
+    """The meta build itself; returns the model and the recorder (its ``tracked``: creation order)."""
+    from univg.backbone import build_from_config, checkpoint_config
+
     if spec.quantization is not None:
         raise ValueError("FSDP2 with meta init does not support quantised backbones (bitsandbytes)")
     with meta_parameters(
@@ -248,6 +281,10 @@ def build_on_meta(spec: Any, rank: int = 0, world: int = 1, record: bool = True)
         recorder.tracked = made
         with recorder:
             model = spec.prepare(model)
+    return model, recorder
+
+
+def _recorded_rows(model: nn.Module, recorder: RecordShards, spec: Any) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in model.named_parameters()}
     rows = {names[k]: t for k, (_, t) in recorder.finish().items() if k in names}
     if spec.lora is not None and spec.torch_dtype != torch.float32:
@@ -256,16 +293,18 @@ def build_on_meta(spec: Any, rank: int = 0, world: int = 1, record: bool = True)
         for name, t in rows.items():
             if ".lora_" in name:
                 rows[name] = t.to(spec.torch_dtype).to(t.dtype)
-    return model, rows
+    return rows
 
 
-def materialise(model: nn.Module, rows: dict[str, torch.Tensor], *sources: Source) -> None:
+def materialise(model: nn.Module, rows: dict[str, torch.Tensor], *sources: Source, mesh: Any = None) -> None:
     """Give a sharded meta model real shards: the recorded ``rows`` (``rows`` is emptied), then sources.
 
     A source is called with (parameter name, local shard) and returns True when it wrote the shard.
     Every parameter must be written by something: a missing one raises naming it. Recorded rows
     become the shards themselves (``load_state_dict(assign=True)``, one parameter at a time), so
-    the rank never holds its shard twice.
+    the rank never holds its shard twice. A parameter FSDP does not shard (replicated, see
+    ``FSDPSettings.replicate_frozen_root``) takes its recorded whole value, or else is filled as
+    this rank's rows like the rest (checkpoint readers) and gathered whole over ``mesh``.
     """
     from torch.distributed.tensor import DTensor
 
@@ -280,7 +319,18 @@ def materialise(model: nn.Module, rows: dict[str, torch.Tensor], *sources: Sourc
             if not p.is_meta:
                 continue
             local = rows.pop(name, None)
-            shape = p.to_local().shape if isinstance(p, DTensor) else p.shape
+            # not sharded by FSDP: sources fill this rank's rows like the rest, gathered below
+            replicated = not isinstance(p, DTensor) and mesh is not None and mesh.size() > 1
+            whole = None  # a recorded whole value (random init of a replicated parameter)
+            if isinstance(p, DTensor):
+                shape = p.to_local().shape
+            elif replicated:
+                rank, world = mesh.get_local_rank(), mesh.size()
+                shape = rank_rows(torch.empty(p.shape, device="meta"), rank, world).shape
+                if local is not None and local.shape == p.shape:
+                    whole, local = local, rank_rows(local, rank, world)  # a view: sources write into it
+            else:
+                shape = p.shape
             recorded = local is not None
             if local is None:
                 local = torch.empty(shape, dtype=p.dtype)
@@ -300,6 +350,10 @@ def materialise(model: nn.Module, rows: dict[str, torch.Tensor], *sources: Sourc
                     stride=p.stride(),
                     run_check=False,
                 )
+            elif replicated and whole is not None and not written:
+                value = whole.to(p.dtype)
+            elif replicated:
+                value = _gather_rows(local.to(p.dtype), mesh, p.shape)
             else:
                 value = local.to(p.dtype)
             new = nn.Parameter(value, requires_grad=p.requires_grad)
@@ -310,16 +364,33 @@ def materialise(model: nn.Module, rows: dict[str, torch.Tensor], *sources: Sourc
         raise RuntimeError(f"sharded build: parameters left uninitialised: {missing[:5]} ({len(missing)})")
 
 
+def _gather_rows(local: torch.Tensor, mesh: Any, shape: torch.Size) -> torch.Tensor:
+    """The whole tensor from every rank's dim-0 chunk (``torch.chunk`` layout), on this host."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    stride = torch.empty(shape, device="meta").stride()
+    whole = DTensor.from_local(local, mesh, [Shard(0)], shape=shape, stride=stride, run_check=False)
+    return whole.full_tensor().to(local.device)
+
+
 def _reset_fsdp_params(model: nn.Module) -> None:
     """Let FSDP2 pick up the parameters just assigned (what ``FSDPModule._apply`` does after ``to_empty``)."""
     from torch.distributed.fsdp import FSDPModule
 
     for module in model.modules():
         if isinstance(module, FSDPModule):
-            state = module._get_fsdp_state()
-            for group in state._fsdp_param_groups:
+            for group in _param_groups(module._get_fsdp_state()):
                 for fsdp_param in group.fsdp_params:
                     fsdp_param.reset_sharded_param()
+
+
+def _param_groups(state: Any) -> list[Any]:
+    """An FSDP2 state's parameter groups: a list in torch 2.13, one optional group in 2.11 (seen on a GPU machine)."""
+    groups = getattr(state, "_fsdp_param_groups", None)
+    if groups is not None:
+        return list(groups)
+    group = getattr(state, "_fsdp_param_group", None)
+    return [group] if group is not None else []
 
 
 __all__ = [
