@@ -31,8 +31,8 @@ unit's frozen parameters (with LoRA the tied embedding and head, the final norm,
 embedding and merger; with full fine-tuning only the vision ones) are held whole on every rank in
 the compute dtype (``replicate_frozen_root``). FSDP2 keeps the root gathered for the whole step
 and holds it twice while gathering, so sharding them cost more at the peak than replicating them
-(2B with LoRA on 2 CPU ranks: 6.7 GB instead of 7.8 GB per rank, benchmarks/RESULTS.md). A random-init preset gets the same
-weights as an unsharded build with the same seed (``seed_everything``, which every univg config
+(2B with LoRA on 2 CPU ranks: 6.7 GB instead of 7.8 GB per rank, benchmarks/RESULTS.md). A
+random-init preset gets the same weights as an unsharded build with the same seed (``seed_everything``, which every univg config
 sets); a checkpoint is read row-sliced from its files.
 """
 
@@ -74,10 +74,10 @@ class FSDPSettings:
         replicate_frozen_root: keep the root unit's frozen parameters (with LoRA: the embedding,
             tied head, final norm, patch embedding and merger) whole on every rank instead of
             sharding them (:func:`frozen_root_params`), stored in ``param_dtype`` when one is set
-            (they never update, so they need no fp32 master copy; a checkpoint holds them so). FSDP2 keeps the root gathered for the whole
-            step, and gathering holds it twice for a moment (the all-gather buffer and the copy out
-            of it); a replicated frozen parameter needs neither, and has no gradient or optimiser
-            state to shard. False shards them too.
+            (they never update, so they need no fp32 master copy; a checkpoint holds them so).
+            FSDP2 keeps the root gathered for the whole step, and gathering holds it twice for a
+            moment (the all-gather buffer and the copy out of it); a replicated frozen parameter
+            needs neither, and has no gradient or optimiser state to shard. False shards them too.
     """
 
     param_dtype: str | None = None

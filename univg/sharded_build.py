@@ -385,7 +385,7 @@ def _reset_fsdp_params(model: nn.Module) -> None:
 
 
 def _param_groups(state: Any) -> list[Any]:
-    """An FSDP2 state's parameter groups: a list in torch 2.13, one optional group in 2.11 (seen on a GPU machine)."""
+    """An FSDP2 state's parameter groups: a list in torch 2.13, one optional group in torch 2.11."""
     groups = getattr(state, "_fsdp_param_groups", None)
     if groups is not None:
         return list(groups)
