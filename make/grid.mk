@@ -74,7 +74,7 @@ define GRID_ROW
 ifneq ($(2),eval)
 $(call grid_weights,$(1)): | $(GRID_NEEDS) $(if $(6),$(if $(wildcard $(call grid_weights,$(1))),,$(call grid_weights,$(6))))
 	$$(GRID_PY) -m univg fit --config $(3) --config experiments/size/$(5).yaml $$(GRID_FSDP_$(5)) --config $(4) $$(GRID_SCALE_$(2)) $$(GRID_ARGS) --trainer.logger.init_args.version=fit $(if $(6),--model.init_args.init_checkpoint=$(call grid_weights,$(6)))
-	$$(GRID_PY) -m univg.distributed weights $(GRID_RUNS)/$(1)/fit/checkpoints/last.ckpt $$@
+	$$(GRID_PY) -m univg.sharded_checkpoint weights $(GRID_RUNS)/$(1)/fit/checkpoints/last.ckpt $$@
 endif
 $(call grid_results,$(1)): | $(GRID_NEEDS) $(if $(filter eval,$(2)),,$(call grid_weights,$(1)))
 	$$(GRID_PY) -m univg test --config $$(GRID_EVAL) --config experiments/size/$(5).yaml $(if $(filter eval,$(2)),--config $(4)) $$(GRID_SCALE_eval) $$(GRID_ARGS) --trainer.logger.init_args.name=$(1) --trainer.logger.init_args.version=test $(if $(filter eval,$(2)),,--model.init_args.init_checkpoint=$(call grid_weights,$(1)))

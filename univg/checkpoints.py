@@ -71,7 +71,7 @@ def read_model_weights(path: str | os.PathLike, mmap: bool = False) -> dict[str,
     path = Path(path)
     if path.is_dir() and any(path.glob("*.distcp")):
         # a sharded checkpoint of an FSDP run (e.g. stage 1 on 8 GPUs): read whole, in memory
-        from univg.distributed import read_sharded_checkpoint
+        from univg.sharded_checkpoint import read_sharded_checkpoint
 
         state = read_sharded_checkpoint(path)
     elif not path.is_file():

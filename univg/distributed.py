@@ -39,11 +39,9 @@ sets); a checkpoint is read row-sliced from its files.
 from __future__ import annotations
 
 import copy
-import os
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -51,6 +49,12 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from univg.backbone import DTYPES, fsdp_units
+from univg.sharded_checkpoint import (  # re-exported: they lived here before
+    consolidate_checkpoint,
+    main,
+    read_sharded_checkpoint,
+    weights_file,
+)
 
 #: Attribute ``transformers.distributed.fsdp.is_fsdp_managed_module`` reads (generate -> synced_gpus).
 HF_FSDP_FLAG = "_is_fsdp_managed_module"
@@ -93,13 +97,19 @@ class FSDPSettings:
             if value is not None and value not in DTYPES:
                 raise ValueError(f"FSDP {name} must be null or one of {sorted(DTYPES)}, got {value!r}")
 
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """The dtype FSDP gathers and computes parameters in (None: their stored dtype); the
+        replicated frozen root is stored in it."""
+        return DTYPES[self.param_dtype] if self.param_dtype else None
+
     def fully_shard_kwargs(self) -> dict[str, Any]:
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy
 
         kwargs: dict[str, Any] = {"reshard_after_forward": self.reshard_after_forward}
         if self.param_dtype is not None or self.reduce_dtype is not None:
             kwargs["mp_policy"] = MixedPrecisionPolicy(
-                param_dtype=DTYPES[self.param_dtype] if self.param_dtype else None,
+                param_dtype=self.compute_dtype,
                 reduce_dtype=DTYPES[self.reduce_dtype] if self.reduce_dtype else None,
             )
         if self.cpu_offload:
@@ -188,9 +198,9 @@ def shard_model(model: nn.Module, mesh: Any, settings: FSDPSettings | None = Non
     settings = settings or FSDPSettings()
     kwargs = settings.fully_shard_kwargs()
     ignored = set(frozen_root_params(model).values()) if settings.replicate_frozen_root else set()
-    if settings.param_dtype is not None:  # stored as FSDP would compute them: frozen, no fp32 master
+    if settings.compute_dtype is not None:  # stored as FSDP would compute them: frozen, no fp32 master
         for p in ignored:
-            p.data = p.data.to(DTYPES[settings.param_dtype])
+            p.data = p.data.to(settings.compute_dtype)
     for unit in fsdp_units(model):
         fully_shard(unit, mesh=mesh, **kwargs)
     fully_shard(model, mesh=mesh, ignored_params=ignored or None, **kwargs)
@@ -286,8 +296,7 @@ def build_sharded_model(
     rank, world = mesh.get_local_rank(), mesh.size()
     settings = settings or FSDPSettings()
     whole = frozen_root_params if settings.replicate_frozen_root else None  # what FSDP will not shard
-    dtype = DTYPES[settings.param_dtype] if settings.param_dtype else None  # see shard_model
-    model, rows = build_on_meta(spec, rank, world, keep_whole=whole, whole_dtype=dtype)
+    model, rows = build_on_meta(spec, rank, world, keep_whole=whole, whole_dtype=settings.compute_dtype)
     shard_model(model, mesh, settings)
     sources = []
     if spec.checkpoint is not None:
@@ -347,95 +356,11 @@ def rank_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None =
     return out
 
 
-def consolidate_checkpoint(
-    src: str | os.PathLike, dst: str | os.PathLike | None = None, with_optimizer: bool = False
-) -> Path:
-    """One ``.ckpt`` file from a sharded (FSDP2) checkpoint folder; returns its path.
-
-    The result loads like any single-file Lightning checkpoint (``state_dict`` with ``model.*``
-    keys, plus epoch/step metadata), so ``init_checkpoint`` can start stage 2 from it. Optimiser
-    state is left out unless ``with_optimizer`` (it is twice the trainable weights in fp32).
-    Runs in one process, no process group needed. ``dst`` defaults to ``<src>.consolidated``.
-    """
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    src = Path(src)
-    if not src.is_dir():
-        raise NotADirectoryError(
-            f"{src} is not a sharded checkpoint folder (expected *.distcp files and meta.pt)"
-        )
-    dst = Path(dst) if dst is not None else src.with_name(src.name + ".consolidated")
-    tmp = dst.with_name(dst.name + ".tmp")
-    dcp_to_torch_save(src, tmp)
-    state = torch.load(tmp, map_location="cpu", weights_only=False)
-    checkpoint = _with_meta(src, state, with_optimizer)
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, dst)
-    return dst
-
-
-def read_sharded_checkpoint(src: str | os.PathLike) -> dict[str, Any]:
-    """A sharded (FSDP2) checkpoint folder read into memory as one Lightning checkpoint dict
-    (``state_dict`` with ``model.*`` keys and the run's metadata), without the optimiser state."""
-    import tempfile
-
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dcp_to_torch_save(Path(src), Path(tmp) / "state.pt")
-        state = torch.load(Path(tmp) / "state.pt", map_location="cpu", weights_only=False)
-    return _with_meta(Path(src), state, with_optimizer=False)
-
-
-def _with_meta(src: Path, state: dict[str, Any], with_optimizer: bool) -> dict[str, Any]:
-    meta = src / "meta.pt"
-    checkpoint = torch.load(meta, map_location="cpu", weights_only=False) if meta.is_file() else {}
-    checkpoint["state_dict"] = state["state_dict"]
-    if with_optimizer:
-        checkpoint["optimizer_states"] = [state[k] for k in sorted(state) if k.startswith("optimizer_")]
-    return checkpoint
-
-
-def weights_file(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """``dst``: the run's last checkpoint as one file (consolidated if sharded, else a relative link)."""
-    src, dst = Path(src), Path(dst)
-    if src.is_dir():
-        return consolidate_checkpoint(src, dst)
-    if not src.is_file():
-        raise FileNotFoundError(
-            f"{src}: the run wrote no last checkpoint (is ModelCheckpoint(save_last=True) configured?)"
-        )
-    if dst.is_symlink() or dst.exists():
-        dst.unlink()
-    dst.symlink_to(os.path.relpath(src, dst.parent))
-    return dst
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m univg.distributed consolidate SRC_DIR [DST]`` | ``weights SRC DST``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m univg.distributed", description=main.__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("consolidate", help="sharded checkpoint folder -> single .ckpt file")
-    c.add_argument("src")
-    c.add_argument("dst", nargs="?")
-    c.add_argument("--with-optimizer", action="store_true")
-    w = sub.add_parser("weights", help="a run's last checkpoint as one file (consolidated or linked)")
-    w.add_argument("src")
-    w.add_argument("dst")
-    args = parser.parse_args(argv)
-    if args.command == "weights":
-        print(weights_file(args.src, args.dst))
-    else:
-        print(consolidate_checkpoint(args.src, args.dst, args.with_optimizer))
-    return 0
-
-
 __all__ = [
     "FSDP2Strategy",
     "consolidate_checkpoint",
     "weights_file",
+    "read_sharded_checkpoint",
     "FSDPSettings",
     "data_parallel_mesh",
     "is_sharded",

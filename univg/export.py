@@ -112,7 +112,7 @@ def load_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
             raise ValueError(
                 f"{ckpt}: a folder but not a sharded checkpoint (no .metadata of torch.distributed.checkpoint)"
             )
-        from univg.distributed import consolidate_checkpoint
+        from univg.sharded_checkpoint import consolidate_checkpoint
 
         with tempfile.TemporaryDirectory() as tmp:
             state = torch.load(consolidate_checkpoint(ckpt, Path(tmp) / "full.ckpt"), map_location="cpu")
