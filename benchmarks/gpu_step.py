@@ -40,58 +40,93 @@ GIB = 2**30
 FSDP_OVERLAY = {"qwen2-vl-2b": "2b_8gpu.yaml", "qwen2-vl-7b": "7b_8gpu.yaml"}
 
 
-def cli_args(args: argparse.Namespace, out: str) -> list[str]:
-    """The ``univg fit`` arguments (without ``fit``): the paper's config, then overrides only."""
-    steps = args.warmup + args.steps
+def fit_args(
+    preset: str,
+    *,
+    lora: bool,
+    prompts: int,
+    group_size: int,
+    new_tokens: int,
+    image_size: int,
+    steps: int,
+    accelerator: str,
+    out: str,
+    fsdp: bool = False,
+    engine: str = "shared",
+    precision: str | None = None,
+    logger: dict[str, Any] | None = None,
+) -> list[str]:
+    """The ``univg fit`` arguments (without ``fit``): the paper's GRPO-Difficulty config, then
+    overrides only (also ``tests/test_scale_2b.py``'s command). ``logger`` None: no logger."""
+    # as configs/grpo_diff.yaml's backbone (frozen vision, checkpointing, fp32 master weights), with
+    # the preset's random weights and optionally LoRA
     backbone: dict[str, Any] = {
-        "preset": args.preset,
+        "preset": preset,
         "checkpoint": None,
         "freeze_vision": True,
         "gradient_checkpointing": True,
         "dtype": "float32",
     }
-    if args.lora:
+    if lora:
         backbone["lora"] = {"r": 8, "alpha": 16, "dropout": 0.05}
     data = {
         "class_path": "univg.data.SyntheticDataModule",
         "init_args": {
-            "num_train": args.prompts * steps,
+            "num_train": prompts * steps,
             "num_val": 0,
             "tasks": ["single"],
-            "image_size": args.image_size,
-            "batch_size": args.prompts,
+            "image_size": image_size,
+            "batch_size": prompts,
             "shuffle": False,
         },
     }
     m = "--model.init_args."
-    argv = ["--config", str(ROOT / "configs" / "grpo_diff.yaml")]  # no subcommand: built with run=False
-    if args.fsdp:
-        argv += ["--config", str(ROOT / "configs" / "fsdp" / FSDP_OVERLAY.get(args.preset, "2b_8gpu.yaml"))]
+    argv = ["--config", str(ROOT / "configs" / "grpo_diff.yaml")]
+    if fsdp:
+        argv += ["--config", str(ROOT / "configs" / "fsdp" / FSDP_OVERLAY.get(preset, "2b_8gpu.yaml"))]
     argv += [
         # the whole backbone as one value: a dotted "checkpoint null" would parse as the string 'None'
         f"{m}backbone", json.dumps(backbone),
         f"{m}init_checkpoint", "null",
-        f"{m}group_size", str(args.group_size),
-        f"{m}max_completion_length", str(args.new_tokens),
-        f"{m}max_new_tokens", str(args.new_tokens),
-        f"{m}prompts_per_step", str(args.prompts),
+        f"{m}group_size", str(group_size),
+        f"{m}max_completion_length", str(new_tokens),
+        f"{m}max_new_tokens", str(new_tokens),
+        f"{m}prompts_per_step", str(prompts),
         f"{m}log_completions_every", "0",
         "--data", json.dumps(data),
-        "--trainer.accelerator", args.accelerator,
+        "--trainer.accelerator", accelerator,
         "--trainer.devices", "1",
         "--trainer.max_steps", str(steps),
         "--trainer.limit_val_batches", "0",
         "--trainer.callbacks", "[]",
         "--trainer.enable_checkpointing", "false",
-        "--trainer.logger", "false",
+        "--trainer.logger", json.dumps(logger) if logger else "false",
         "--trainer.enable_progress_bar", "false",
         "--trainer.default_root_dir", out,
     ]  # fmt: skip
-    if args.engine == "hf":
+    if engine == "hf":
         argv += [f"{m}engine", "univg.engines.HFGenerate"]
-    if args.precision:
-        argv += ["--trainer.precision", args.precision]
+    if precision:
+        argv += ["--trainer.precision", precision]
     return argv
+
+
+def cli_args(args: argparse.Namespace, out: str) -> list[str]:
+    """:func:`fit_args` for this script's command line (no subcommand: built with ``run=False``)."""
+    return fit_args(
+        args.preset,
+        lora=args.lora,
+        prompts=args.prompts,
+        group_size=args.group_size,
+        new_tokens=args.new_tokens,
+        image_size=args.image_size,
+        steps=args.warmup + args.steps,
+        accelerator=args.accelerator,
+        out=out,
+        fsdp=args.fsdp,
+        engine=args.engine,
+        precision=args.precision,
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -9,7 +9,6 @@ Random init (no checkpoint is downloaded), LoRA, one 448 x 448 synthetic image p
 from __future__ import annotations
 
 import csv
-import json
 import os
 import resource
 import subprocess
@@ -20,6 +19,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from gpu_step import fit_args  # noqa: E402
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,44 +31,24 @@ pytestmark = [
 
 
 def grpo_2b_command(tmp: Path, precision: str) -> list[str]:
-    """``python -m univg fit`` on the paper's GRPO-Difficulty config with the 2B preset and small shapes."""
-    data = {
-        "class_path": "univg.data.SyntheticDataModule",
-        "init_args": {"num_train": 1, "num_val": 0, "tasks": ["single"], "image_size": 448, "batch_size": 1},
-    }
+    """``python -m univg fit`` on the paper's GRPO-Difficulty config with the 2B preset and small
+    shapes: LoRA, one 448 x 448 prompt, G 2, 8 new tokens, one step (``benchmarks/gpu_step.py``'s
+    overrides, with a CSV logger for the metrics)."""
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(tmp)}}
-    m = "--model.init_args."
-    # as configs/grpo_diff.yaml's backbone (frozen vision, checkpointing, fp32 master weights), with
-    # the 2B preset, random init and LoRA
-    backbone = {
-        "preset": "qwen2-vl-2b",
-        "checkpoint": None,
-        "freeze_vision": True,
-        "gradient_checkpointing": True,
-        "dtype": "float32",
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.05},
-    }
-    return [
-        sys.executable, "-m", "univg", "fit", "--config", str(ROOT / "configs" / "grpo_diff.yaml"),
-        # the whole backbone as one value: a dotted "checkpoint null" would parse as the string 'None'
-        f"{m}backbone", json.dumps(backbone),
-        f"{m}init_checkpoint", "null",
-        f"{m}group_size", "2",
-        f"{m}max_completion_length", "8",
-        f"{m}max_new_tokens", "8",
-        f"{m}prompts_per_step", "1",
-        f"{m}log_completions_every", "0",
-        "--data", json.dumps(data),
-        "--trainer.accelerator", "cpu",
-        "--trainer.devices", "1",
-        "--trainer.precision", precision,
-        "--trainer.max_steps", "1",
-        "--trainer.limit_val_batches", "0",
-        "--trainer.callbacks", "[]",
-        "--trainer.enable_checkpointing", "false",
-        "--trainer.logger", json.dumps(logger),
-        "--trainer.default_root_dir", str(tmp),
-    ]  # fmt: skip
+    overrides = fit_args(
+        "qwen2-vl-2b",
+        lora=True,
+        prompts=1,
+        group_size=2,
+        new_tokens=8,
+        image_size=448,
+        steps=1,
+        accelerator="cpu",
+        out=str(tmp),
+        precision=precision,
+        logger=logger,
+    )
+    return [sys.executable, "-m", "univg", "fit", *overrides]
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
