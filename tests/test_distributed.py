@@ -33,6 +33,51 @@ def _flat_params(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat(parts)
 
 
+def _tiled_vs_full(module, data) -> dict:  # pragma: no cover - runs in torchrun children
+    """Log-probs on the repeated-prompt path (the one FSDP takes) with the tiled head and with full
+    logits, on the sharded model: the largest differences of the values and of this rank's gradient
+    shards, and how many tokens went through the tiled function."""
+    import univg.rollout.logprobs as lp_module
+    from univg.rollout import completion_logprobs, model_inputs
+
+    prompt = model_inputs(data.collator("generate")(data.samples["val"][:1]))
+    ids = torch.randint(0, 1000, (2, 5), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 3:] = 0
+    weights = torch.tensor([[1.0, -2.0, 0.5, 1.0, -1.0], [0.3, 1.0, -0.7, 0.0, 0.0]])
+    tiled_tokens: list[int] = []
+    real = lp_module.head_logprobs
+    lp_module.head_logprobs = lambda h, *a: tiled_tokens.append(len(h)) or real(h, *a)
+    model = module.model
+    was_training = model.training
+    model.eval()  # no dropout: both passes the same function
+    runs = {}
+    try:
+        for tiled in (True, False):
+            model.zero_grad(set_to_none=True)
+            lp = completion_logprobs(model, prompt, ids, mask, 2, shared_prefix=False, tiled_head=tiled)
+            (lp * weights).sum().backward()
+            grads = {}
+            for n, p in model.named_parameters():
+                if p.grad is not None:
+                    g = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+                    grads[n] = g.detach().float().clone()
+            runs[tiled] = (lp.detach(), grads)
+    finally:
+        lp_module.head_logprobs = real
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    (lp_t, g_t), (lp_f, g_f) = runs[True], runs[False]
+    rel = [float((g_t[n] - g_f[n]).abs().max() / g_f[n].abs().max().clamp_min(1e-12)) for n in g_f]
+    return {
+        "tiled_tokens": tiled_tokens,
+        "logp_max_diff": float((lp_t - lp_f).abs().max()),
+        "logp_mean": float(lp_f[mask.bool()].mean()),
+        "grad_names": sorted(g_f) == sorted(g_t) and len(g_f),
+        "grad_max_rel_diff": max(rel),
+    }
+
+
 def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchrun children
     import lightning as L
     import torch.distributed as dist
@@ -105,6 +150,8 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
                 torch.save(flat, out / f"{mode}_final_params.pt")
             if mode == "lora":
                 record["grpo_logs"] = {k: float(v) for k, v in pl_module.last_step_logs.items()}
+            if mode in ("grpo", "lora"):
+                record["tiled_vs_full"] = _tiled_vs_full(pl_module, trainer.datamodule)
             if mode == "grpo":
                 # ranks ask for different lengths: without synced generation the all-gathers would
                 # not pair up and this would hang
@@ -338,6 +385,11 @@ def test_grpo_under_fsdp_shards_reference_and_generates_in_sync(tmp_path):
         assert "train/loss" in r["grpo_logs"] and r["grpo_logs"]["train/kl"] >= 0.0
         assert r["val"]["count"] == 2.0  # each rank evaluated one of the 2 prompts; results gathered once
     assert [r["generated_lengths"] for r in ranks] == [2, 5]
+    for r in ranks:  # full fine-tuning, fp32: the tiled head under FSDP's gathered root
+        check = r["tiled_vs_full"]
+        assert check["tiled_tokens"] == [8]  # 5 + 3 real completion tokens, nothing else
+        assert check["logp_max_diff"] < 1e-5 and check["logp_mean"] < -5.0
+        assert check["grad_names"] > 0 and check["grad_max_rel_diff"] < 1e-4
 
 
 @pytest.mark.slow
@@ -395,6 +447,10 @@ def test_fsdp_lora_holds_the_frozen_root_whole_in_bf16(tmp_path):
     for r in ranks:
         assert r["root"] == {n: ["torch.bfloat16", False] for n in names}  # whole, not a DTensor
         assert r["tied"] and math.isfinite(r["grpo_logs"]["train/loss"])
+        # the replicated bf16 head: the tiled path rounds logits to bf16 as the head does
+        check = r["tiled_vs_full"]
+        assert check["tiled_tokens"] == [8] and check["logp_max_diff"] < 1e-3
+        assert check["grad_names"] > 0 and check["grad_max_rel_diff"] < 2e-2
         assert all(
             0 < local < full for n, (local, full) in r["shards"].items() if n not in names and full > 1
         )

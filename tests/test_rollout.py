@@ -215,24 +215,31 @@ def test_logprobs_identical_with_and_without_shared_prefix(model, prompts, chunk
     ids, mask = _completions(8, 7)
     assert mask.sum(1).tolist() == [7, 1, 3, 5, 2, 6, 7, 1]
     model.eval()
-    with torch.no_grad():
-        plain = completion_logprobs(model, prompts, ids, mask, group_size=4, shared_prefix=False)
+    with torch.no_grad():  # the reference: prompts repeated, full [N, C, V] logits
+        plain = completion_logprobs(model, prompts, ids, mask, 4, shared_prefix=False, tiled_head=False)
         shared = completion_logprobs(model, prompts, ids, mask, 4, chunk_size=chunk_size, shared_prefix=True)
+        plain_tiled = completion_logprobs(
+            model, prompts, ids, mask, 4, chunk_size=chunk_size, shared_prefix=False
+        )
     torch.testing.assert_close(shared, plain, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(plain_tiled, plain, atol=2e-5, rtol=1e-5)
+    assert (plain_tiled[mask == 0] == 0).all()
     assert (shared[mask == 0] == 0).all()
     # a real log-probability: negative, near -ln(151936) for a random model
     assert float(shared[mask == 1].mean()) == pytest.approx(-math.log(V), abs=1.0)
     # temperature divides the logits in both paths
     with torch.no_grad():
-        hot_plain = completion_logprobs(model, prompts, ids, mask, 4, temperature=0.7, shared_prefix=False)
+        hot_plain = completion_logprobs(
+            model, prompts, ids, mask, 4, temperature=0.7, shared_prefix=False, tiled_head=False
+        )
         hot = completion_logprobs(model, prompts, ids, mask, 4, temperature=0.7, shared_prefix=True)
     torch.testing.assert_close(hot, hot_plain, atol=2e-5, rtol=1e-5)
     assert not torch.allclose(hot, shared)
 
 
-def _loss_and_grads(model, prompts, ids, mask, adv, ref, shared: bool):
+def _loss_and_grads(model, prompts, ids, mask, adv, ref, shared: bool, tiled_head: bool = True):
     model.zero_grad(set_to_none=True)
-    logp = completion_logprobs(model, prompts, ids, mask, group_size=4, shared_prefix=shared)
+    logp = completion_logprobs(model, prompts, ids, mask, 4, shared_prefix=shared, tiled_head=tiled_head)
     terms = grpo_loss_terms(logp, None, ref, adv, torch.ones(8), mask, beta=0.04)
     terms.loss.backward()
     named = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -245,7 +252,7 @@ def test_grpo_loss_and_gradients_identical_with_shared_prefix(model, prompts) ->
     with torch.no_grad():
         ref = completion_logprobs(model, prompts, ids, mask, 4, shared_prefix=False) + 0.01
     model.train()
-    loss_a, grads_a = _loss_and_grads(model, prompts, ids, mask, adv, ref, shared=False)
+    loss_a, grads_a = _loss_and_grads(model, prompts, ids, mask, adv, ref, shared=False, tiled_head=False)
     loss_b, grads_b = _loss_and_grads(model, prompts, ids, mask, adv, ref, shared=True)
     torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
     assert grads_a.keys() == grads_b.keys()
@@ -256,13 +263,65 @@ def test_grpo_loss_and_gradients_identical_with_shared_prefix(model, prompts) ->
     model.zero_grad(set_to_none=True)
 
 
+def test_tiled_head_on_the_repeated_prompt_matches_full_logits(prompts, monkeypatch) -> None:
+    # the path of configs/grpo_diff.yaml (gradient checkpointing: prompts repeated) and of FSDP:
+    # the head swapped for the tiled log-prob function gives the loss and every gradient of the
+    # full [N, C, V] logits, the tied head/embedding included; the model's head is put back after
+    torch.manual_seed(0)
+    ckpt = BackboneSpec(preset="tiny", gradient_checkpointing=True).build().train()
+    head = ckpt.lm_head
+    ids, mask = _completions(8, 6, seed=4)
+    adv = torch.tensor([1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 0.0, 0.0])
+    with torch.no_grad():
+        ref = completion_logprobs(ckpt, prompts, ids, mask, 4, shared_prefix=False, tiled_head=False) - 0.02
+    loss_a, grads_a = _loss_and_grads(ckpt, prompts, ids, mask, adv, ref, shared=False, tiled_head=False)
+    import univg.rollout.logprobs as lp_module
+
+    # the head really went through the tiled function, once, on the real tokens only: lengths
+    # 6, 1, 3, 4, 2, 5, 6, 1 (see _completions)
+    tiled_rows = []
+    real = lp_module.head_logprobs
+    monkeypatch.setattr(lp_module, "head_logprobs", lambda h, *a: tiled_rows.append(len(h)) or real(h, *a))
+    loss_b, grads_b = _loss_and_grads(ckpt, prompts, ids, mask, adv, ref, shared=False)
+    assert tiled_rows == [int(mask.sum())] == [28]
+    assert ckpt.lm_head is head and type(head) is nn.Linear
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-5, rtol=1e-5)
+    assert grads_a.keys() == grads_b.keys()
+    assert any(p is head.weight for n, p in ckpt.named_parameters() if n in grads_a)  # tied: one name
+    for k in grads_a:
+        torch.testing.assert_close(grads_b[k], grads_a[k], atol=1e-6, rtol=1e-4, msg=k)
+    ckpt.zero_grad(set_to_none=True)
+
+
+def test_head_logprobs_with_a_bf16_weight_rounds_logits_like_the_head() -> None:
+    # a 16-bit head (FSDP's bf16 all-gathers, a bf16 backbone) is used as it is, no float32 copy of
+    # it: each tile's logits are what the bf16 head computes, widened to float32 for the softmax
+    torch.manual_seed(1)
+    h = torch.randn(11, 8, requires_grad=True)
+    w = torch.randn(50, 8).to(torch.bfloat16).requires_grad_()
+    t = torch.randint(0, 50, (11,))
+    g = torch.randn(11)
+    lp = head_logprobs(h, w, t, temperature=0.8, tile=4)
+    (lp * g).sum().backward()
+    gh, gw = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    logits = (h.to(torch.bfloat16) @ w.t()).float() / 0.8
+    ref = torch.log_softmax(logits, -1).gather(1, t[:, None]).squeeze(1)
+    (ref * g).sum().backward()
+    torch.testing.assert_close(lp, ref.detach(), atol=1e-5, rtol=1e-5)
+    assert gh.dtype == torch.float32 and gw.dtype == torch.bfloat16
+    # the reference's bf16 matmuls in the backward round more than the tiled float32 accumulation
+    torch.testing.assert_close(gh, h.grad, atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(gw, w.grad, atol=2e-2, rtol=2e-2)
+
+
 def test_gradient_checkpointing_falls_back_to_the_repeated_prompt(prompts) -> None:
     torch.manual_seed(0)
     ckpt = BackboneSpec(preset="tiny", gradient_checkpointing=True).build().train()
     ids, mask = _completions(8, 5, seed=2)
     auto = completion_logprobs(ckpt, prompts, ids, mask, 4)  # checkpointed layers drop the cache
-    plain = completion_logprobs(ckpt, prompts, ids, mask, 4, shared_prefix=False)
-    torch.testing.assert_close(auto, plain)
+    plain = completion_logprobs(ckpt, prompts, ids, mask, 4, shared_prefix=False, tiled_head=False)
+    torch.testing.assert_close(auto, plain, atol=2e-5, rtol=1e-5)
     auto.sum().backward()
     assert ckpt.lm_head.weight.grad is not None
 
@@ -280,7 +339,7 @@ def test_grpo_module_loss_is_the_same_on_both_paths(prompts, processor, monkeypa
     scored = m.score(batch)
     assert scored.ref_logp is not None and scored.ref_logp.shape == scored.rollout.completion_ids.shape
     shared = m.loss_terms(scored).loss
-    plain_fn = functools.partial(completion_logprobs, shared_prefix=False)
+    plain_fn = functools.partial(completion_logprobs, shared_prefix=False, tiled_head=False)
     monkeypatch.setattr("univg.modules.grpo.completion_logprobs", plain_fn)
     torch.manual_seed(0)
     plain_scored = m.score(batch)
@@ -363,13 +422,13 @@ def test_lora_policy_and_reference_on_the_shared_prefix(prompts) -> None:
         if "lora_B" in name:  # peft starts B at zero (adapter = identity): make the adapter matter
             torch.nn.init.normal_(p, std=0.5)
     ids, mask = _completions(8, 5, seed=3)
-    plain = completion_logprobs(lora, prompts, ids, mask, 4, shared_prefix=False)
+    plain = completion_logprobs(lora, prompts, ids, mask, 4, shared_prefix=False, tiled_head=False)
     shared = completion_logprobs(lora, prompts, ids, mask, 4, shared_prefix=True)
     torch.testing.assert_close(shared, plain, atol=2e-5, rtol=1e-5)
     shared.sum().backward()
     assert all(p.grad is not None for n, p in lora.named_parameters() if "lora_" in n)
     with torch.no_grad(), lora.disable_adapter():
-        ref_plain = completion_logprobs(lora, prompts, ids, mask, 4, shared_prefix=False)
+        ref_plain = completion_logprobs(lora, prompts, ids, mask, 4, shared_prefix=False, tiled_head=False)
         ref_shared = completion_logprobs(lora, prompts, ids, mask, 4, shared_prefix=True)
     torch.testing.assert_close(ref_shared, ref_plain, atol=2e-5, rtol=1e-5)
     assert (ref_shared - shared.detach()).abs().max() > 1e-3  # the adapter changed the policy

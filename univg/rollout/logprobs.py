@@ -2,16 +2,22 @@
 
 The prompt minus its last token is run once per prompt (``shared_prefix=True``; vision included,
 with gradient when the caller needs it), its keys/values are repeated for the G rows, and only
-``[last prompt token, completion]`` goes through the decoder for each row. The 151,936-way head
-sees only the real completion tokens, never the prompt or the padding, through a tiled log-prob
-function (:func:`head_logprobs`) that never holds the ``[tokens, vocab]`` logits for backward.
-It is an exact rewrite of the plain computation (same maths, float rounding aside);
-``shared_prefix=False`` keeps the plain path for comparison and as the fallback.
+``[last prompt token, completion]`` goes through the decoder for each row. It is an exact rewrite
+of the plain computation (same maths, float rounding aside); ``shared_prefix=False`` repeats each
+prompt G times: for comparison, and the path under gradient checkpointing and FSDP.
+
+On both paths the 151,936-way head sees only the real completion tokens, never the prompt or the
+padding, through a tiled log-prob function (:func:`head_logprobs`) that never holds the
+``[tokens, vocab]`` logits, in the forward or for the backward. For the length of one forward the
+model's output head is replaced by a module that returns these log-probs in place of logits
+(:func:`log_prob_head`), so the model is still called as a whole: FSDP's hooks gather the head
+as for any forward. ``tiled_head=False`` computes the full logits instead (the reference).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -30,20 +36,65 @@ from univg.tokenizer import mm_token_type_ids
 
 #: Completion tokens per tile of the chunked head (rows of a [tokens, vocab] float32 tile).
 HEAD_TOKENS_PER_TILE = 64
+_HALF = (torch.bfloat16, torch.float16)
 
 
-def _split_head(model: nn.Module) -> tuple[nn.Module, torch.Tensor] | None:
-    """(decoder that returns hidden states, head weight [V, H]) when the head can be run apart.
-
-    Not under FSDP (the root's hooks gather the head and embedding only when the root is called)
-    nor for a head that is not a plain bias-free ``nn.Linear`` (e.g. LoRA on ``lm_head``).
-    """
+def _plain_head(model: nn.Module) -> nn.Linear | None:
+    """The model's output head when log-probs can be taken from it in tiles: a bias-free
+    ``nn.Linear`` (None for anything else, e.g. LoRA on ``lm_head``: then the logits are computed)."""
     hf = _hf_model(model)
-    inner = getattr(hf, "model", None)
     head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
-    if inner is None or type(head) is not nn.Linear or head.bias is not None or _is_fsdp(model):
-        return None
-    return inner, head.weight
+    return head if type(head) is nn.Linear and head.bias is None else None
+
+
+class _LogProbHead(nn.Module):
+    """Stands in for the output head during one forward: hidden states [r, >= L, H] in, the
+    log-probs of ``targets`` [r, L] out (0 where not ``valid``), via :func:`head_logprobs` on the
+    head's weight as it is at call time (under FSDP: gathered by the forward's hooks)."""
+
+    def __init__(self, head: nn.Linear, targets: torch.Tensor, valid: torch.Tensor, temperature: float):
+        super().__init__()
+        self._head = (head,)  # a tuple: not registered, the model's parameters stay as they are
+        self.targets, self.valid, self.temperature = targets, valid, temperature
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        hidden = hidden[:, : self.targets.shape[1]]
+        lp = head_logprobs(
+            hidden[self.valid], self._head[0].weight, self.targets[self.valid], self.temperature
+        )
+        return torch.zeros(self.valid.shape, dtype=lp.dtype, device=lp.device).masked_scatter(self.valid, lp)
+
+
+@contextmanager
+def log_prob_head(
+    model: nn.Module, targets: torch.Tensor, valid: torch.Tensor, temperature: float = 1.0
+) -> Iterator[bool]:
+    """Within the block, ``model(...).logits`` holds log p(``targets``) [r, L] (0 where not
+    ``valid``) instead of [r, L, V] logits: position i of the head's input scores ``targets[:, i]``.
+    Yields False (and changes nothing) when the head is not a plain ``nn.Linear``."""
+    head = _plain_head(model)
+    if head is None:
+        yield False
+        return
+    hf = _hf_model(model)
+    name = next(n for n, m in hf.named_modules() if m is head)
+    parent, _, attr = name.rpartition(".")
+    owner = hf.get_submodule(parent) if parent else hf
+    setattr(owner, attr, _LogProbHead(head, targets, valid, temperature))
+    try:
+        yield True
+    finally:
+        setattr(owner, attr, head)
+
+
+def _tile_logits(h: torch.Tensor, w: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    """``h @ w.T`` for one tile of tokens, into ``buf`` (float32). A 16-bit head weight is used as it
+    is (logits rounded to its dtype, as the head itself computes them, then widened): no float32
+    copy of the whole [V, H] weight (1 GB for 2B, 2 GB for 7B)."""
+    out = buf[: h.shape[0]]
+    if w.dtype == out.dtype:
+        return torch.mm(h.to(out.dtype), w.t(), out=out)
+    return out.copy_(torch.mm(h.to(w.dtype), w.t()))
 
 
 class _HeadLogProb(torch.autograd.Function):
@@ -56,10 +107,10 @@ class _HeadLogProb(torch.autograd.Function):
         dt = torch.promote_types(hidden.dtype, torch.float32)  # float32 logits (float64 for gradcheck)
         out = torch.empty(n, dtype=dt, device=hidden.device)
         lse = torch.empty(n, dtype=dt, device=hidden.device)
-        w = weight.to(dt)
+        w = weight if weight.dtype in _HALF else weight.to(dt)
         buf = torch.empty(min(tile, n), w.shape[0], dtype=dt, device=hidden.device)
         for s in range(0, n, tile):
-            z = torch.mm(hidden[s : s + tile].to(dt), w.t(), out=buf[: min(tile, n - s)])  # [tile, V]
+            z = _tile_logits(hidden[s : s + tile], w, buf)  # [tile, V]
             if inv_temp != 1.0:
                 z.mul_(inv_temp)
             tgt = z.gather(1, targets[s : s + tile, None]).squeeze(1)
@@ -76,7 +127,7 @@ class _HeadLogProb(torch.autograd.Function):
         inv_temp, tile = ctx.inv_temp, ctx.tile
         n = hidden.shape[0]
         dt = lse.dtype
-        w = weight.to(dt)
+        w = weight if weight.dtype in _HALF else weight.to(dt)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gh = torch.empty(hidden.shape, dtype=dt, device=hidden.device) if need_h else None
         gw = torch.zeros(weight.shape, dtype=dt, device=weight.device) if need_w else None
@@ -84,15 +135,17 @@ class _HeadLogProb(torch.autograd.Function):
         buf = torch.empty(min(tile, n), w.shape[0], dtype=dt, device=hidden.device)
         for s in range(0, n, tile):
             h = hidden[s : s + tile].to(dt)
-            z = torch.mm(h, w.t(), out=buf[: h.shape[0]])  # [tile, V]
+            z = _tile_logits(h, w, buf)  # [tile, V]
             if inv_temp != 1.0:
                 z.mul_(inv_temp)
             # d logp / dz = onehot(target) - softmax(z), times the incoming grad and 1/T
             g = g_all[s : s + tile, None]
             p = z.sub_(lse[s : s + tile, None]).exp_().mul_(-g)
             p.scatter_add_(1, targets[s : s + tile, None], g)
-            if gh is not None:
+            if gh is not None and w.dtype == dt:
                 torch.mm(p, w, out=gh[s : s + tile])
+            elif gh is not None:
+                gh[s : s + tile] = torch.mm(p.to(w.dtype), w)
             if gw is not None:
                 gw.addmm_(p.t(), h)
         return (
@@ -134,6 +187,7 @@ def completion_logprobs(
     temperature: float = 1.0,
     *,
     shared_prefix: bool | None = None,
+    tiled_head: bool = True,
 ) -> torch.Tensor:
     """Per-token log-probs of the completions under ``model``. Returns [N, C] float32 (0 where masked).
 
@@ -144,16 +198,15 @@ def completion_logprobs(
     ``shared_prefix`` (default: on when possible) runs each prompt and its images once and
     repeats its keys/values for the G rows; it is off under gradient checkpointing with
     gradient (transformers drops the cache in checkpointed layers), where the prompt is repeated.
+    ``tiled_head`` (default) scores the tokens with :func:`log_prob_head`; False computes the full
+    ``[N, C, vocab]`` logits (the reference computation, for comparison).
     """
     inputs = model_inputs(prompt)
     if shared_prefix is None:
         shared_prefix = not torch.is_grad_enabled() or shared_prefix_allowed(model, model.training)
-    if shared_prefix:
-        return _logprobs_shared(
-            model, inputs, completion_ids, completion_mask, group_size, chunk_size, temperature
-        )
-    return _logprobs_repeated(
-        model, inputs, completion_ids, completion_mask, group_size, chunk_size, temperature
+    passes = _logprobs_shared if shared_prefix else _logprobs_repeated
+    return passes(
+        model, inputs, completion_ids, completion_mask, group_size, chunk_size, temperature, tiled_head
     )
 
 
@@ -195,6 +248,7 @@ def _logprobs_shared(
     group_size: int,
     chunk_size: int | None,
     temperature: float,
+    tiled_head: bool = True,
 ) -> torch.Tensor:
     from transformers import DynamicCache
 
@@ -204,7 +258,6 @@ def _logprobs_shared(
     lengths = completion_mask.sum(1)
     if n == 0 or int(lengths.max()) == 0:
         return out
-    split = _split_head(model)
     ids = inputs["input_ids"]
     p = ids.shape[1]
     pos = rope_positions(model, inputs)  # [3, B, P]
@@ -218,11 +271,8 @@ def _logprobs_shared(
         if k in inputs:
             prefix[k] = inputs[k]
     cache = DynamicCache(config=_hf_model(model).config)
-    if p > 1:
-        if split is not None:
-            split[0](**prefix, position_ids=pos[..., : p - 1], cache=cache, use_cache=True)
-        else:
-            model(**prefix, position_ids=pos[..., : p - 1], cache=cache, use_cache=True, logits_to_keep=1)
+    if p > 1:  # the head runs on one position per prompt: its logits are not used
+        model(**prefix, position_ids=pos[..., : p - 1], cache=cache, use_cache=True, logits_to_keep=1)
     kv = [(layer.keys, layer.values) for layer in cache.layers] if p > 1 else []
     prompt_of_row = torch.arange(n, device=ids.device) // group_size  # [N]
     last_tok = ids[:, -1]  # [B]
@@ -255,16 +305,7 @@ def _logprobs_shared(
             cache=row_cache,
             use_cache=row_cache is not None,
         )
-        if split is not None:
-            hidden = split[0](**kw).last_hidden_state  # [r, L, H]
-            lp = head_logprobs(hidden[valid], split[1], targets[valid], temperature)  # [T]
-            block = torch.zeros(valid.shape, dtype=torch.float32, device=lp.device).masked_scatter(valid, lp)
-        else:
-            logits = model(**kw).logits.float()  # [r, L, V]
-            if temperature != 1.0:
-                logits = logits / temperature
-            block = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            block = block * valid
+        block = _score(model, kw, targets, valid, temperature, tiled_head)  # [r, L]
         out = out.index_put((rows[:, None], torch.arange(length, device=ids.device)[None]), block)
     return out
 
@@ -277,6 +318,7 @@ def _logprobs_repeated(
     group_size: int,
     chunk_size: int | None,
     temperature: float,
+    tiled_head: bool = True,
 ) -> torch.Tensor:
     """The plain pass: each prompt (and its images) repeated G times, head on the last C + 1 positions."""
     full = repeat_prompts(inputs, group_size)
@@ -305,12 +347,30 @@ def _logprobs_repeated(
             kw["image_grid_thw"] = full["image_grid_thw"][img0 : img0 + n_img]
             img0 += n_img
             pix0 += n_pix
-        logits = model(**kw, use_cache=False, logits_to_keep=c + 1).logits[:, :-1]  # [r, C, V]
-        logits = logits.float()
-        if temperature != 1.0:
-            logits = logits / temperature
-        tok = completion_ids[r0:r1]
-        # log p(token) = logit[token] - logsumexp(logits): avoids materialising a second [r, C, V] tensor
-        lp = logits.gather(-1, tok[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        out.append(lp)
-    return torch.cat(out) * completion_mask.to(torch.float32)
+        # the head on the last C + 1 positions; the first C of them score the C completion tokens
+        kw.update(use_cache=False, logits_to_keep=c + 1)
+        out.append(
+            _score(model, kw, completion_ids[r0:r1], completion_mask[r0:r1].bool(), temperature, tiled_head)
+        )
+    return torch.cat(out)
+
+
+def _score(
+    model: nn.Module,
+    kw: dict[str, Any],
+    targets: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float,
+    tiled_head: bool,
+) -> torch.Tensor:
+    """One forward: log p(``targets`` [r, L]) from the first L positions the head sees, 0 where not valid."""
+    if tiled_head:
+        with log_prob_head(model, targets, valid, temperature) as tiled:
+            if tiled:
+                return model(**kw).logits
+    logits = model(**kw).logits[:, : targets.shape[1]].float()  # [r, L, V]
+    if temperature != 1.0:
+        logits = logits / temperature
+    # log p(token) = logit[token] - logsumexp(logits): avoids materialising a second [r, L, V] tensor
+    lp = logits.gather(-1, targets[..., None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return lp * valid
