@@ -8,7 +8,7 @@ assumes what configs/fsdp/*.yaml set: fp32 master weights, gradients and AdamW m
 over the ranks (the frozen vision tower has no gradient or optimiser state); bf16 all-gathers of
 one unit at a time (plus one prefetched); activation checkpointing per decoder layer (each layer's
 bf16 input kept, one layer's internals live during recompute); logits only where the loss needs
-them (SFT: the answer tokens; GRPO: completion tokens of ``logprob_chunk_size`` rows at a time).
+them (SFT: the answer tokens; GRPO: one 64-token tile of the completion tokens at a time).
 Activation figures are estimates (element counts of the tensors autograd saves), not measurements;
 the tiny model's sharded state is measured on 2 CPU processes and checked against the same formula.
 """
@@ -108,8 +108,17 @@ def gathered_bytes(s: Shape, gather_bytes: int = 2, root: int | None = None) -> 
     return gather_bytes * max(2 * root, root + 2 * 2 * s.layer)
 
 
-def transient(s: Shape, tokens: int, logit_tokens: int, checkpointing: bool = True) -> dict[str, float]:
-    """Bytes per rank that are not sharded: gathered bf16 units, activations, logits (estimates)."""
+def transient(
+    s: Shape, tokens: int, logit_tokens: int, checkpointing: bool = True, tiled: bool = False
+) -> dict[str, float]:
+    """Bytes per rank that are not sharded: gathered bf16 units, activations, logits (estimates).
+
+    ``tiled``: the head scores tokens in tiles (GRPO's log-prob passes,
+    :func:`univg.rollout.logprobs.log_prob_head`), so at most one tile of logits and one of their
+    gradient exist at a time; otherwise (SFT's cross-entropy) every logit token's row does.
+    """
+    from univg.rollout.logprobs import HEAD_TOKENS_PER_TILE
+
     gathered = gathered_bytes(s, root=s.root - s.frozen_root(lora=False))
     grad_unsharded = 4 * 2 * s.layer  # a layer's fp32 gradients before reduce-scatter (x2 overlap)
     # elements autograd keeps per token inside one decoder layer (norms, q/k/v/o inputs, attention
@@ -119,7 +128,8 @@ def transient(s: Shape, tokens: int, logit_tokens: int, checkpointing: bool = Tr
         acts = 2 * tokens * (s.hidden * s.layers + per_layer_token)
     else:
         acts = 2 * tokens * per_layer_token * s.layers
-    logits = 2 * 4 * logit_tokens * s.vocab  # fp32 logits and their gradient
+    rows = min(logit_tokens, HEAD_TOKENS_PER_TILE) if tiled else logit_tokens
+    logits = 2 * 4 * rows * s.vocab  # fp32 logits and their gradient
     return {"gathered_params": gathered + grad_unsharded, "activations": acts, "logits": logits}
 
 
@@ -129,7 +139,7 @@ def plan_rows(
     s = shape_of(preset)
     state = sharded_state(s, ranks)
     sft = transient(s, sft_tokens, answer_tokens)
-    grpo = transient(s, grpo_rows * (prompt + completion), grpo_rows * completion)
+    grpo = transient(s, grpo_rows * (prompt + completion), grpo_rows * completion, tiled=True)
     return [(f"{preset} SFT", {**state, **sft}), (f"{preset} GRPO", {**state, **grpo})], s
 
 
@@ -203,7 +213,7 @@ def host_plan(
     }
     gathered = gathered_bytes(s, gather_bytes, root=s.root - frozen_root) if sharded else 0.0
     grad_unsharded = 4 * 2 * s.layer if sharded and not lora else 0.0
-    acts = transient(s, tokens, logit_tokens)
+    acts = transient(s, tokens, logit_tokens, tiled=stage == "grpo")
     step = {
         **state,
         "gathered": gathered + grad_unsharded,

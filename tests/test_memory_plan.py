@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from memory_plan import Shape, gathered_bytes, host_plan  # noqa: E402
+from memory_plan import Shape, gathered_bytes, host_plan, transient  # noqa: E402
 
 # 1,000 parameters: 300 vision (20 of them in the root), 100 in the root unit, layers of 50,
 # the largest parameter 80, 10 LoRA parameters. No tokens: activations and logits are 0.
@@ -59,3 +59,13 @@ def test_full_finetuning_reference_and_fp32_gathers():
 def test_one_process_holds_everything_and_gathers_nothing():
     plan = host_plan(S, 1, lora=True, stage="grpo", tokens=0, logit_tokens=0, build="single")
     assert plan["parameters"] == 4 * 1010 and plan["gathered"] == 0.0 and plan["build"] == 4 * 1000
+
+
+def test_grpo_logits_are_one_tile_and_sft_logits_every_answer_token():
+    # fp32 logits and their gradient, 4 + 4 bytes per vocab entry: SFT holds all 1,000 rows, GRPO's
+    # tiled head one tile of 64 (fewer when there are fewer tokens)
+    assert transient(S, 0, 1000)["logits"] == 8 * 1000 * 16
+    assert transient(S, 0, 1000, tiled=True)["logits"] == 8 * 64 * 16
+    assert transient(S, 0, 10, tiled=True)["logits"] == 8 * 10 * 16
+    assert host_plan(S, 1, False, "grpo", 0, 1000, "single")["logits"] == 8 * 64 * 16
+    assert host_plan(S, 1, False, "sft", 0, 1000, "single")["logits"] == 8 * 1000 * 16
