@@ -1,5 +1,6 @@
-"""A console that shows progress and results: Lightning's advertisements and one warning that
-Lightning raises from its own code (not actionable by a user) are filtered out.
+"""A console that shows progress and results: Lightning's advertisements and two deprecation
+warnings raised by libraries' own code (Lightning's, peft's; not actionable by a user) are
+filtered out.
 
 :func:`quiet_console` runs when :mod:`univg` is imported, so every entry point (``python -m univg``,
 the demo, scripts that build a ``Trainer``) gets it. It only adds filters: nothing of Lightning's
@@ -18,6 +19,10 @@ LIGHTNING_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.
 # torch >= 2.10 deprecates constructing LeafSpec, which Lightning's own _pytree helper still does at
 # every step; it is Lightning's call, reported once per process, and nothing a user can change.
 LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+# transformers 5 deprecates the ``is_gradient_checkpointing`` property; peft's ``PeftModel``
+# constructor still reads it, so every LoRA build warned. univg reads the new name itself
+# (univg.rollout.logprobs.shared_prefix_allowed); the read left is peft's.
+CHECKPOINTING_WARNING = r"`is_gradient_checkpointing` is deprecated"
 
 
 class _DropAdvertisements(logging.Filter):
@@ -34,7 +39,8 @@ def quiet_console() -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
-    warnings.filterwarnings("ignore", message=LEAFSPEC_WARNING, category=FutureWarning)
+    for message in (LEAFSPEC_WARNING, CHECKPOINTING_WARNING):
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 __all__ = ["ADVERTISEMENT_PREFIX", "quiet_console"]
