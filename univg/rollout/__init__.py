@@ -9,7 +9,8 @@ at P. Two kinds of work are shared across the G completions of a prompt (docs/de
   ``generate`` (:mod:`univg.rollout.hf`).
 - **log-probs** (:mod:`univg.rollout.logprobs`, ``shared_prefix=True``): the prompt prefix runs once
   per prompt and only ``[last prompt token, completion]`` goes through the decoder for each row; the
-  head sees only real completion tokens, in tiles.
+  head sees only real completion tokens, in tiles (on the repeated-prompt path too, which gradient
+  checkpointing and FSDP take).
 
 :mod:`univg.rollout.batch` holds what both share: :class:`Rollout`, the masks and the model plumbing.
 GRPO picks how it samples through a rollout engine (:mod:`univg.engines`).
