@@ -84,7 +84,9 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         miou_reward: the reward whose group mean is a prompt's mIoU (phi's input); with the release's
             rewards, ``accuracy_release``.
         prompts_per_step: prompts per optimiser step across all processes (gradient accumulation).
-        logprob_chunk_size: rows per log-prob forward (bounds the [rows, C, V] logits); None = all.
+        logprob_chunk_size: rows per log-prob forward (bounds one forward's activations; the head
+            scores tokens in tiles, so [rows, C, V] logits exist only for a head that is not a
+            plain linear layer, e.g. LoRA on ``lm_head``); None = all.
         log_completions_every: log a sample of completions as text every N optimiser steps (0 = off).
         check_invariants: measure GRPO's run-time invariants every optimiser step and log them
             (``invariants/*``, and one JSON line per step in ``<log dir>/invariants.jsonl``): KL and
