@@ -165,10 +165,9 @@ def run_ours(args: argparse.Namespace, shared: bool = True) -> dict[str, Any]:
             return forced(model, inputs, tokenizer, **sampling.generate_kwargs())
 
     module.engine = Forced()
-    logprobs = grpo_mod.completion_logprobs
-    if not shared:
-        logprobs = functools.partial(logprobs, shared_prefix=False)
-    grpo_mod.completion_logprobs = clock.wrap("logprob_passes", logprobs)
+    if not shared:  # the module decides once for its three passes; a partial would be overridden
+        module.shared_prefix = lambda: False
+    grpo_mod.completion_logprobs = clock.wrap("logprob_passes", grpo_mod.completion_logprobs)
     params = [p for p in module.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0, fused=True)
     rss_before = _rss_gb()
@@ -197,7 +196,9 @@ def run_ours(args: argparse.Namespace, shared: bool = True) -> dict[str, Any]:
                 "loss": float(terms.loss),
             }
         )
-    return {"steps": steps, "rss_before_gb": rss_before, "peak_rss_gb": _rss_gb()}
+    # which log-prob path ran (the ablation must take the plain one)
+    out = {"steps": steps, "rss_before_gb": rss_before, "peak_rss_gb": _rss_gb()}
+    return out | {"shared_prefix": module.shared_prefix()}
 
 
 # ------------------------------------------------------------------------------------------ TRL
@@ -407,6 +408,7 @@ def summarise(name: str, result: dict[str, Any], warmup: int) -> dict[str, Any]:
         "shares": {k: v / mean_step for k, v in parts.items()},
         "peak_rss_gb": result["peak_rss_gb"],
         "rss_before_gb": result["rss_before_gb"],
+        "shared_prefix": result.get("shared_prefix"),  # None for TRL's variants
     }
 
 
