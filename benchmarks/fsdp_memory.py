@@ -16,6 +16,12 @@ parameters (with LoRA: embedding and tied head) instead of replicating them (the
 ``fit`` (no strategy). One step on short sequences: one synthetic ``--image-size`` image per
 prompt, one prompt per rank; GRPO samples G ``--group-size`` completions of ``--new-tokens`` tokens.
 
+On a CPU without native bf16 arithmetic (no AVX-512 BF16 or AMX) the 16-bit matrix products run as
+fp32 tiles (``--bf16-matmul auto``, see ``benchmarks/cpu_bf16.py``): PyTorch's portable bf16 kernel
+makes the backward of the 2B step take hours there. The saved tensors, and so the memory measured,
+are those of the native kernel plus at most two 16 MB tiles; ``--bf16-matmul native`` keeps
+PyTorch's kernel. The line records which ran (``bf16_matmul``).
+
 Prints one JSON line per rank: ``peak_rss_gb`` (the process's peak resident set, GB = 1e9 bytes),
 ``peak_rss_build_gb`` (the peak up to the end of the build), ``param_bytes_local`` (bytes of
 parameters this rank stores, reference model included), ``seconds_build`` (``configure_model`` and
@@ -26,6 +32,7 @@ training step, rollout included for GRPO) and the loss.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -54,6 +61,9 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
     from univg.modules import GRPOModule, SFTModule
 
     torch.set_num_threads(args.threads)
+    from cpu_bf16 import Fp32MatmulOnCPU, native_bf16_cpu
+
+    tiles = args.bf16_matmul == "fp32" or (args.bf16_matmul == "auto" and not native_bf16_cpu())
     procs = args.procs
     record: dict = {
         "preset": args.preset,
@@ -66,6 +76,7 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
         "replicate_frozen_root": procs > 1 and not args.shard_frozen_root,
         "precision": args.precision,
         "threads": args.threads,
+        "bf16_matmul": "fp32-tiles" if tiles else "native",
     }
 
     class Measure(Callback):
@@ -148,7 +159,8 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
         default_root_dir=args.out,
     )
     measure = trainer.callbacks[0] if isinstance(trainer.callbacks[0], Measure) else None
-    trainer.fit(module, datamodule=data)
+    with Fp32MatmulOnCPU() if tiles else contextlib.nullcontext():
+        trainer.fit(module, datamodule=data)
     record["finished"] = True
     (measure or Measure()).write(trainer)
 
@@ -173,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param-dtype", default="bfloat16", help="FSDP all-gather/compute dtype (null: fp32)")
     p.add_argument("--precision", default="32-true", help="Lightning precision (32-true, bf16-mixed)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--bf16-matmul",
+        default="auto",
+        choices=["auto", "native", "fp32"],
+        help="16-bit CPU matrix products: PyTorch's kernel, fp32 tiles, or tiles where the CPU lacks bf16",
+    )
     p.add_argument(
         "--timeout",
         type=float,

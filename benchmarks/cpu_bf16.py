@@ -1,0 +1,79 @@
+"""bf16 matrix products computed in fp32 tiles, for CPUs without native bf16 arithmetic.
+
+PyTorch multiplies bf16 matrices on an x86 CPU with oneDNN only when the CPU has AVX-512 (or AMX);
+otherwise it falls back to a portable loop whose speed depends on the operands' layout. On an
+AVX2-only CPU we measured 9.5 GFLOP/s for ``x @ W.T`` (a linear layer's forward) but 0.6 GFLOP/s
+for ``g @ W`` (its input gradient), against 66-78 GFLOP/s in fp32. A bf16 training step there is
+dominated by the backward's products: more than two CPU-hours for the 2B preset.
+
+:class:`Fp32MatmulOnCPU` is a dispatch mode that computes ``mm``, ``addmm`` and ``bmm`` of 16-bit CPU
+tensors as fp32 products of tiles (at most :data:`TILE_ELEMS` elements of each operand are upcast
+at a time) and writes the result back in the operands' dtype. The result is what the native kernel
+computes (fp32 accumulation, one rounding at the end) up to summation order; the tensors autograd
+saves, and so the step's memory, are unchanged except for the bounded fp32 tiles. It only exists
+to let memory benchmarks finish on such CPUs; training code never uses it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+TILE_ELEMS = 1 << 22  # 4 Mi elements: 16 MB per fp32 tile
+_HALF = (torch.bfloat16, torch.float16)
+aten = torch.ops.aten
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def tiled_mm(
+    a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None, beta: float = 1, alpha: float = 1
+) -> torch.Tensor:
+    """``beta * bias + alpha * (a @ b)`` for 2-D 16-bit tensors in fp32 tiles, returned in ``a.dtype``."""
+    m, k = a.shape
+    n = b.shape[1]
+    out = torch.empty(m, n, dtype=a.dtype, device=a.device)
+    step = max(1, TILE_ELEMS // max(k, 1))
+    if bias is not None:
+        bias = bias.expand(m, n)
+    for i in range(0, m, step):
+        a32 = a[i : i + step].float()
+        for j in range(0, n, step):
+            tile = a32 @ b[:, j : j + step].float()
+            if alpha != 1:
+                tile *= alpha
+            if bias is not None and beta != 0:
+                tile += beta * bias[i : i + step, j : j + step].float()
+            out[i : i + step, j : j + step] = tile
+    return out
+
+
+def _mm(a, b):
+    return tiled_mm(a, b)
+
+
+def _addmm(bias, a, b, *, beta=1, alpha=1):
+    return tiled_mm(a, b, bias, beta, alpha)
+
+
+def _bmm(a, b):
+    return torch.stack([tiled_mm(x, y) for x, y in zip(a, b)])
+
+
+_IMPL = {aten.mm.default: _mm, aten.addmm.default: _addmm, aten.bmm.default: _bmm}
+
+
+class Fp32MatmulOnCPU(TorchDispatchMode):
+    """Within this mode, 16-bit CPU ``mm``/``addmm``/``bmm`` run as fp32 tile products (see module)."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        impl = _IMPL.get(func)
+        if impl is not None:
+            mats = args[-2:]
+            if all(isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype in _HALF for t in mats):
+                return impl(*args, **kwargs)
+        return func(*args, **kwargs)
