@@ -87,14 +87,18 @@ def log_prob_head(
         setattr(owner, attr, head)
 
 
-def _tile_logits(h: torch.Tensor, w: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
-    """``h @ w.T`` for one tile of tokens, into ``buf`` (float32). A 16-bit head weight is used as it
-    is (logits rounded to its dtype, as the head itself computes them, then widened): no float32
-    copy of the whole [V, H] weight (1 GB for 2B, 2 GB for 7B)."""
-    out = buf[: h.shape[0]]
-    if w.dtype == out.dtype:
-        return torch.mm(h.to(out.dtype), w.t(), out=out)
-    return out.copy_(torch.mm(h.to(w.dtype), w.t()))
+def _compute_weight(weight: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """The head weight as the tiles use it: a 16-bit weight as it is (no float32 copy of the whole
+    [V, H] weight: 1 GB for 2B, 2 GB for 7B), any other in the logits' dtype ``dt``."""
+    return weight if weight.dtype in _HALF else weight.to(dt)
+
+
+def _mm_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` into ``out`` (float32 or float64). With a 16-bit ``b`` the product is taken in its
+    dtype (rounded as the head itself rounds its logits) and then widened."""
+    if b.dtype == out.dtype:
+        return torch.mm(a.to(out.dtype), b, out=out)
+    return out.copy_(torch.mm(a.to(b.dtype), b))
 
 
 class _HeadLogProb(torch.autograd.Function):
@@ -107,10 +111,11 @@ class _HeadLogProb(torch.autograd.Function):
         dt = torch.promote_types(hidden.dtype, torch.float32)  # float32 logits (float64 for gradcheck)
         out = torch.empty(n, dtype=dt, device=hidden.device)
         lse = torch.empty(n, dtype=dt, device=hidden.device)
-        w = weight if weight.dtype in _HALF else weight.to(dt)
+        w = _compute_weight(weight, dt)
         buf = torch.empty(min(tile, n), w.shape[0], dtype=dt, device=hidden.device)
         for s in range(0, n, tile):
-            z = _tile_logits(hidden[s : s + tile], w, buf)  # [tile, V]
+            h = hidden[s : s + tile]
+            z = _mm_into(h, w.t(), buf[: h.shape[0]])  # [tile, V]
             if inv_temp != 1.0:
                 z.mul_(inv_temp)
             tgt = z.gather(1, targets[s : s + tile, None]).squeeze(1)
@@ -127,7 +132,7 @@ class _HeadLogProb(torch.autograd.Function):
         inv_temp, tile = ctx.inv_temp, ctx.tile
         n = hidden.shape[0]
         dt = lse.dtype
-        w = weight if weight.dtype in _HALF else weight.to(dt)
+        w = _compute_weight(weight, dt)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         gh = torch.empty(hidden.shape, dtype=dt, device=hidden.device) if need_h else None
         gw = torch.zeros(weight.shape, dtype=dt, device=weight.device) if need_w else None
@@ -135,17 +140,15 @@ class _HeadLogProb(torch.autograd.Function):
         buf = torch.empty(min(tile, n), w.shape[0], dtype=dt, device=hidden.device)
         for s in range(0, n, tile):
             h = hidden[s : s + tile].to(dt)
-            z = _tile_logits(h, w, buf)  # [tile, V]
+            z = _mm_into(h, w.t(), buf[: h.shape[0]])  # [tile, V]
             if inv_temp != 1.0:
                 z.mul_(inv_temp)
             # d logp / dz = onehot(target) - softmax(z), times the incoming grad and 1/T
             g = g_all[s : s + tile, None]
             p = z.sub_(lse[s : s + tile, None]).exp_().mul_(-g)
             p.scatter_add_(1, targets[s : s + tile, None], g)
-            if gh is not None and w.dtype == dt:
-                torch.mm(p, w, out=gh[s : s + tile])
-            elif gh is not None:
-                gh[s : s + tile] = torch.mm(p.to(w.dtype), w)
+            if gh is not None:
+                _mm_into(p, w, gh[s : s + tile])
             if gw is not None:
                 gw.addmm_(p.t(), h)
         return (
