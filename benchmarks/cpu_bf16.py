@@ -7,9 +7,9 @@ for ``g @ W`` (its input gradient), against 66-78 GFLOP/s in fp32. A bf16 traini
 dominated by the backward's products: more than two CPU-hours for the 2B preset.
 
 :class:`Fp32MatmulOnCPU` is a dispatch mode that computes ``mm``, ``addmm`` and ``bmm`` of 16-bit CPU
-tensors as fp32 products of tiles (at most :data:`TILE_ELEMS` elements of each operand are upcast
-at a time) and writes the result back in the operands' dtype. The result is what the native kernel
-computes (fp32 accumulation, one rounding at the end) up to summation order; the tensors autograd
+tensors as fp32 products of tiles (at most :data:`TILE_ELEMS` elements of each operand, and of
+the fp32 product, at a time) and writes the result back in the operands' dtype. The result is what
+the native kernel computes (fp32 accumulation, one rounding at the end) up to summation order; the tensors autograd
 saves, and so the step's memory, are unchanged except for the bounded fp32 tiles. It only exists
 to let memory benchmarks finish on such CPUs; training code never uses it.
 """
@@ -36,18 +36,19 @@ def tiled_mm(
     m, k = a.shape
     n = b.shape[1]
     out = torch.empty(m, n, dtype=a.dtype, device=a.device)
-    step = max(1, TILE_ELEMS // max(k, 1))
+    rows = min(m, max(1, TILE_ELEMS // max(k, 1)))  # a's tile: rows x k
+    cols = max(1, TILE_ELEMS // max(k, rows))  # b's tile k x cols, the product's rows x cols
     if bias is not None:
         bias = bias.expand(m, n)
-    for i in range(0, m, step):
-        a32 = a[i : i + step].float()
-        for j in range(0, n, step):
-            tile = a32 @ b[:, j : j + step].float()
+    for i in range(0, m, rows):
+        a32 = a[i : i + rows].float()
+        for j in range(0, n, cols):
+            tile = a32 @ b[:, j : j + cols].float()
             if alpha != 1:
                 tile *= alpha
             if bias is not None and beta != 0:
-                tile += beta * bias[i : i + step, j : j + step].float()
-            out[i : i + step, j : j + step] = tile
+                tile += beta * bias[i : i + rows, j : j + cols].float()
+            out[i : i + rows, j : j + cols] = tile
     return out
 
 

@@ -24,10 +24,14 @@ def _bf16(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
 
 
-def test_tiled_mm_is_the_fp32_product_of_the_bf16_values_rounded_once(small_tiles):
-    a, b = _bf16(7, 5, seed=0), _bf16(5, 9, seed=1)  # 12 // 5 = 2: 4 row tiles x 5 column tiles
+@pytest.mark.parametrize(
+    ("m", "k", "n"),
+    [(7, 5, 9), (20, 2, 30), (3, 40, 4)],  # 4 x 5 tiles of 2 x 2; 4 x 15 of 6 x 2; 3 x 4 of 1 x 1
+)
+def test_tiled_mm_is_the_fp32_product_of_the_bf16_values_rounded_once(small_tiles, m, k, n):
+    a, b = _bf16(m, k, seed=0), _bf16(k, n, seed=1)
     out = tiled_mm(a, b)
-    assert out.dtype == torch.bfloat16 and out.shape == (7, 9)
+    assert out.dtype == torch.bfloat16 and out.shape == (m, n)
     torch.testing.assert_close(out, (a.float() @ b.float()).to(torch.bfloat16), rtol=0, atol=0)
 
 
