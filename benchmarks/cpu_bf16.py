@@ -16,6 +16,8 @@ to let memory benchmarks finish on such CPUs; training code never uses it.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -78,3 +80,26 @@ class Fp32MatmulOnCPU(TorchDispatchMode):
             if all(isinstance(t, torch.Tensor) and t.device.type == "cpu" and t.dtype in _HALF for t in mats):
                 return impl(*args, **kwargs)
         return func(*args, **kwargs)
+
+
+#: ``--bf16-matmul`` choices: PyTorch's kernel, fp32 tiles, or tiles where the CPU lacks bf16.
+CHOICES = ("auto", "native", "fp32")
+
+
+def matmul_context(choice: str) -> tuple[contextlib.AbstractContextManager, str]:
+    """(context to train in, what the JSON line records) for a ``--bf16-matmul`` choice."""
+    if choice not in CHOICES:
+        raise ValueError(f"--bf16-matmul: one of {CHOICES}, got {choice!r}")
+    if choice == "fp32" or (choice == "auto" and not native_bf16_cpu()):
+        return Fp32MatmulOnCPU(), "fp32-tiles"
+    return contextlib.nullcontext(), "native"
+
+
+def add_argument(parser) -> None:
+    """The ``--bf16-matmul`` flag, as the CPU benchmarks take it."""
+    parser.add_argument(
+        "--bf16-matmul",
+        default="auto",
+        choices=CHOICES,
+        help="16-bit CPU matrix products: PyTorch's kernel, fp32 tiles, or tiles where the CPU lacks bf16",
+    )

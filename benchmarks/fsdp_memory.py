@@ -32,7 +32,6 @@ training step, rollout included for GRPO) and the loss.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import resource
@@ -42,6 +41,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import cpu_bf16  # benchmarks/ is on sys.path: the script's own folder
 
 GB = 1e9
 
@@ -61,9 +62,7 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
     from univg.modules import GRPOModule, SFTModule
 
     torch.set_num_threads(args.threads)
-    from cpu_bf16 import Fp32MatmulOnCPU, native_bf16_cpu
-
-    tiles = args.bf16_matmul == "fp32" or (args.bf16_matmul == "auto" and not native_bf16_cpu())
+    matmuls, matmul_kind = cpu_bf16.matmul_context(args.bf16_matmul)
     procs = args.procs
     record: dict = {
         "preset": args.preset,
@@ -76,7 +75,7 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
         "replicate_frozen_root": procs > 1 and not args.shard_frozen_root,
         "precision": args.precision,
         "threads": args.threads,
-        "bf16_matmul": "fp32-tiles" if tiles else "native",
+        "bf16_matmul": matmul_kind,
     }
 
     class Measure(Callback):
@@ -159,7 +158,7 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
         default_root_dir=args.out,
     )
     measure = trainer.callbacks[0] if isinstance(trainer.callbacks[0], Measure) else None
-    with Fp32MatmulOnCPU() if tiles else contextlib.nullcontext():
+    with matmuls:
         trainer.fit(module, datamodule=data)
     record["finished"] = True
     (measure or Measure()).write(trainer)
@@ -185,12 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param-dtype", default="bfloat16", help="FSDP all-gather/compute dtype (null: fp32)")
     p.add_argument("--precision", default="32-true", help="Lightning precision (32-true, bf16-mixed)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument(
-        "--bf16-matmul",
-        default="auto",
-        choices=["auto", "native", "fp32"],
-        help="16-bit CPU matrix products: PyTorch's kernel, fp32 tiles, or tiles where the CPU lacks bf16",
-    )
+    cpu_bf16.add_argument(p)
     p.add_argument(
         "--timeout",
         type=float,

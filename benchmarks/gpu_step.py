@@ -19,6 +19,8 @@ split of it (generation, scoring, backward), completions and tokens per second (
 plus completion tokens), peak accelerator memory (``max_memory_allocated`` and
 ``max_memory_reserved``, GiB) after the build and over the steps, and the host's peak RSS.
 The first ``--warmup`` steps (CUDA kernels' first calls, allocator growth) are reported apart.
+With ``--accelerator cpu``, 16-bit matrix products run as fp32 tiles on CPUs without bf16
+arithmetic (``--bf16-matmul``, ``benchmarks/cpu_bf16.py``); the line records which ran.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import cpu_bf16  # benchmarks/ is on sys.path: the script's own folder
 
 ROOT = Path(__file__).resolve().parent.parent
 GIB = 2**30
@@ -193,11 +197,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             self.done, self.t = trainer.global_step, time.perf_counter()
 
     sys.argv[1:] = []  # LightningCLI reads the list below, not this script's flags
+    matmuls, record["bf16_matmul"] = cpu_bf16.matmul_context("native" if cuda else args.bf16_matmul)
     with tempfile.TemporaryDirectory() as out:
         cli = cli_main(cli_args(args, out), run=False)
         measure = Measure()
         cli.trainer.callbacks.append(measure)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        with matmuls:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     steps = measure.steps
     record["warmup_steps"] = [{k: round(v, 4) for k, v in s.items()} for s in steps[: args.warmup]]
     measured = steps[args.warmup :]
@@ -228,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=448)
     p.add_argument("--steps", type=int, default=3, help="measured optimiser steps")
     p.add_argument("--warmup", type=int, default=1, help="optimiser steps before the measured ones")
+    cpu_bf16.add_argument(p)  # on the CPU only (--accelerator cpu)
     args = p.parse_args(argv)
     record = run(args)
     print(json.dumps(record), flush=True)

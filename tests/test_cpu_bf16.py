@@ -67,3 +67,14 @@ def test_gradients_through_the_mode_match_autograd_in_fp32(small_tiles):
     # bf16 rounds the forward output and each gradient product once: a few bf16 ulps
     torch.testing.assert_close(x.grad.float(), x32.grad, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(w.grad.float(), w32.grad, rtol=2e-2, atol=2e-2)
+
+
+def test_matmul_context_picks_the_tiles_where_asked_and_rejects_typos(monkeypatch):
+    ctx, kind = cpu_bf16.matmul_context("fp32")
+    assert isinstance(ctx, Fp32MatmulOnCPU) and kind == "fp32-tiles"
+    assert cpu_bf16.matmul_context("native")[1] == "native"
+    for native, expected in ((True, "native"), (False, "fp32-tiles")):
+        monkeypatch.setattr(cpu_bf16, "native_bf16_cpu", lambda native=native: native)
+        assert cpu_bf16.matmul_context("auto")[1] == expected
+    with pytest.raises(ValueError, match="bf16-matmul.*'fp23'"):
+        cpu_bf16.matmul_context("fp23")
