@@ -229,6 +229,24 @@ def return_freed_memory_to_os(threshold: int = 1 << 20) -> bool:
         return False
 
 
+#: Parameter bytes on the host from which a single-process run also gets the fixed mmap threshold of
+#: :func:`return_freed_memory_to_os`: the 2B preset's GRPO step on CPU peaked at 12.3 GB with glibc's
+#: default and at 10.4 GB with it, in the same time (``benchmarks/RESULTS.md``). Small models keep
+#: the process's setting (the Makefile's ``MALLOC_MMAP_MAX_=0`` keeps their large per-step logits in
+#: the heap instead of page-faulting them afresh each step).
+LARGE_HOST_MODEL_BYTES = 10**9
+
+
+def return_freed_memory_if_large(model: nn.Module) -> bool:
+    """:func:`return_freed_memory_to_os` when ``model`` holds at least :data:`LARGE_HOST_MODEL_BYTES`
+    of parameters in host memory (each tensor counted once); returns whether it was set."""
+    seen: dict[int, int] = {}
+    for p in model.parameters():
+        if p.device.type == "cpu":
+            seen[id(p)] = p.numel() * p.element_size()
+    return sum(seen.values()) >= LARGE_HOST_MODEL_BYTES and return_freed_memory_to_os()
+
+
 def build_on_meta(
     spec: Any,
     rank: int = 0,
@@ -401,6 +419,7 @@ __all__ = [
     "materialise",
     "meta_parameters",
     "rank_rows",
+    "return_freed_memory_if_large",
     "return_freed_memory_to_os",
     "safetensors_source",
     "shards_of",
