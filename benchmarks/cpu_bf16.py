@@ -9,9 +9,10 @@ dominated by the backward's products: more than two CPU-hours for the 2B preset.
 :class:`Fp32MatmulOnCPU` is a dispatch mode that computes ``mm``, ``addmm`` and ``bmm`` of 16-bit CPU
 tensors as fp32 products of tiles (at most :data:`TILE_ELEMS` elements of each operand, and of
 the fp32 product, at a time) and writes the result back in the operands' dtype. The result is what
-the native kernel computes (fp32 accumulation, one rounding at the end) up to summation order; the tensors autograd
-saves, and so the step's memory, are unchanged except for the bounded fp32 tiles. It only exists
-to let memory benchmarks finish on such CPUs; training code never uses it.
+the native kernel computes (fp32 accumulation, one rounding at the end) up to summation order;
+the tensors autograd saves, and so the step's memory, are unchanged except for the bounded fp32
+tiles (a few at a time: each operand's, the product's, an ``addmm`` bias's). It only exists to
+let memory benchmarks finish on such CPUs; training code never uses it.
 """
 
 from __future__ import annotations

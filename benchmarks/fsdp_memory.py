@@ -19,7 +19,7 @@ prompt, one prompt per rank; GRPO samples G ``--group-size`` completions of ``--
 On a CPU without native bf16 arithmetic (no AVX-512 BF16 or AMX) the 16-bit matrix products run as
 fp32 tiles (``--bf16-matmul auto``, see ``benchmarks/cpu_bf16.py``): PyTorch's portable bf16 kernel
 makes the backward of the 2B step take hours there. The saved tensors, and so the memory measured,
-are those of the native kernel plus at most two 16 MB tiles; ``--bf16-matmul native`` keeps
+are those of the native kernel plus a few fp32 tiles of at most 16 MB each; ``--bf16-matmul native`` keeps
 PyTorch's kernel. The line records which ran (``bf16_matmul``).
 
 Prints one JSON line per rank: ``peak_rss_gb`` (the process's peak resident set, GB = 1e9 bytes),
