@@ -55,10 +55,6 @@ def tiled_mm(
     return out
 
 
-def _mm(a, b):
-    return tiled_mm(a, b)
-
-
 def _addmm(bias, a, b, *, beta=1, alpha=1):
     return tiled_mm(a, b, bias, beta, alpha)
 
@@ -67,7 +63,7 @@ def _bmm(a, b):
     return torch.stack([tiled_mm(x, y) for x, y in zip(a, b)])
 
 
-_IMPL = {aten.mm.default: _mm, aten.addmm.default: _addmm, aten.bmm.default: _bmm}
+_IMPL = {aten.mm.default: tiled_mm, aten.addmm.default: _addmm, aten.bmm.default: _bmm}
 
 
 class Fp32MatmulOnCPU(TorchDispatchMode):

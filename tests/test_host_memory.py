@@ -22,7 +22,7 @@ def calls(monkeypatch):
 
 
 def _tied() -> nn.Module:
-    """A 10 x 4 fp32 weight (160 bytes) used twice, a 4-element bf16 bias (8 bytes), a meta weight."""
+    """A 10 x 4 fp32 weight (160 bytes) used twice, a 4-element bf16 norm weight (8 bytes), a meta weight."""
     lin = nn.Linear(4, 10, bias=False)
     model = nn.ModuleDict({"a": lin, "b": lin, "norm": nn.LayerNorm(4, bias=False, dtype=torch.bfloat16)})
     model.meta = nn.Linear(1000, 1000, bias=False, device="meta")  # not on the host: not counted

@@ -239,12 +239,10 @@ LARGE_HOST_MODEL_BYTES = 10**9
 
 def return_freed_memory_if_large(model: nn.Module) -> bool:
     """:func:`return_freed_memory_to_os` when ``model`` holds at least :data:`LARGE_HOST_MODEL_BYTES`
-    of parameters in host memory (each tensor counted once); returns whether it was set."""
-    seen: dict[int, int] = {}
-    for p in model.parameters():
-        if p.device.type == "cpu":
-            seen[id(p)] = p.numel() * p.element_size()
-    return sum(seen.values()) >= LARGE_HOST_MODEL_BYTES and return_freed_memory_to_os()
+    of parameters in host memory (``parameters()`` yields a tied tensor once); returns whether it
+    was set."""
+    host = sum(p.numel() * p.element_size() for p in model.parameters() if p.device.type == "cpu")
+    return host >= LARGE_HOST_MODEL_BYTES and return_freed_memory_to_os()
 
 
 def build_on_meta(
