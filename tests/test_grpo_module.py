@@ -6,14 +6,14 @@ import math
 
 import pytest
 import torch
+from scripted_engine import Scripted, ScriptedCalls
 
 from univg.backbone import BackboneSpec, LoRASpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
-from univg.engines import RolloutEngine
 from univg.grpo import group_advantages, grpo_loss
 from univg.modules import GRPOModule
-from univg.rollout import Rollout, completion_logprobs, completion_mask
+from univg.rollout import completion_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -29,22 +29,6 @@ def _module(**kw) -> GRPOModule:
     m = GRPOModule(backbone=kw.pop("backbone", BackboneSpec(preset="tiny")), **kw)
     m.configure_model()
     return m
-
-
-class Scripted(RolloutEngine):
-    """A rollout engine returning the given completions (tokenised) for each prompt."""
-
-    def __init__(self, texts_per_prompt, tokenizer):
-        self.texts_per_prompt, self.tok = texts_per_prompt, tokenizer
-
-    def generate(self, model, inputs, tokenizer, sampling, *, record_logprobs=False):
-        texts = [t for group in self.texts_per_prompt for t in group]
-        rows = [self.tok(t, add_special_tokens=False)["input_ids"] + [151645] for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [151643] * (width - len(r)) for r in rows])
-        mask = completion_mask(ids)
-        g = sampling.group_size
-        return Rollout(dict(inputs), ids, mask, texts, torch.zeros(len(texts), dtype=torch.bool), g)
 
 
 def _answer(box):
@@ -162,16 +146,6 @@ def test_drop_zero_variance_groups(prompt_batch, tokenizer):
     m.loss_terms(s)  # the kept group still trains
 
 
-class Script(RolloutEngine):
-    """One scripted batch of completions per call, in order."""
-
-    def __init__(self, calls, tokenizer):
-        self.calls, self.tok = list(calls), tokenizer
-
-    def generate(self, model, inputs, tokenizer, sampling, *, record_logprobs=False):
-        return Scripted(self.calls.pop(0), self.tok).generate(model, inputs, tokenizer, sampling)
-
-
 class CaptureSteps(GRPOModule):
     """Records the buffers it would optimise (the refill decision is what is under test)."""
 
@@ -193,7 +167,7 @@ def test_dynamic_sampling_refills_the_step(prompt_batch, tokenizer, max_tries, e
     # draw 1: both groups have one reward each (all solved, all junk): both dropped, nothing kept;
     # draws 2 and 3: one group with variance each -> the step of 2 prompts is full after draw 3
     calls = [[solved, ["junk"] * 4], [solved, mixed], [["junk"] * 4, mixed], [solved, mixed]]
-    m.engine = Script(calls, tokenizer)
+    m.engine = ScriptedCalls(calls, tokenizer)
     for i in range(3):
         m.training_step(prompt_batch, i)
     assert m.steps[:1] == expected

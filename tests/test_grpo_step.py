@@ -11,14 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from scripted_engine import Scripted
 
 from univg.backbone import BackboneSpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
-from univg.engines import RolloutEngine
 from univg.modules import GroundingModule, GRPOModule
 from univg.rewards import compute_rewards, iou_reward
-from univg.rollout import Rollout, completion_mask, generate, model_inputs
+from univg.rollout import generate, model_inputs
 
 
 @pytest.fixture(scope="module")
@@ -38,29 +38,6 @@ def _module(**kw) -> GRPOModule:
 
 def _answer(box) -> str:
     return f"<think>t</think><answer>({box[0]}, {box[1]}), ({box[2]}, {box[3]})</answer>"
-
-
-class Scripted(RolloutEngine):
-    """A fake rollout engine that returns the given completions for the prompts it is called with
-    (selected by the first prompt token's row among all prompts it was built for)."""
-
-    def __init__(self, texts_per_prompt, tokenizer):
-        self.texts_per_prompt, self.tok = texts_per_prompt, tokenizer
-        self.rows_for = lambda inputs: range(inputs["input_ids"].shape[0])
-
-    def generate(self, model, inputs, tokenizer, sampling, *, record_logprobs=False):
-        texts = [t for b in self.rows_for(inputs) for t in self.texts_per_prompt[b]]
-        rows = [self.tok(t, add_special_tokens=False)["input_ids"] + [151645] for t in texts]
-        width = max(len(r) for r in rows)
-        ids = torch.tensor([r + [151643] * (width - len(r)) for r in rows])
-        return Rollout(
-            dict(inputs),
-            ids,
-            completion_mask(ids),
-            texts,
-            torch.zeros(len(texts), dtype=torch.bool),
-            sampling.group_size,
-        )
 
 
 # --------------------------------------------------------------------------------- 1. lr schedule

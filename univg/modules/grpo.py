@@ -172,6 +172,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         self._engine_synced = False
         self.ref_model: torch.nn.Module | None = None
         self._buffer: list[ScoredRollout] = []
+        self._planned_steps_drawn = 0.0
         self._times: dict[str, float] = {}
 
     # ----------------------------------------------------------------------------- sampling settings
@@ -233,20 +234,39 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
     def optimizer_steps_total(self) -> int:
         """Optimiser steps of the fit: under manual optimisation Lightning's estimate counts
         micro-batches, while a step here takes ``prompts_per_step`` prompts and runs
-        ``num_iterations`` updates (a last partial step per epoch included)."""
+        ``num_iterations`` updates (a last partial step per epoch included), capped by ``max_steps``.
+
+        Called from ``configure_optimizers``, before Lightning has loaded the training data: the data
+        is set up here first (as Lightning's own ``estimated_stepping_batches`` does), so the length
+        is never the micro-batch fallback."""
         if self._trainer is None:
             return 1
         trainer = self.trainer
+        if trainer.train_dataloader is None and trainer.max_epochs != -1:
+            trainer.fit_loop.setup_data()
         batches = trainer.num_training_batches  # per process and epoch, limit_train_batches applied
         loader = trainer.train_dataloader
         batch_size = getattr(loader, "batch_size", None) if loader is not None else None
-        if not batch_size or not math.isfinite(batches):
-            return super().optimizer_steps_total()
+        max_steps = trainer.max_steps if trainer.max_steps is not None and trainer.max_steps > 0 else None
+        if not batch_size or not math.isfinite(batches) or trainer.max_epochs == -1:
+            if max_steps is None:
+                raise ValueError(
+                    "the length of the lr schedule is unknown (an iterable dataset or max_epochs -1): "
+                    "set trainer.max_steps"
+                )
+            return max_steps
         per_epoch = math.ceil(int(batches) / self.micro_batches_per_step(int(batch_size)))
         total = per_epoch * max(1, trainer.max_epochs or 1) * self.num_iterations
-        if trainer.max_steps is not None and trainer.max_steps > 0:
-            total = min(total, trainer.max_steps)
-        return max(1, total)
+        return max(1, min(total, max_steps) if max_steps is not None else total)
+
+    def lr_multiplier(self, step: int) -> float:
+        """The schedule at optimiser step ``step``. Under dynamic sampling a step draws as many
+        micro-batches as it needs to fill, so the fit makes fewer steps than planned: the schedule then
+        runs over the data drawn (in plain steps' worth) or the steps made, whichever is further, and
+        reaches its end with whichever ends the fit."""
+        if self._refill is None or self._trainer is None:
+            return super().lr_multiplier(step)
+        return super().lr_multiplier(max(step, self._planned_steps_drawn))
 
     def shared_prefix(self) -> bool:
         """Whether log-probs share each prompt's prefix across its G rows. Decided once for the policy,
@@ -352,9 +372,12 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         per_step = self.micro_batches_per_step(int(batch["input_ids"].shape[0]))
         scored = self.score(batch)
-        self._buffer.append(scored)
-        # the epoch's last micro-batch ends a partial step here, where Lightning lets it be logged
         batches = self.trainer.num_training_batches if self._trainer is not None else math.inf
+        self._buffer.append(scored)
+        if math.isfinite(batches):  # the schedule's position under dynamic sampling (lr_multiplier)
+            drawn = self.current_epoch * int(batches) + batch_idx + 1
+            self._planned_steps_drawn = drawn / per_step * self.num_iterations
+        # the epoch's last micro-batch ends a partial step here, where Lightning lets it be logged
         last = batch_idx + 1 >= batches
         if self._refill is None:
             full = len(self._buffer) >= per_step or last

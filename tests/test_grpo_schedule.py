@@ -1,0 +1,103 @@
+"""GRPO's lr schedule in a real ``Trainer.fit``: its length is the fit's optimiser steps.
+
+Lightning builds the scheduler in ``configure_optimizers``, before it has loaded the training data;
+a length read then falls back to the micro-batch count. These fits run the real module and trainer
+(completions scripted, so no sampling) and read the optimiser's lr after every step. Each test
+failed before its fix (the numbers it then gave are in the comments).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from scripted_engine import Scripted
+
+from univg.backbone import BackboneSpec
+from univg.data import SyntheticDataModule
+from univg.modules import GRPOModule
+
+PEAK, FLOOR = 1e-3, 0.1  # linear decay from PEAK to FLOOR x PEAK, no warm-up
+MIXED = ["<think>a</think><answer>(10, 10), (500, 500)</answer>", "junk"]  # rewards differ
+SAME = ["junk", "junk"]  # zero variance: dropped under dynamic sampling
+
+
+class LrAfterEachStep(L.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.steps_seen = 0
+
+    def on_train_batch_end(self, trainer, module, *args) -> None:
+        if trainer.global_step > self.steps_seen:  # an optimiser step (and the scheduler's) just ran
+            self.steps_seen = trainer.global_step
+            self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _fit(tokenizer, groups, num_train: int, **module_kw) -> tuple[LrAfterEachStep, GRPOModule]:
+    torch.manual_seed(0)
+    module = GRPOModule(
+        backbone=BackboneSpec(preset="tiny"),
+        lr=PEAK,
+        schedule="linear",
+        warmup_ratio=0.0,
+        min_lr_ratio=FLOOR,
+        group_size=2,
+        max_completion_length=16,
+        beta=0.0,
+        log_completions_every=0,
+        engine=Scripted(groups, tokenizer, cycle=True),
+        **module_kw,
+    )
+    data = SyntheticDataModule(
+        num_train=num_train, num_val=0, tasks=["single"], image_size=56, train_mode="generate", batch_size=2
+    )
+    record = LrAfterEachStep()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[record],
+    )
+    trainer.fit(module, datamodule=data)
+    return record, module
+
+
+def test_schedule_ends_at_its_floor_with_many_micro_batches_per_step(tokenizer):
+    # 32 prompts, 2 per micro-batch, 16 per step: 16 micro-batches make 2 optimiser steps.
+    # By hand: after step 1, progress 1/2 -> 0.1 + 0.9 * 0.5 = 0.55; after step 2 -> 0.1.
+    # (Sized by micro-batches, the schedule was 16 long: 0.94375 and 0.8875 of the peak.)
+    record, module = _fit(tokenizer, [MIXED], num_train=32, prompts_per_step=16)
+    assert module._schedule_total == 2
+    assert record.lrs == pytest.approx([0.55 * PEAK, FLOOR * PEAK])
+
+
+def test_dynamic_sampling_schedule_ends_at_its_floor_when_refill_draws_more(tokenizer):
+    # 32 prompts, 2 per micro-batch, 4 per step: 8 steps planned. Every micro-batch holds one prompt
+    # with reward variance and one without, so a step draws 4 micro-batches to keep 4 prompts: the
+    # data ends after 4 steps. The schedule runs over the data drawn: after step k, 4k of 16
+    # micro-batches, 2k of 8 plain steps -> 0.1 + 0.9 * (1 - 2k / 8) = 0.775, 0.55, 0.325, 0.1.
+    # (Counted in steps made, the lr stopped at 0.1 + 0.9 * (1 - 4 / 8) = 0.55 of the peak.)
+    record, module = _fit(
+        tokenizer, [MIXED, SAME], num_train=32, prompts_per_step=4, dynamic_sampling={"max_tries": 4}
+    )
+    assert module._schedule_total == 8
+    assert record.lrs == pytest.approx([0.775 * PEAK, 0.55 * PEAK, 0.325 * PEAK, FLOOR * PEAK])
+
+
+def test_iterable_length_unknown_needs_max_steps():
+    module = GRPOModule(backbone=BackboneSpec(preset="tiny"))
+
+    class Trainer:  # what Lightning reports for an iterable dataset with no max_steps
+        train_dataloader = object()
+        num_training_batches = float("inf")
+        max_epochs = 1
+        max_steps = -1
+        world_size = 1
+
+    module._trainer = Trainer()
+    with pytest.raises(ValueError, match="set trainer.max_steps"):
+        module.optimizer_steps_total()
