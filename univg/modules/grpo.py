@@ -40,6 +40,7 @@ from univg.modules.grpo_step import (
     SamplerState,
     ScoredRollout,
     measure_invariants,
+    pad_kept_groups,
     score_completions,
     select_groups,
     select_prompt_rows,
@@ -67,7 +68,8 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         beta: KL coefficient (k3 estimator to the reference); 0 skips the reference pass.
         eps_low, eps_high: clipping range of the ratio.
         num_iterations: mu, optimiser steps per rollout batch (> 1 keeps a real pi_old).
-        phi: difficulty weight "none" (plain GRPO), "exp" (paper default), "square", "neglog".
+        phi: difficulty weight "none" (plain GRPO), "exp" (paper default), "square", "neglog" or
+            "power" (the release's code: 1.05 - mIoU).
         phi_eps: epsilon of neglog.
         normalize_phi: rescale phi to mean 1 over the step's groups.
         loss_type: "grpo", "bnpo", "dr_grpo" or "dapo" (token mean over the optimiser step; the
@@ -306,10 +308,18 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         stats["total_all"] = total  # every group's rewards, for a step-wide "batch" scale
         stats["zero_variance_frac"] = float(zero_var.float().mean())
         stats["truncated"] = float(roll.truncated.float().sum())
+        keep, weights, loss_rows = difficulty.keep, difficulty.weights, None  # weights: [kept groups]
+        if drop:  # every process makes the passes of the one that kept the most (no collective waits)
+            keep, padding = pad_kept_groups(keep)
+            if padding is not None:
+                weights = torch.zeros(keep.shape, dtype=weights.dtype)
+                weights[difficulty.keep] = difficulty.weights
+                weights, loss_rows = weights[keep], (~padding)[keep].repeat_interleave(g)  # [N]
+        if not bool(keep.all()):
+            roll, rewards, advantages = select_groups(roll, rewards, advantages, keep)
         if not bool(difficulty.keep.all()):
             stats["dropped_groups"] = float((~difficulty.keep).sum())
-            roll, rewards, advantages = select_groups(roll, rewards, advantages, difficulty.keep)
-        weights = difficulty.weights.repeat_interleave(g)  # [N]
+        weights = weights.repeat_interleave(g)  # [N]
         device = roll.completion_ids.device
         ref_logp = old_logp = None
         if roll.completion_ids.shape[0] and (self.beta > 0 or self.num_iterations > 1):
@@ -324,7 +334,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         stats["miou_all"] = difficulty.miou  # kept as a tensor for the histogram
         kept_miou, weights = difficulty.kept_miou, weights.to(device)
         return ScoredRollout(
-            roll, rewards, advantages.to(device), kept_miou, weights, old_logp, ref_logp, stats
+            roll, rewards, advantages.to(device), kept_miou, weights, old_logp, ref_logp, stats, loss_rows
         )
 
     def logprobs(self, model: torch.nn.Module, roll: Rollout) -> torch.Tensor:
@@ -348,18 +358,26 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         advantages: torch.Tensor | None = None,
         logp: torch.Tensor | None = None,
     ) -> GRPOLossTerms:
-        """The GRPO(-Difficulty) loss of one scored micro-batch under the current policy
-        (``logp`` [N, C]: the policy's log-probs when already computed)."""
+        """The GRPO(-Difficulty) loss of one scored micro-batch under the current policy (``logp``
+        [N, C]: the policy's log-probs when already computed; ``weights`` and ``advantages``, when
+        given, are of the rows that count in the loss, :attr:`ScoredRollout.loss_rows`).
+
+        Padding rows are scored but enter the loss with weight 0, so their backward still runs."""
         r = scored.rollout
         if logp is None:
             logp = self.logprobs(self.model, r)  # [N, C]
-        return grpo_loss_terms(
-            logp,
-            scored.old_logp,
-            scored.ref_logp,
-            scored.advantages if advantages is None else advantages,
-            scored.weights if weights is None else weights,
-            r.completion_mask,
+        counted = scored.counted
+        if scored.loss_rows is not None and not bool(scored.loss_rows.any()):
+            zero = (logp * 0.0).sum()  # the passes of a process that holds only padding
+            return GRPOLossTerms(zero, zero.detach(), *(torch.zeros((), device=logp.device),) * 4)
+        old, ref = scored.old_logp, scored.ref_logp
+        terms = grpo_loss_terms(
+            counted(logp),
+            None if old is None else counted(old),
+            None if ref is None else counted(ref),
+            counted(scored.advantages) if advantages is None else advantages,
+            counted(scored.weights) if weights is None else weights,
+            counted(r.completion_mask),
             beta=self.beta,
             eps_low=self.eps_low,
             eps_high=self.eps_high,
@@ -367,6 +385,9 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
             max_len=self.max_completion_length,
             importance_sampling_level=self.importance_sampling_level,
         )
+        if scored.loss_rows is not None:  # the padding rows' passes are backpropagated too
+            terms.loss = terms.loss + (logp * 0.0).sum()
+        return terms
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -413,7 +434,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         world = self.trainer.world_size if self._trainer is not None else 1
         advantages = step_advantages(buffer, g, self.scale_rewards)  # None: as scored
         # the weights the loss uses (and the log shows): phi, normalised over the step when asked
-        used = step_weights([s.weights for s in buffer], self.normalize_phi, world_sum)
+        used = step_weights([s.counted(s.weights) for s in buffer], self.normalize_phi, world_sum)
         sizes = step_sizes(buffer, self.loss_type)  # sequences (grpo, dr_grpo) or tokens (bnpo)
         (step_size,) = world_sum([sum(sizes)])
         check = self.check_invariants

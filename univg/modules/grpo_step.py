@@ -28,6 +28,14 @@ class ScoredRollout:
     old_logp: torch.Tensor | None  # [N, C] when num_iterations > 1
     ref_logp: torch.Tensor | None  # [N, C] when beta > 0
     stats: dict[str, Any] = field(default_factory=dict)
+    #: [N] bool: the rows that count in the loss and the logs; None = all. The others are padding
+    #: groups (:func:`pad_kept_groups`): scored and backpropagated with weight 0, so that every
+    #: process makes the same forward and backward passes.
+    loss_rows: torch.Tensor | None = None
+
+    def counted(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` [N, ...] restricted to the rows that count in the loss."""
+        return x if self.loss_rows is None else x[self.loss_rows.to(x.device)]
 
 
 def score_completions(
@@ -74,6 +82,30 @@ def select_groups(
         g,
     )
     return new, {k: v[rows] for k, v in rewards.items()}, advantages[rows]
+
+
+def pad_kept_groups(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Keep as many groups as the process that keeps the most, so that no process skips a pass.
+
+    Under DDP and FSDP every forward (FSDP's all-gathers) and backward (the gradient reduction) is a
+    collective: a process that kept fewer groups after dropping zero-variance ones would make fewer
+    or no passes and the others would wait forever. The missing groups are taken from the dropped
+    ones, in order. Returns the groups to score ``[num_prompts]`` and which of them are padding (None
+    when there is none; always None in one process).
+
+    >>> pad_kept_groups(torch.tensor([False, True]))  # one process: nothing to match
+    (tensor([False,  True]), None)
+    """
+    if not _distributed():
+        return keep, None
+    kept = int(keep.sum())
+    most = int(world_max(float(kept)))
+    if kept >= most:
+        return keep, None
+    dropped = (~keep).nonzero().flatten()[: most - kept]
+    padding = torch.zeros_like(keep)
+    padding[dropped] = True
+    return keep | padding, padding
 
 
 def select_prompt_rows(prompt: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -174,10 +206,10 @@ def step_logs(
 ) -> dict[str, float]:
     """The values logged for one optimiser step: the loss terms (``logs``), rewards, difficulty
     (mIoU shares of every group; phi as the loss used it, ``used``), completions and speed."""
-    rewards = {k: torch.cat([s.rewards[k] for s in buffer]) for k in buffer[0].rewards}
+    rewards = {k: torch.cat([s.counted(s.rewards[k]) for s in buffer]) for k in buffer[0].rewards}
     miou = torch.cat([s.stats["miou_all"] for s in buffer])
     weights = torch.cat([w[::group_size] for w in used])  # [groups]: the weights the loss used
-    lengths = torch.cat([s.rollout.completion_mask.sum(1).float() for s in buffer])
+    lengths = torch.cat([s.counted(s.rollout.completion_mask.sum(1).float()) for s in buffer])
     prompt_tokens = sum(int(s.rollout.prompt["attention_mask"].sum()) * group_size for s in buffer)
     step_time = sum(times.values())
     out: dict[str, float] = {f"train/{k}": v for k, v in logs.items()}
@@ -245,13 +277,16 @@ def completions_markdown(scored: ScoredRollout, group_size: int) -> str:
 
 
 def step_advantages(buffer: list[ScoredRollout], group_size: int, scale: str) -> list[torch.Tensor | None]:
-    """Each micro-batch's advantages under the "batch" scale: divided by the std of every reward of
-    the optimiser step on every process (TRL's generation batch). None (the scored ones) otherwise."""
+    """Each micro-batch's advantages under the "batch" scale (of the rows that count in the loss):
+    divided by the std of every reward of the optimiser step on every process (TRL's generation
+    batch). None (the scored ones) otherwise."""
     if scale != "batch":
         return [None] * len(buffer)
     std = step_std(torch.cat([s.stats["total_all"] for s in buffer]))
     return [
-        group_advantages(s.rewards["total"], group_size, "batch", batch_std=std).to(s.advantages.device)
+        s.counted(group_advantages(s.rewards["total"], group_size, "batch", batch_std=std)).to(
+            s.advantages.device
+        )
         for s in buffer
     ]
 
@@ -259,7 +294,7 @@ def step_advantages(buffer: list[ScoredRollout], group_size: int, scale: str) ->
 def step_sizes(buffer: list[ScoredRollout], loss_type: str) -> list[float]:
     """Each micro-batch's size in the loss normalisation: tokens (bnpo, dapo) or sequences (grpo,
     dr_grpo); :func:`univg.grpo.loss_share_size`."""
-    return [loss_share_size(s.rollout.completion_mask, loss_type) for s in buffer]
+    return [loss_share_size(s.counted(s.rollout.completion_mask), loss_type) for s in buffer]
 
 
 class SamplerState:
