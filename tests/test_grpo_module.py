@@ -362,3 +362,40 @@ def test_resume_gives_the_same_next_step_loss(tmp_path):
         assert torch.equal(a, b), n  # the reference is restored, not rebuilt from the current policy
     for (n, a), (_, b) in zip(m_full.model.named_parameters(), m_res.model.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), n
+
+
+@pytest.mark.parametrize("num_iterations", [1, 2])
+def test_gspo_row_differs_from_token_level_only_with_several_updates(prompt_batch, tokenizer, num_iterations):
+    """The GSPO row (experiments/beyond/gspo_phi.yaml) trains differently from the token-level loss.
+
+    With one update per rollout batch the ratio is 1, so the sequence-level and the token-level
+    losses have the same gradient (by hand: both are -w * A * grad logp, token-averaged) and the row
+    would be plain GRPO; the row therefore makes 2 updates, and the second sees ratios off 1.
+    """
+    import yaml
+
+    row = yaml.safe_load(open("experiments/beyond/gspo_phi.yaml"))["model"]["init_args"]
+    assert row["importance_sampling_level"] == "sequence" and row["num_iterations"] > 1
+    knobs = {k: row[k] for k in ("loss_type", "eps_low", "eps_high")}
+    gt = prompt_batch["boxes"].tolist()
+    texts = [[_answer(gt[0]), "x", _answer(gt[0]), "yy"], ["y", _answer(gt[1]), "z z", "w"]]
+    after = {}
+    for level in ("token", "sequence"):
+        m = _module(
+            phi="none", beta=0.0, num_iterations=num_iterations, importance_sampling_level=level, **knobs
+        )
+        m.engine = Scripted(texts, tokenizer)
+        start = {n: p.detach().clone() for n, p in m.model.named_parameters()}
+        opt = torch.optim.SGD([p for p in m.model.parameters() if p.requires_grad], lr=1.0)
+        m.optimizers, m.lr_schedulers = (lambda: opt), (lambda: None)
+        m.manual_backward = lambda loss: loss.backward()
+        m.log_dict = m.log = lambda *a, **k: None
+        m.optimise([m.score(prompt_batch)])
+        after[level] = torch.cat([(p.detach() - start[n]).flatten() for n, p in m.model.named_parameters()])
+    diff = float((after["token"] - after["sequence"]).abs().max())
+    scale = float(after["token"].abs().max())
+    assert scale > 0
+    if num_iterations == 1:
+        assert diff <= 1e-6 * scale
+    else:
+        assert diff > 1e-2 * scale
