@@ -387,7 +387,7 @@ def test_gspo_row_differs_from_token_level_only_with_several_updates(prompt_batc
         m.engine = Scripted(texts, tokenizer)
         start = {n: p.detach().clone() for n, p in m.model.named_parameters()}
         opt = torch.optim.SGD([p for p in m.model.parameters() if p.requires_grad], lr=1.0)
-        m.optimizers, m.lr_schedulers = (lambda: opt), (lambda: None)
+        m.optimizers, m.lr_schedulers = (lambda opt=opt: opt), (lambda: None)
         m.manual_backward = lambda loss: loss.backward()
         m.log_dict = m.log = lambda *a, **k: None
         m.optimise([m.score(prompt_batch)])
