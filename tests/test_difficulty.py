@@ -32,6 +32,8 @@ M = torch.tensor([0.0, 0.25, 0.5, 1.0])
         ("exp", [math.e, math.exp(0.75), math.exp(0.5), 1.0]),
         ("square", [1.0, 0.5625, 0.25, 0.0]),
         ("neglog", [-math.log(0.02), -math.log(0.27), -math.log(0.52), -math.log(1.02)]),
+        # the release's (1.05 - m)^1: 1.05 - 0, 1.05 - 0.25, 1.05 - 0.5, 1.05 - 1
+        ("power", [1.05, 0.80, 0.55, 0.05]),
     ],
 )
 def test_phi_hand_values(name: str, expected: list[float]) -> None:
@@ -43,7 +45,7 @@ def test_phi_neglog_eps_is_configurable() -> None:
 
 
 def test_phi_names() -> None:
-    assert PHI_NAMES == ("none", "exp", "square", "neglog")
+    assert PHI_NAMES == ("none", "exp", "square", "neglog", "power")
     with pytest.raises(ValueError, match=r"unknown phi 'log'.*'none', 'exp', 'square', 'neglog'"):
         phi("log", M)
 
@@ -72,6 +74,7 @@ def test_phi_is_finite_and_monotone_in_range(values: list[float]) -> None:
         assert torch.isfinite(w).all()
     assert ((phi("exp", m) >= 1.0) & (phi("exp", m) <= math.e + 1e-6)).all()
     assert ((phi("square", m) >= 0.0) & (phi("square", m) <= 1.0)).all()
+    assert ((phi("power", m) >= 0.05 - 1e-6) & (phi("power", m) <= 1.05 + 1e-6)).all()
 
 
 def test_normalize_weights() -> None:

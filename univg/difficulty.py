@@ -20,9 +20,16 @@ import torch
 
 from univg.groups import grouped
 
-#: The difficulty weights (paper Table 5); a typed config knob, so a typo fails at parse time.
-PhiName = Literal["none", "exp", "square", "neglog"]
+#: The difficulty weights (paper Table 5, plus the release's "power"); a typed config knob, so a
+#: typo fails at parse time.
+PhiName = Literal["none", "exp", "square", "neglog", "power"]
 PHI_NAMES: tuple[str, ...] = get_args(PhiName)
+
+#: ``power``: the release's weight ``(POWER_OFFSET - m) ** POWER_EXPONENT``. The release's trainer
+#: (``miou_adjust_math: power``, its default) fixes the offset at 1.05 and reads the exponent from
+#: ``miou_weight``, 1 unless set (its run script does not set it).
+POWER_OFFSET = 1.05
+POWER_EXPONENT = 1.0
 
 
 def group_miou(acc_rewards: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -40,8 +47,10 @@ def phi(name: str, miou: torch.Tensor, eps: float = 0.02) -> torch.Tensor:
     """Difficulty weight for each mIoU, same shape as ``miou``, detached, float.
 
     ``none`` -> 1 (plain GRPO); ``exp`` -> exp(1 - m), in [1, e] (paper default); ``square`` ->
-    (1 - m)^2, in [0, 1] (a solved group gets 0); ``neglog`` -> -log(m + eps), eps 0.02 as the
-    release. ``miou`` is first clamped into [0, 1] and NaN is read as 0 (the hardest case), so a
+    (1 - m)^2, in [0, 1], the paper's formula (a solved group gets 0); ``neglog`` -> -log(m + eps),
+    eps 0.02 as the release; ``power`` -> (1.05 - m)^1, in [0.05, 1.05] (a solved group keeps
+    0.05), the release's code: it has no square, its ``power`` weight is (1.05 - m)^p with p = 1
+    unless set. ``miou`` is first clamped into [0, 1] and NaN is read as 0 (the hardest case), so a
     weight is always finite.
 
     >>> m = torch.tensor([0.0, 0.5, 1.0])
@@ -51,6 +60,8 @@ def phi(name: str, miou: torch.Tensor, eps: float = 0.02) -> torch.Tensor:
     tensor([1.0000, 0.2500, 0.0000])
     >>> phi("neglog", m)
     tensor([ 3.9120,  0.6539, -0.0198])
+    >>> phi("power", m)  # 1.05 - 0, 1.05 - 0.5, 1.05 - 1
+    tensor([1.0500, 0.5500, 0.0500])
     """
     if name not in PHI_NAMES:
         raise ValueError(f"unknown phi {name!r}; choose one of {PHI_NAMES}")
@@ -61,6 +72,8 @@ def phi(name: str, miou: torch.Tensor, eps: float = 0.02) -> torch.Tensor:
         return torch.exp(1.0 - m)
     if name == "square":
         return (1.0 - m) ** 2
+    if name == "power":
+        return (POWER_OFFSET - m) ** POWER_EXPONENT
     return -torch.log(m + eps)
 
 
