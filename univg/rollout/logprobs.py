@@ -106,12 +106,13 @@ class _HeadLogProb(torch.autograd.Function):
     one tile at a time (a reused buffer), in the forward and again (recomputed) in the backward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, inv_temp, tile):  # type: ignore[override]
+    def forward(ctx, hidden, weight, targets, inv_temp, tile, half):  # type: ignore[override]
+        # half: the 16-bit dtype an fp32 head's logits are rounded in (autocast), or None
         n = hidden.shape[0]
         dt = torch.promote_types(hidden.dtype, torch.float32)  # float32 logits (float64 for gradcheck)
         out = torch.empty(n, dtype=dt, device=hidden.device)
         lse = torch.empty(n, dtype=dt, device=hidden.device)
-        w = _compute_weight(weight, dt)
+        w = _compute_weight(weight if half is None else weight.to(half), dt)  # a transient copy
         buf = torch.empty(min(tile, n), w.shape[0], dtype=dt, device=hidden.device)
         for s in range(0, n, tile):
             h = hidden[s : s + tile]
@@ -123,12 +124,14 @@ class _HeadLogProb(torch.autograd.Function):
             lse[s : s + tile] = z.sub_(m).exp_().sum(dim=1).log_() + m.squeeze(1)
             out[s : s + tile] = tgt - lse[s : s + tile]
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.inv_temp, ctx.tile = inv_temp, tile
+        ctx.inv_temp, ctx.tile, ctx.half = inv_temp, tile, half
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         hidden, weight, targets, lse = ctx.saved_tensors
+        if ctx.half is not None or (weight.dtype in _HALF and ctx.needs_input_grad[1]):
+            return _backward_by_vocab_blocks(ctx, grad, hidden, weight, targets, lse)
         inv_temp, tile = ctx.inv_temp, ctx.tile
         n = hidden.shape[0]
         dt = lse.dtype
@@ -151,13 +154,37 @@ class _HeadLogProb(torch.autograd.Function):
                 _mm_into(p, w, gh[s : s + tile])
             if gw is not None:
                 gw.addmm_(p.t(), h)
-        return (
-            gh.to(hidden.dtype) if gh is not None else None,
-            gw.to(weight.dtype) if gw is not None else None,
-            None,
-            None,
-            None,
-        )
+        return gh.to(hidden.dtype) if gh is not None else None, gw, None, None, None, None
+
+
+def _backward_by_vocab_blocks(ctx, grad, hidden, weight, targets, lse):  # type: ignore[no-untyped-def]
+    """The backward of a 16-bit head (or of an fp32 one rounded as 16-bit under autocast), by blocks
+    of vocabulary rows over every token, not tiles of tokens: each block of the weight's gradient is
+    finished at once and written in the weight's dtype, so a 16-bit head gets no float32 [V, H]
+    gradient (2 GiB at 7B) nor a copy of it, and an fp32 head under autocast is rounded one block at
+    a time. One block of logits holds at most ``tile`` x V elements, as a forward tile does."""
+    inv_temp, tile = ctx.inv_temp, ctx.tile
+    n, vocab = hidden.shape[0], weight.shape[0]
+    dt = lse.dtype
+    gh = torch.zeros(hidden.shape, dtype=dt, device=hidden.device) if ctx.needs_input_grad[0] else None
+    gw = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+    g_all = (grad.to(dt) * inv_temp)[:, None]  # [T, 1]
+    h = hidden.to(dt)  # [T, H]
+    block = max(1, (tile * vocab) // max(n, 1))
+    for v0 in range(0, vocab, block):
+        w = weight[v0 : v0 + block] if ctx.half is None else weight[v0 : v0 + block].to(ctx.half)  # [b, H]
+        z = _mm_into(hidden, w.t(), torch.empty(n, w.shape[0], dtype=dt, device=h.device))  # [T, b]
+        if inv_temp != 1.0:
+            z.mul_(inv_temp)
+        # d logp / dz = onehot(target) - softmax(z), times the incoming grad and 1/T
+        p = z.sub_(lse[:, None]).exp_().mul_(-g_all)  # [T, b]
+        rows = ((targets >= v0) & (targets < v0 + w.shape[0])).nonzero().squeeze(1)
+        p[rows, targets[rows] - v0] += g_all[rows, 0]
+        if gh is not None:
+            gh.addmm_(p, w.to(dt))
+        if gw is not None:
+            gw[v0 : v0 + block] = p.t() @ h
+    return gh.to(hidden.dtype) if gh is not None else None, gw, None, None, None, None
 
 
 def head_logprobs(
@@ -169,7 +196,8 @@ def head_logprobs(
 ) -> torch.Tensor:
     """log p(target) under ``softmax(hidden @ weight.T / temperature)``: hidden [T, H], weight [V, H],
     targets [T] -> [T] float32 (float64 for float64 inputs), never holding more than ``tile`` rows
-    of logits.
+    of logits. A 16-bit weight, or a float32 one under 16-bit autocast, gives logits rounded as that
+    head's own (the ones sampled from), widened to float32 for the softmax.
 
     >>> h, w = torch.randn(5, 3), torch.randn(7, 3)
     >>> t = torch.tensor([0, 6, 2, 2, 1])
@@ -177,7 +205,12 @@ def head_logprobs(
     >>> torch.allclose(head_logprobs(h, w, t, 0.7, tile=2), ref, atol=1e-6)
     True
     """
-    return _HeadLogProb.apply(hidden, weight, targets, 1.0 / temperature, tile or HEAD_TOKENS_PER_TILE)
+    # Under autocast the head's logits are 16-bit products, and generation samples from them: the same
+    # rounding here, so the log-probs the loss scores are of the distribution sampled from.
+    device = hidden.device.type
+    half = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+    half = half if weight.dtype == torch.float32 and half in _HALF else None
+    return _HeadLogProb.apply(hidden, weight, targets, 1.0 / temperature, tile or HEAD_TOKENS_PER_TILE, half)
 
 
 def completion_logprobs(
