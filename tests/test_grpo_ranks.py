@@ -71,14 +71,16 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
             record["max_rank_diff"] = float((both[0] - both[1]).abs().max())
 
     L.seed_everything(0)
+    dynamic = mode == "dynamic"
     module = GRPOModule(
         backbone=BackboneSpec(preset="tiny"),
         lr=1e-3,
         group_size=2,
         max_completion_length=16,
         beta=0.04,
-        num_iterations=2,
-        drop_zero_variance=True,
+        num_iterations=1 if dynamic else 2,
+        drop_zero_variance=not dynamic,
+        dynamic_sampling={"max_tries": 4} if dynamic else None,
         logprob_chunk_size=2,
         prompts_per_step=4,
         log_completions_every=0,
@@ -86,10 +88,15 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
     )
     module.engine.tok = module.tokenizer
     data = SyntheticDataModule(
-        num_train=4, num_val=0, tasks=["single"], image_size=56, train_mode="generate", batch_size=2
+        num_train=16 if dynamic else 4,
+        num_val=0,
+        tasks=["single"],
+        image_size=56,
+        train_mode="generate",
+        batch_size=2,
     )
     timeout = timedelta(seconds=60)
-    if mode == "ddp":
+    if mode in ("ddp", "dynamic"):
         strategy = DDPStrategy(process_group_backend="gloo", timeout=timeout)
     else:
         strategy = FSDP2Strategy(process_group_backend="gloo", timeout=timeout)
@@ -97,7 +104,7 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
         accelerator="cpu",
         devices=2,
         strategy=strategy,
-        max_steps=2,
+        max_steps=1 if dynamic else 2,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -132,6 +139,18 @@ def test_a_rank_that_keeps_no_group_still_steps_with_the_others(mode, tmp_path):
     assert ranks[0]["logs"][-1].get("completions/dropped_groups", 0.0) == 0.0
     assert ranks[1]["logs"][-1]["completions/dropped_groups"] == 2.0
     assert ranks[1]["logs"][-1]["train/zero_variance_frac"] == 1.0
+
+
+@pytest.mark.slow
+def test_dynamic_sampling_counts_only_kept_groups_not_padding(tmp_path):
+    """DDP with dynamic sampling: each draw keeps rank 0's 2 prompts, rank 1 scores 2 padding groups.
+    A step of 4 prompts needs 2 draws (counting the padding as kept filled it after 1)."""
+    ranks = _run("dynamic", tmp_path)
+    for r in ranks:
+        assert r["steps"] == 1 and r["weight_change"] > 0.0 and r["max_rank_diff"] == 0.0
+        logs = r["logs"][-1]
+        assert logs["dynamic/tries"] == 2.0 and logs["dynamic/fill"] == 1.0
+        assert logs["dynamic/kept_share"] == 0.5  # 4 of the 8 prompts drawn
 
 
 if __name__ == "__main__":  # torchrun worker

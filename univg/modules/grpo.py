@@ -403,7 +403,8 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         if self._refill is None:
             full = len(self._buffer) >= per_step or last
         else:  # dynamic sampling: draw until the step holds its prompts with reward variance
-            drawn, kept = scored.stats["prompts_drawn"], scored.rollout.num_prompts
+            drawn = scored.stats["prompts_drawn"]
+            kept = int(scored.miou.numel())  # the kept groups, not padding (pad_kept_groups)
             full = self._refill.add(drawn, kept, per_step, self.prompts_per_step, world_sum, last)
         if full:
             if len(self._buffer) < per_step and self._refill is None:
