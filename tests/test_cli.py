@@ -107,10 +107,11 @@ def _weights(path: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigint_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeats_nothing(tmp_path):
-    """Ctrl+C mid-run: last.ckpt holds every step done (before: no save, so the resumed run
-    redid them from the previous checkpoint), and resuming ends bit-identical to a run never
-    interrupted, taking only the missing steps."""
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeats_nothing(tmp_path, signame):
+    """Ctrl+C (SIGINT) or a scheduler's SIGTERM mid-run: last.ckpt holds every step done (before: no
+    save, so the resumed run redid them from the previous checkpoint; SIGTERM even exited 0), and
+    resuming ends bit-identical to a run never interrupted, taking only the missing steps."""
     import signal
     import time
 
@@ -122,7 +123,7 @@ def test_sigint_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeats_
     deadline = time.time() + 400
     while len(_steps_logged(csv)) < 3 and run.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    run.send_signal(signal.SIGINT)
+    run.send_signal(getattr(signal, signame))
     _, err = run.communicate(timeout=300)
     assert run.returncode != 0, err[-2000:]  # stopped, not finished
     done = _steps_logged(csv)
@@ -148,21 +149,23 @@ def test_sigint_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeats_
 
 
 class _Toy(L.LightningModule):
-    """A linear model on fixed data; each entry of ``interrupt_at`` (a batch index) sends one SIGINT
-    to this process from inside ``training_step`` (mid-step, where a user's Ctrl+C usually lands)."""
+    """A linear model on fixed data; each entry of ``interrupt_at`` (a batch index) sends one
+    ``signum`` (SIGINT by default) to this process from inside ``training_step`` (mid-step, where a
+    user's Ctrl+C or a scheduler's SIGTERM usually lands)."""
 
-    def __init__(self, interrupt_at: tuple[int, ...] = ()) -> None:
+    def __init__(self, interrupt_at: tuple[int, ...] = (), signum: int | None = None) -> None:
+        import signal
+
         import torch
 
         super().__init__()
         self.layer = torch.nn.Linear(4, 1)
         self.interrupt_at = interrupt_at
+        self.signum = signal.SIGINT if signum is None else signum
 
     def training_step(self, batch, batch_idx):
-        import signal
-
         for _ in range(self.interrupt_at.count(batch_idx)):
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
         return self.layer(batch).pow(2).mean()
 
     def configure_optimizers(self):
@@ -176,17 +179,19 @@ class _Toy(L.LightningModule):
         return torch.utils.data.DataLoader(torch.arange(64.0).reshape(16, 4), batch_size=1)
 
 
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize(
     ("accumulate", "interrupt_at", "saved_step"),
     [
         (1, (2,), 3),  # mid-step 3: that step finishes, then the save
         (2, (2,), 2),  # first micro-batch of step 2: its window closes (batch 3), then the save
-        (1, (2, 2), 2),  # a second Ctrl+C stops at once, inside step 3: nothing is saved
+        (1, (2, 2), 2),  # a second signal stops at once, inside step 3: nothing is saved
     ],
 )
 def test_checkpoint_on_interrupt_saves_at_the_next_step_boundary(
-    tmp_path, accumulate, interrupt_at, saved_step
+    tmp_path, accumulate, interrupt_at, saved_step, signame
 ):
+    """SIGTERM (a scheduler's stop) as Ctrl+C: before, SIGTERM ended the fit with status 0, unsaved."""
     import signal
 
     import torch
@@ -199,12 +204,13 @@ def test_checkpoint_on_interrupt_saves_at_the_next_step_boundary(
         enable_progress_bar=False, enable_model_summary=False,
         callbacks=[ModelCheckpoint(dirpath=tmp_path / "ckpt"), CheckpointOnInterrupt()],
     )  # fmt: skip
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with pytest.raises(SystemExit) as stop:  # Lightning's exit after a KeyboardInterrupt
-            trainer.fit(_Toy(interrupt_at))
+            trainer.fit(_Toy(interrupt_at, getattr(signal, signame)))
     finally:
-        signal.signal(signal.SIGINT, previous)  # Lightning leaves SIGINT ignored after an interrupt
+        for s, handler in previous.items():  # Lightning leaves SIGINT ignored after an interrupt
+            signal.signal(s, handler)
     assert stop.value.code == 1
     last = tmp_path / "ckpt" / "last.ckpt"
     if len(interrupt_at) > 1:

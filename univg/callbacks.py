@@ -201,19 +201,23 @@ def write_scalars(log_dir: str | Path, values: Mapping[str, float], step: int = 
 
 
 class CheckpointOnInterrupt(Callback):
-    """On SIGINT during ``fit``: finish the current optimiser step (or evaluation), save
-    ``last.ckpt`` beside the run's checkpoints, then stop (Lightning exits with status 1).
+    """On SIGINT (Ctrl+C) or SIGTERM (what SLURM's ``scancel``, a job's time limit and Kubernetes
+    send) during ``fit``: finish the current optimiser step (or evaluation), save ``last.ckpt``
+    beside the run's checkpoints, then stop (Lightning exits with status 1).
 
     Without it a Ctrl+C leaves ``last.ckpt`` where the last periodic save put it, up to a checkpoint
-    interval behind, and the resumed run repeats those steps. The save happens at a step boundary
-    (never inside an accumulation window or an optimiser step), where Lightning's own mid-epoch
-    checkpoints are taken, so resuming from it is exact. A second Ctrl+C stops at once, unsaved.
-    With several processes, any one interrupted makes all of them save and stop together.
+    interval behind, and the resumed run repeats those steps; a SIGTERM ended the fit with status 0
+    and saved nothing. The save happens at a step boundary (never inside an accumulation window or an
+    optimiser step), where Lightning's own mid-epoch checkpoints are taken, so resuming from it is
+    exact. A second signal stops at once, unsaved. With several processes, any one signalled makes
+    all of them save and stop together.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self._requested = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         self._installed = False
         self._saved = False
         self._step_before = 0
@@ -222,23 +226,26 @@ class CheckpointOnInterrupt(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._requested = self._saved = False
         if threading.current_thread() is threading.main_thread():  # signal handlers live there only
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            # after Lightning's own SIGTERM handler (set when the fit starts), which stops with status 0
+            self._previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
             self._installed = True
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._requested:  # the second Ctrl+C: the usual immediate stop
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._requested:  # the second signal: the usual immediate stop
             self._restore()
             raise KeyboardInterrupt
         self._requested = True
+        name = signal.Signals(signum).name
         print(
-            "\nunivg: interrupt: finishing the current step, then saving last.ckpt (Ctrl+C again to stop now)",
+            f"\nunivg: {name}: finishing the current step, then saving last.ckpt (again to stop now)",
             file=sys.stderr,
             flush=True,
         )
 
     def _restore(self) -> None:
         if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
+            for s, previous in self._previous.items():
+                signal.signal(s, previous)
             self._installed = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
