@@ -253,6 +253,24 @@ def test_bad_inputs_name_the_problem(full_run, tmp_path, capsys):
     assert "x does not exist" in capsys.readouterr().err
 
 
+def test_a_non_empty_out_is_refused_unless_overwrite_which_replaces_it_whole(full_run, tmp_path, capsys):
+    """Before, an export into a used folder mixed old and new files (a stale adapter_config.json made
+    a full export load as an adapter)."""
+    from univg.export import main
+
+    ckpt, _ = full_run
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "adapter_config.json").write_text("{}")
+    assert main([str(ckpt), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is not empty" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "adapter_config.json").read_text() == "{}"  # nothing lost
+    assert main([str(ckpt), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "adapter_config.json").exists() and (out / "config.json").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]  # no partial or old folder left
+
+
 @pytest.mark.slow
 def test_lora_run_on_a_base_checkpoint_exports_as_a_peft_adapter(tmp_path_factory, tmp_path):
     from peft import PeftModel

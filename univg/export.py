@@ -1,6 +1,6 @@
 """A trained run as a Hugging Face model folder (and, optionally, a Hub repository).
 
-``python -m univg.export CKPT --out DIR [--merge-lora] [--push-to-hub REPO_ID] [--private]``
+``python -m univg.export CKPT --out DIR [--overwrite] [--merge-lora] [--push-to-hub REPO_ID] [--private]``
 (also ``python -m univg export ...``) reads a univg Lightning checkpoint: a single ``.ckpt`` file
 (full fine-tune or LoRA) or a sharded FSDP2 checkpoint folder (``torch.distributed.checkpoint``),
 and writes what ``transformers``, vLLM, lmms-eval and the release's scripts load:
@@ -24,6 +24,7 @@ import argparse
 import inspect
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -292,12 +293,16 @@ def export_checkpoint(
     dtype: str | None = None,
     push_to_hub: str | None = None,
     private: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write the Hugging Face model folder of a univg checkpoint; returns ``out``.
 
     Args:
         ckpt: a ``.ckpt`` file or a sharded FSDP2 checkpoint folder.
-        out: the folder to write (created; files of the same names are replaced).
+        out: the folder to write. It is written beside its place and renamed into it when complete,
+            so a failed export leaves nothing there; a non-empty ``out`` is refused (files of an
+            earlier export, e.g. a stale ``adapter_config.json``, would mix with the new ones)
+            unless ``overwrite``, which replaces it whole.
         merge_lora: merge a LoRA run's adapters into its base weights (a plain Qwen2-VL); without it
             a LoRA run is written as a peft adapter of the base checkpoint it names.
         config: the run's ``config.yaml``; default the one LightningCLI saved beside the checkpoint.
@@ -305,8 +310,13 @@ def export_checkpoint(
         dtype: save in this dtype ("bfloat16", ...); default the run's.
         push_to_hub: upload the folder to this Hub repository (created if missing).
         private: create the Hub repository private.
+        overwrite: replace a non-empty ``out``.
     """
     ckpt, out = Path(ckpt), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(
+            f"--out {out} is not empty: choose another folder, or --overwrite to replace it"
+        )
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (a .ckpt file or a sharded folder)")
     run_dir = run_directory(ckpt)
@@ -336,24 +346,44 @@ def export_checkpoint(
             "this checkpoint, so export it with --merge-lora"
         )
     model = build_model(spec, load_state_dict(ckpt), ckpt)
-    out.mkdir(parents=True, exist_ok=True)
-    if is_lora and merge_lora:
-        model = model.merge_and_unload()
-    if is_lora and not merge_lora:
-        model.peft_config["default"].base_model_name_or_path = spec.checkpoint
-        model.save_pretrained(out, safe_serialization=True)  # adapter_config.json + adapter weights
-    else:
-        model.save_pretrained(out, safe_serialization=True)
-    decoding = evaluation_decoding()
-    tokenizer = write_processor(out, spec)
-    write_generation_config(out, tokenizer, decoding)
-    card = model_card(
-        spec, run_config, find_results(run_dir, results), ckpt, is_lora and merge_lora, decoding
-    )
-    (out / "README.md").write_text(card)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        if is_lora and merge_lora:
+            model = model.merge_and_unload()
+        if is_lora and not merge_lora:
+            model.peft_config["default"].base_model_name_or_path = spec.checkpoint
+            model.save_pretrained(partial, safe_serialization=True)  # adapter_config.json + adapter weights
+        else:
+            model.save_pretrained(partial, safe_serialization=True)
+        decoding = evaluation_decoding()
+        tokenizer = write_processor(partial, spec)
+        write_generation_config(partial, tokenizer, decoding)
+        card = model_card(
+            spec, run_config, find_results(run_dir, results), ckpt, is_lora and merge_lora, decoding
+        )
+        (partial / "README.md").write_text(card)
+        _replace_folder(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     if push_to_hub:
         push_folder(out, push_to_hub, private=private)
     return out
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` at ``out`` (same file system): an old ``out`` is moved aside
+    first and removed only once ``new`` is in place."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
@@ -393,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--push-to-hub", default=None, metavar="REPO_ID", help="upload to this Hub repository"
     )
     parser.add_argument("--private", action="store_true", help="create the Hub repository private")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = parser.parse_args(argv)
     try:
         out = export_checkpoint(
@@ -404,8 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             dtype=args.dtype,
             push_to_hub=args.push_to_hub,
             private=args.private,
+            overwrite=args.overwrite,
         )
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"univg export: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
