@@ -224,6 +224,18 @@ def univg_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
             ["model (univg.modules.SFTModule):", "max_new_tokens must be >= 1, got 0"],
         ),
         "missing_config": (["fit", "--config", missing], ["config:", missing]),
+        "max_steps_0": (
+            ["fit", "--config", DEBUG, "--trainer.max_steps", "0"],
+            ["trainer.max_steps: 0 trains nothing"],
+        ),
+        "lr_0": (
+            ["fit", "--config", GRPO, "--model.init_args.lr", "0"],
+            ["model.init_args.lr must be > 0, got 0"],
+        ),
+        "lr_negative": (
+            ["fit", "--config", DEBUG, "--model.init_args.lr=-1e-3"],
+            ["model.init_args.lr must be > 0, got -0.001"],
+        ),
         "missing_train_file": (
             ["fit", "--config", DEBUG, "--data", "univg.data.CoTSFTDataModule", "--data.train_file", missing],
             [f"data.init_args.train_file: {missing} does not exist"],
@@ -257,7 +269,7 @@ def univg_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
 
 CASES = [
     "group_size_1", "unknown_phi", "unknown_preset", "unknown_key", "wrong_type", "batch_size_0",
-    "eval_batch_size_0", "max_new_tokens_0", "missing_config", "missing_train_file", "missing_image_root",
+    "eval_batch_size_0", "max_new_tokens_0", "missing_config", "max_steps_0", "lr_0", "lr_negative", "missing_train_file", "missing_image_root",
     "garbage_ckpt_path", "truncated_ckpt_path", "missing_ckpt_path", "truncated_init_checkpoint",
     "garbage_init_checkpoint",
 ]  # fmt: skip

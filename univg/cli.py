@@ -86,6 +86,8 @@ class UniVGCLI(LightningCLI):
         config = self._subcommand_config()
         if self.config.get("subcommand"):  # run=False only builds: configs may name absent files
             check_inputs(config)
+        if self.config.get("subcommand") == "fit":
+            check_training(config)
         try:
             super()._parse_ckpt_path()
         except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
@@ -127,6 +129,17 @@ def check_inputs(config: Any) -> None:
         if isinstance(value, str) and (key.endswith("_file") or key == "image_root"):
             if not Path(value).exists():
                 raise ConfigError(f"data.init_args.{key}: {value} does not exist")
+
+
+def check_training(config: Any) -> None:
+    """A fit that would train nothing, or not at all as asked, is refused naming the key: a step or
+    epoch budget of 0 (Lightning stops at once and saves nothing) and an lr <= 0."""
+    for key in ("trainer.max_steps", "trainer.max_epochs"):
+        if config.get(key) == 0:
+            raise ConfigError(f"{key}: 0 trains nothing (-1 or null: no limit)")
+    lr = config.get("model.init_args.lr")
+    if isinstance(lr, (int, float)) and not lr > 0:  # not > : NaN too
+        raise ConfigError(f"model.init_args.lr must be > 0, got {lr}")
 
 
 #: Short flags for settings users type often, expanded before LightningCLI parses.
