@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,11 @@ from typing import Any
 DEFAULT_COLUMNS = ("1 phi", "2 stage", "3 data size", "4 preset", "test/avg", "test/acc@0.5", "test/miou")
 
 
-def read_sessions(root: str | Path) -> dict[str, dict[str, Any]]:
+def read_sessions(root: str | Path, skipped: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Every HParams session under ``root``: run folder (relative) -> its hyper-parameters and the
-    last value of each of its registered metrics (NaN where only the placeholder was written)."""
+    last value of each of its registered metrics (NaN where only the placeholder was written).
+    Folders of events without a session (runs made without the HParams callback) are appended to
+    ``skipped``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
@@ -32,8 +35,13 @@ def read_sessions(root: str | Path) -> dict[str, dict[str, Any]]:
     for folder in sorted({p.parent for p in root.rglob("events.out.tfevents.*")}):
         acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
-        content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        try:
+            content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+        except KeyError:  # no HParams data at all in this folder
+            content = {}
         if metadata.SESSION_START_INFO_TAG not in content:
+            if skipped is not None:
+                skipped.append(str(folder.relative_to(root)))
             continue
         start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
         row: dict[str, Any] = {}
@@ -71,7 +79,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("root", help="a runs folder (tensorboard --logdir of it shows the same sessions)")
     p.add_argument("--columns", nargs="+", default=list(DEFAULT_COLUMNS))
     a = p.parse_args(argv)
-    print(render(read_sessions(a.root), a.columns), end="")
+    if not Path(a.root).is_dir():
+        print(f"univg hparams_view: error: {a.root} is not a folder", file=sys.stderr)
+        return 2
+    skipped: list[str] = []
+    sessions = read_sessions(a.root, skipped)
+    if skipped:
+        print(
+            f"univg hparams_view: {len(skipped)} run folder(s) without HParams skipped "
+            f"(runs log them with univg.callbacks.HParamsLogger): {', '.join(skipped)}",
+            file=sys.stderr,
+        )
+    if not sessions:
+        print(f"univg hparams_view: error: no HParams session under {a.root}", file=sys.stderr)
+        return 1
+    print(render(sessions, a.columns), end="")
     return 0
 
 
