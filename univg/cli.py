@@ -68,6 +68,7 @@ class UniVGCLI(LightningCLI):
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         # Raise instead of printing the 80-line usage: main() turns the error into one line.
         kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("prog", "python -m univg")
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
