@@ -172,6 +172,7 @@ def test_backbone_checkpoint_null_on_the_command_line_means_no_checkpoint(value)
 
 DEBUG = str(ROOT / "configs/debug.yaml")
 GRPO = str(ROOT / "configs/grpo_diff_debug.yaml")
+FULL_GRPO = str(ROOT / "configs/grpo_diff.yaml")
 
 
 def write_checkpoint(path: Path, truncate: bool = False) -> Path:
@@ -240,6 +241,32 @@ def univg_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
             ["fit", "--config", DEBUG, "--data", "univg.data.CoTSFTDataModule", "--data.train_file", missing],
             [f"data.init_args.train_file: {missing} does not exist"],
         ),
+        "missing_stage1_checkpoint": (
+            [
+                "fit",
+                "--config",
+                FULL_GRPO,
+                "--model.init_args.init_checkpoint",
+                str(tmp / "stage1" / "last.ckpt"),
+            ],
+            [
+                "init_checkpoint",
+                "no such file",
+                "python -m univg fit --config configs/cot_sft.yaml writes it",
+            ],
+        ),
+        "missing_stage2_data": (
+            [
+                "fit",
+                "--config",
+                FULL_GRPO,
+                "--model.init_args.init_checkpoint",
+                "null",
+                "--data.init_args.train_file",
+                str(tmp / "UniVG-R1-data" / "stage2_rl.json"),
+            ],
+            ["data.init_args.train_file:", "does not exist", "python -m univg data prepare univg_stage2"],
+        ),  # fmt: skip
         "missing_image_root": (
             ["fit", "--config", DEBUG, "--data", "univg.data.CoTSFTDataModule", "--data.image_root", missing],
             [f"data.init_args.image_root: {missing} does not exist"],
@@ -269,7 +296,8 @@ def univg_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
 
 CASES = [
     "group_size_1", "unknown_phi", "unknown_preset", "unknown_key", "wrong_type", "batch_size_0",
-    "eval_batch_size_0", "max_new_tokens_0", "missing_config", "max_steps_0", "lr_0", "lr_negative", "missing_train_file", "missing_image_root",
+    "eval_batch_size_0", "max_new_tokens_0", "missing_config", "missing_stage1_checkpoint",
+    "missing_stage2_data", "max_steps_0", "lr_0", "lr_negative", "missing_train_file", "missing_image_root",
     "garbage_ckpt_path", "truncated_ckpt_path", "missing_ckpt_path", "truncated_init_checkpoint",
     "garbage_init_checkpoint",
 ]  # fmt: skip

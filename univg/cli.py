@@ -124,12 +124,28 @@ def check_inputs(config: Any) -> None:
     ):
         # Lightning also takes the names "last", "best", "hpc" and "registry[:...]" here.
         if isinstance(value, str) and (os.sep in value or Path(value).suffix):
+            if option.startswith("model.") and not Path(value).exists():
+                raise CheckpointError(
+                    f"{option} {value}: no such file. A stage-2 config starts from the stage-1 run's "
+                    "checkpoint (python -m univg fit --config configs/cot_sft.yaml writes it); point "
+                    f"{option} at yours, or null to start from the backbone"
+                )
             check_checkpoint(value, option)
     data = config.get("data.init_args")
     for key, value in data.items() if hasattr(data, "items") else ():
         if isinstance(value, str) and (key.endswith("_file") or key == "image_root"):
             if not Path(value).exists():
-                raise ConfigError(f"data.init_args.{key}: {value} does not exist")
+                raise ConfigError(f"data.init_args.{key}: {value} does not exist. {_how_to_get(value)}")
+
+
+def _how_to_get(path: str) -> str:
+    """The next step for a missing data file: the ``python -m univg data`` command that prepares it."""
+    from univg.data.prepare import dataset_of
+
+    entry = dataset_of(path)
+    if entry is not None:
+        return f"python -m univg data prepare {entry.name} gets it ready ({entry.title})"
+    return "python -m univg data list shows every dataset, where it goes and how to get it"
 
 
 def check_training(config: Any) -> None:

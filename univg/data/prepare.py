@@ -186,6 +186,20 @@ DATASETS: dict[str, DatasetEntry] = {
 }
 
 
+def dataset_of(path: str | os.PathLike) -> DatasetEntry | None:
+    """The dataset whose annotation file ``path`` is (matched on the path under the data root, e.g.
+    ``UniVG-R1-data/stage2_rl.json``), for telling a user what to prepare; None when unknown.
+
+    >>> dataset_of("data/UniVG-R1-data/stage2_rl.json").name, dataset_of("elsewhere/x.json")
+    ('univg_stage2', None)
+    """
+    text = Path(path).as_posix()
+    for entry in DATASETS.values():
+        if any(text == f.path or text.endswith("/" + f.path) for f in entry.files):
+            return entry
+    return None
+
+
 def get_entry(name: str) -> DatasetEntry:
     try:
         return DATASETS[name]
