@@ -98,6 +98,19 @@ def test_smoke_demo_writes_every_artefact(tmp_path):
     assert probes["GRPO"][0] == probes["GRPO-Difficulty"][0]
     for p in probes["GRPO"]:
         assert p["total"] == pytest.approx(p["accuracy"] + p["format"], abs=1e-6)
+    # python -m univg.predict on the demo's stage-1 checkpoint builds the demo's model from the
+    # config.yaml beside it (before: the default 7B preset, or a wall of size mismatches)
+    from PIL import Image
+
+    from univg.predict import main as predict
+
+    Image.new("RGB", (112, 112), (40, 40, 40)).save(tmp_path / "user.png")
+    ckpt = tmp_path / "cot_sft" / "version_0" / "stage1.ckpt"
+    predicted = predict(
+        ["--images", str(tmp_path / "user.png"), "--instruction", "the box", "--init-checkpoint", str(ckpt),
+         "--max-new-tokens", "4", "--out", str(tmp_path / "predict")]
+    )  # fmt: skip
+    assert len(predicted) == 1 and predicted[0]["target_index"] == 0
     table = (tmp_path / "table.md").read_text()
     assert "GRPO-Difficulty" in table and "constant box" in table and "continued CoT-SFT" in table
 

@@ -62,10 +62,10 @@ def lora_run(tmp_path_factory):
 
 def project_model(ckpt: Path, run: Path) -> torch.nn.Module:
     """The model as the suite itself loads a checkpoint (init_checkpoint), LoRA adapters active."""
-    from univg.export import backbone_of, read_run_config
     from univg.modules import SFTModule
+    from univg.run_config import backbone_of, read_config
 
-    spec = backbone_of(read_run_config(run / "config.yaml"), run / "config.yaml")
+    spec = backbone_of(read_config(run / "config.yaml"), run / "config.yaml")
     module = SFTModule(backbone=spec, init_checkpoint=str(ckpt))
     module.configure_model()
     return module.model.eval()

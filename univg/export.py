@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from univg.backbone import DTYPES, BackboneSpec, apply_lora, preset_config
+from univg.run_config import backbone_of, read_config, run_directory
 from univg.tokenizer import EOS_TOKEN, PAD_TOKEN, load_processor
 
 PAPER = "UniVG-R1 (arXiv 2505.14231)"
@@ -62,45 +63,6 @@ def evaluation_decoding() -> dict[str, Any]:
         "temperature": 1.0,
         "top_p": 1.0,
     }
-
-
-# ----------------------------------------------------------------------------- reading a run
-def run_directory(ckpt: Path) -> Path | None:
-    """The run directory that holds LightningCLI's ``config.yaml``: beside or above the checkpoint
-    (``<run>/checkpoints/last.ckpt``, ``<run>/weights.ckpt``, a sharded ``<run>/checkpoints/x.ckpt/``)."""
-    for d in (ckpt.parent, ckpt.parent.parent, ckpt.parent.parent.parent):
-        if (d / "config.yaml").is_file():
-            return d
-    return None
-
-
-def read_run_config(path: Path) -> dict[str, Any]:
-    import yaml
-
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a mapping (a LightningCLI config.yaml)")
-    return config
-
-
-def backbone_of(config: dict[str, Any], source: Path) -> BackboneSpec:
-    """The run's ``BackboneSpec`` from its resolved config (``model.init_args.backbone``)."""
-    model = config.get("model")
-    args = model.get("init_args", model) if isinstance(model, dict) else None
-    spec = (args or {}).get("backbone")
-    if spec is None:
-        return BackboneSpec()  # the module's default backbone
-    if not isinstance(spec, dict):
-        raise ValueError(f"{source}: model.init_args.backbone: expected a mapping, got {spec!r}")
-    spec = dict(spec.get("init_args", spec))
-    spec.pop("class_path", None)
-    try:
-        return BackboneSpec(**spec)
-    except TypeError as err:
-        raise ValueError(f"{source}: model.init_args.backbone: {err}") from err
 
 
 def load_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -329,7 +291,7 @@ def export_checkpoint(
     if not config_path.is_file():
         raise FileNotFoundError(f"run config {config_path} does not exist")
     run_config = config_path.read_text()
-    spec = backbone_of(read_run_config(config_path), config_path)
+    spec = backbone_of(read_config(config_path), config_path)
     if dtype is not None:
         if dtype not in DTYPES:
             raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

@@ -16,6 +16,11 @@ instruction names ("in the second image", "image-2"), else the only or the last 
 Without ``--checkpoint`` or ``--init-checkpoint`` it refuses (exit 2) before building anything:
 an untrained model answers nonsense, and the 7B preset alone is ~33 GB in fp32. ``--random-weights``
 runs one anyway (for trying the pipeline).
+
+The backbone (preset, sizes, LoRA) of a univg checkpoint (``--init-checkpoint RUN/.../last.ckpt``)
+is read from the ``config.yaml`` LightningCLI saved in its run folder (``--config`` names it when the
+checkpoint was moved), never guessed: a checkpoint of the demo's tiny model loads as that model.
+``--preset`` is for ``--checkpoint`` (a Hugging Face folder or hub id) and ``--random-weights``.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from univg.backbone import BackboneSpec
 from univg.boxes import Box
 from univg.data.datamodules import GroundingDataModule
 from univg.data.readers.common import image_mentions
@@ -130,6 +136,40 @@ class UserImagesDataModule(GroundingDataModule):
         return [user_sample(*self.user)]
 
 
+def predict_backbone(
+    init_checkpoint: str | None,
+    config: str | None,
+    preset: str | None,
+    checkpoint: str | None,
+    dtype: str,
+) -> BackboneSpec:
+    """What to build: a univg checkpoint's own backbone from its run's ``config.yaml`` (``config``,
+    else found beside ``init_checkpoint``), else ``preset`` (default qwen2-vl-7b) over ``checkpoint``."""
+    from univg.run_config import backbone_of, read_config, run_directory
+
+    if init_checkpoint is not None or config is not None:
+        if config is None:
+            if not os.path.exists(init_checkpoint):
+                raise FileNotFoundError(f"--init-checkpoint {init_checkpoint} does not exist")
+            run = run_directory(init_checkpoint)
+            if run is None:
+                raise FileNotFoundError(
+                    f"no config.yaml beside or above {init_checkpoint}: pass the run's config with --config "
+                    "(LightningCLI saves it in the run folder)"
+                )
+            config = str(run / "config.yaml")
+        if not os.path.isfile(config):
+            raise FileNotFoundError(f"--config {config} does not exist")
+        if preset is not None:
+            raise ValueError(f"--preset {preset}: the run's config ({config}) says which model this is")
+        spec = backbone_of(read_config(config), config)
+        if checkpoint is not None:
+            spec.checkpoint = checkpoint
+        spec.dtype = dtype  # type: ignore[assignment]
+        return spec
+    return BackboneSpec(preset=preset or "qwen2-vl-7b", checkpoint=checkpoint, dtype=dtype)
+
+
 NO_WEIGHTS = (
     "univg.predict: error: no weights given: pass --checkpoint (a Hugging Face folder or hub id, e.g. "
     "GD-ML/UniVG-R1) or --init-checkpoint (a univg .ckpt); --random-weights predicts with an untrained model"
@@ -140,16 +180,22 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """``python -m univg.predict``; returns the prediction rows (also printed)."""
     import lightning as L
 
-    from univg.backbone import BackboneSpec
     from univg.modules.base import GroundingModule
 
     p = argparse.ArgumentParser(prog="python -m univg.predict", description=__doc__.splitlines()[0])
     p.add_argument("--images", nargs="+", required=True, help="image files, in order")
     p.add_argument("--instruction", required=True)
     p.add_argument("--target-index", type=int, default=None, help="0-based image the box is in")
-    p.add_argument("--preset", default="qwen2-vl-7b", help="backbone preset (size and coordinate frame)")
+    p.add_argument(
+        "--preset",
+        default=None,
+        help="backbone preset (default qwen2-vl-7b; a run's own with --init-checkpoint)",
+    )
     p.add_argument("--checkpoint", default=None, help="Hugging Face directory or hub id of the weights")
     p.add_argument("--init-checkpoint", default=None, help="a univg Lightning .ckpt instead")
+    p.add_argument(
+        "--config", default=None, help="the run's config.yaml (default: found beside --init-checkpoint)"
+    )
     p.add_argument(
         "--random-weights",
         action="store_true",
@@ -165,8 +211,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         # refuse before anything is built: an untrained model answers nonsense at full model cost
         print(NO_WEIGHTS, file=sys.stderr)
         raise SystemExit(2)
+    try:
+        backbone = predict_backbone(
+            args.init_checkpoint, args.config, args.preset, args.checkpoint, args.dtype
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"univg.predict: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     module = GroundingModule(
-        backbone=BackboneSpec(preset=args.preset, checkpoint=args.checkpoint, dtype=args.dtype),
+        backbone=backbone,
         init_checkpoint=args.init_checkpoint,
         max_new_tokens=args.max_new_tokens,
         pictures_dir=os.path.join(args.out, "pictures_predict"),

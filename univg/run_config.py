@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from univg.backbone import BackboneSpec
+
 #: The keys that tell the rows of the paper's tables apart, in the order they are shown.
 ROW_KEYS = ("phi", "stage", "data size", "preset")
 
@@ -41,15 +43,56 @@ def init_args(config: Mapping[str, Any], part: str) -> dict[str, Any]:
     return dict(((config.get(part) or {}).get("init_args")) or {})
 
 
+def run_directory(ckpt: str | Path) -> Path | None:
+    """The run directory that holds LightningCLI's ``config.yaml``: beside or above the checkpoint
+    (``<run>/checkpoints/last.ckpt``, ``<run>/weights.ckpt``, a sharded ``<run>/checkpoints/x.ckpt/``)."""
+    ckpt = Path(ckpt)
+    for d in (ckpt.parent, ckpt.parent.parent, ckpt.parent.parent.parent):
+        if (d / "config.yaml").is_file():
+            return d
+    return None
+
+
+def backbone_of(config: Mapping[str, Any], source: str | Path) -> BackboneSpec:
+    """The run's ``BackboneSpec`` from its resolved config (``model.init_args.backbone``); a bad
+    entry is a ``ValueError`` naming ``source`` and the key."""
+    model = config.get("model")
+    args = model.get("init_args", model) if isinstance(model, dict) else None
+    spec = (args or {}).get("backbone")
+    if spec is None:
+        return BackboneSpec()  # the module's default backbone
+    if not isinstance(spec, dict):
+        raise ValueError(f"{source}: model.init_args.backbone: expected a mapping, got {spec!r}")
+    spec = dict(spec.get("init_args", spec))
+    spec.pop("class_path", None)
+    try:
+        return BackboneSpec(**spec)
+    except TypeError as err:
+        raise ValueError(f"{source}: model.init_args.backbone: {err}") from err
+
+
+def write_model_config(folder: str | Path, module: Any) -> Path:
+    """``<folder>/config.yaml`` naming ``module``'s class and backbone, in LightningCLI's layout, for
+    runs made without the CLI (the demo): what :func:`backbone_of` reads to rebuild the model of a
+    checkpoint in that folder (``python -m univg.predict``, ``python -m univg.export``)."""
+    import dataclasses
+    import json
+
+    cls = type(module)
+    backbone = json.loads(json.dumps(dataclasses.asdict(module.backbone)))  # tuples as lists
+    config = {
+        "model": {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": {"backbone": backbone}}
+    }
+    path = Path(folder) / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
 def training_config_path(config: Mapping[str, Any]) -> Path | None:
     """The ``config.yaml`` of the run that trained the weights ``config`` loads (None: none found)."""
     ckpt = init_args(config, "model").get("init_checkpoint")
-    if not ckpt:
-        return None
-    for d in (Path(ckpt).parent, Path(ckpt).parent.parent):
-        if (d / "config.yaml").is_file():
-            return d / "config.yaml"
-    return None
+    run = run_directory(ckpt) if ckpt else None
+    return run / "config.yaml" if run is not None else None
 
 
 def training_config(config: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -119,10 +162,13 @@ def row_keys(config: Mapping[str, Any], training: Mapping[str, Any] | None = Non
 __all__ = [
     "NOT_APPLICABLE",
     "ROW_KEYS",
+    "backbone_of",
     "init_args",
     "read_config",
     "results_configs",
     "row_keys",
+    "run_directory",
     "training_config",
     "training_config_path",
+    "write_model_config",
 ]

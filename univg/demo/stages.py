@@ -22,6 +22,7 @@ from univg.demo.sets import probe_set, stage2_prompts
 from univg.demo.settings import DemoSettings, stage1_settings
 from univg.metrics import metrics_from_records
 from univg.modules import GRPOModule, SFTModule
+from univg.run_config import write_model_config
 
 FRAME = Qwen2VLFrame()
 #: Row names of the stage-2 runs (GRPO rows per phi; other phis get "GRPO-Difficulty (<phi>)").
@@ -117,6 +118,7 @@ def run_stage1(
     record = json.loads(record_path.read_text()) if record_path.exists() and ckpt.exists() else {}
     if numerics != "native" and {k: record.get(k) for k in key} == key:
         print(f"univg demo: stage 1 reused from {ckpt} (same stage-1 settings and numerics)")
+        write_model_config(ckpt.parent, sft)
         times["cot_sft"] = record["seconds"]
         t0 = time.perf_counter()
         rows["CoT-SFT"] = evaluate_checkpoint(cfg, ckpt, test, out)
@@ -128,6 +130,7 @@ def run_stage1(
     trainer = _trainer(out, "cot_sft", max_steps=sum(p.steps for p in cfg.phases), callbacks=[losses])
     trainer.fit(sft, datamodule=data)
     trainer.save_checkpoint(ckpt)
+    write_model_config(ckpt.parent, sft)  # python -m univg.predict / export read the model from it
     times["cot_sft"] = time.perf_counter() - t0
     record_path.write_text(json.dumps({**key, "losses": losses.losses, "seconds": times["cot_sft"]}))
     t0 = time.perf_counter()
