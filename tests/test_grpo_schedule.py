@@ -1,4 +1,4 @@
-"""GRPO's lr schedule in a real ``Trainer.fit``: its length is the fit's optimiser steps.
+"""GRPO's lr schedule and step axes in a real ``Trainer.fit``: both count the fit's optimiser steps.
 
 Lightning builds the scheduler in ``configure_optimizers``, before it has loaded the training data;
 a length read then falls back to the micro-batch count. These fits run the real module and trainer
@@ -33,7 +33,9 @@ class LrAfterEachStep(L.Callback):
             self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def _fit(tokenizer, groups, num_train: int, **module_kw) -> tuple[LrAfterEachStep, GRPOModule]:
+def _fit(
+    tokenizer, groups, num_train: int, trainer_kw: dict | None = None, **module_kw
+) -> tuple[LrAfterEachStep, GRPOModule]:
     torch.manual_seed(0)
     module = GRPOModule(
         backbone=BackboneSpec(preset="tiny"),
@@ -52,15 +54,15 @@ def _fit(tokenizer, groups, num_train: int, **module_kw) -> tuple[LrAfterEachSte
         num_train=num_train, num_val=0, tasks=["single"], image_size=56, train_mode="generate", batch_size=2
     )
     record = LrAfterEachStep()
+    kw = dict(logger=False, enable_checkpointing=False) | (trainer_kw or {})
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
         callbacks=[record],
+        **kw,
     )
     trainer.fit(module, datamodule=data)
     return record, module
@@ -101,3 +103,22 @@ def test_iterable_length_unknown_needs_max_steps():
     module._trainer = Trainer()
     with pytest.raises(ValueError, match="set trainer.max_steps"):
         module.optimizer_steps_total()
+
+
+def test_logs_and_checkpoints_count_optimiser_steps(tokenizer, tmp_path):
+    # 12 prompts, 2 per micro-batch, 4 per step: 3 optimiser steps of 2 micro-batches. Each step's
+    # values are logged at x = 0, 1, 2 (as automatic optimisation logs), the checkpoint says step=3.
+    # (Lightning counted micro-batches under manual optimisation: x = 1, 3, 5.)
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    logger = CSVLogger(tmp_path, name="run")
+    trainer_kw = dict(
+        logger=logger, enable_checkpointing=True, log_every_n_steps=1, default_root_dir=tmp_path
+    )
+    _fit(tokenizer, [MIXED], num_train=12, trainer_kw=trainer_kw, prompts_per_step=4)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "version_0" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows if r.get("train/kl")] == [0, 1, 2]
+    ckpts = [p.name for p in (tmp_path / "run" / "version_0" / "checkpoints").glob("*.ckpt")]
+    assert ckpts == ["epoch=0-step=3.ckpt"]

@@ -414,6 +414,14 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
             self.optimise(self._buffer)
             self._buffer = []
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # One step on every axis is one optimiser step. Under manual optimisation Lightning's logging
+        # step counts micro-batches (a step of 2 logged at x = 1, 3, 5 while its checkpoint said
+        # step=3); it is kept here at the optimiser steps made, as with automatic optimisation: the
+        # step's values go to x = global_step - 1, and log_every_n_steps counts optimiser steps.
+        if self._trainer is not None:
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = max(0, self.global_step - 1)
+
     def on_train_epoch_end(self) -> None:
         # only when the epoch's length is unknown (an iterable dataset) or max_steps stopped it
         if self._buffer:

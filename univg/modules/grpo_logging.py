@@ -38,8 +38,15 @@ class StepLogging:
         if invariants is not None:
             self._record_invariants(buffer, used, invariants, out)
         miou = torch.cat([s.stats["miou_all"] for s in buffer])  # every group of the step
-        self.log_dict(out, on_step=True, prog_bar=False, batch_size=len(miou))
-        self.log("reward", out["reward/total_mean"], prog_bar=True, on_step=True, batch_size=len(miou))
+        # Written to the loggers once, at x = the optimiser step (0-based), as automatic optimisation
+        # logs; through self.log_dict Lightning re-flushed the values at every later micro-batch and
+        # counted micro-batches on the x axis. log_every_n_steps counts optimiser steps.
+        every = self.trainer.log_every_n_steps if self._trainer is not None else 1
+        first = int(self.global_step) - self.num_iterations  # the step this rollout batch's updates began at
+        if every and any((first + i + 1) % every == 0 for i in range(self.num_iterations)):
+            for logger in self.loggers:
+                logger.log_metrics(out, step=int(self.global_step) - 1)
+        self.log("reward", out["reward/total_mean"], prog_bar=True, logger=False, batch_size=len(miou))
         self.last_step_logs = out
         self._times = {}
         exp = getattr(self.logger, "experiment", None) if self._trainer is not None else None
