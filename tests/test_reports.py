@@ -361,3 +361,24 @@ def test_merge_seeds_reports_mean_and_spread(tmp_path):
     # none: 50, 70, 60 -> mean 60, sample sd 10; exp: 20, 20, 50 -> mean 30, sd sqrt(300) = 17.32
     assert rows[1] == ["table5_phi_none", "none", "60.00 ± 10.00", "60.00 ± 10.00", "3", "70.65"]
     assert rows[2] == ["x", "exp", "30.00 ± 17.32", "30.00 ± 17.32", "3", "72.64"]
+
+
+def test_paper_tables_print_without_results_of_ones_own(capsys):
+    """``python -m univg.reports paper --layout L`` (before: `no results for layout` until one had
+    run something). Checked against the paper's numbers as the data file holds them."""
+    import json
+
+    from univg.reports import main
+
+    paper = json.loads((Path(__file__).resolve().parent.parent / "univg" / "paper_results.json").read_text())
+    for layout in ("mig", "refcoco", "zeroshot", "table4", "table5", "table6"):
+        assert main(["paper", "--layout", layout]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("## ") and "(the paper's numbers)" in out
+    assert main(["paper", "--layout", "table5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for phi, row in paper["table5"].items():
+        (line,) = [x for x in lines if x.startswith(f"| {phi} (paper) |")]
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert [float(c) for c in cells[2:12]] == [row[k] for k in list(row)[:10]]
+        assert float(cells[12]) == row["avg"]

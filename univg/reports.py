@@ -355,6 +355,13 @@ def merge_tables(
     return "\n".join(md) + "\n", _csv(header, rows)
 
 
+def paper_table(layout: str) -> str:
+    """The paper's rows of ``layout`` alone, as Markdown (what ``merge`` shows beside one's runs)."""
+    header, rows, notes = build_table([], layout)
+    md = [f"## {PAPER_TABLE_TITLES[layout]} (the paper's numbers)", "", _markdown(header, rows), ""]
+    return "\n".join(md + notes) + "\n"
+
+
 def merge_results(paths_or_dirs: Sequence[Any], layout: str, stage: str | None = None) -> str:
     """Markdown table of several runs' results in ``layout`` (mig, refcoco, zeroshot, table4-6)."""
     return merge_tables(paths_or_dirs, layout, stage)[0]
@@ -362,7 +369,8 @@ def merge_results(paths_or_dirs: Sequence[Any], layout: str, stage: str | None =
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m univg.reports merge --runs DIR... --layout L --out FILE`` | ``show RESULTS.json``."""
+    """``python -m univg.reports merge --runs DIR... --layout L --out FILE`` | ``show RESULTS.json`` |
+    ``paper --layout L``."""
     parser = argparse.ArgumentParser(prog="python -m univg.reports", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     merge = sub.add_parser("merge", help="merge runs' results into one paper-style table")
@@ -380,6 +388,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     show = sub.add_parser("show", help="print one run's table")
     show.add_argument("results", help="a results_<stage>.json file")
+    paper = sub.add_parser(
+        "paper", help="print the paper's own table in a layout (no results of yours needed)"
+    )
+    paper.add_argument("--layout", required=True, choices=LAYOUTS)
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -402,6 +414,9 @@ def _run(args: argparse.Namespace) -> int:
             out.write_text(md)
             out.with_suffix(".csv").write_text(table)
             print(f"wrote {out} and {out.with_suffix('.csv')}")
+        return 0
+    if args.command == "paper":
+        sys.stdout.write(paper_table(args.layout))
         return 0
     md, _ = render_run(read_results(args.results))
     sys.stdout.write(md)
@@ -427,6 +442,7 @@ __all__ = [
     "merge_results",
     "merge_tables",
     "paper_ablation",
+    "paper_table",
     "paper_notes",
     "read_results",
     "reference_columns",
