@@ -1,5 +1,6 @@
 """``make rehearsal`` as CI runs it: the 7B stage configs as written, on the tiny preset and 2 CPU
-processes, with every run-time invariant holding (slow: a few minutes on 2 cores)."""
+processes, with every run-time invariant holding and stage 2 learning (slow: a few minutes on
+2 cores). tests/test_rehearsal_faults.py shows each invariant failing on its fault."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 import pytest
 import torch
 
-from univg.rehearsal import INSTRUCT_GENERATION_CONFIG, main, stand_in_model, write_checkpoint
+from univg.rehearsal.inputs import INSTRUCT_GENERATION_CONFIG, stand_in_model, write_checkpoint
+from univg.rehearsal.run import main
 
 
 def test_released_layout_checkpoint_loads_as_the_preset(tmp_path):
@@ -25,10 +27,7 @@ def test_released_layout_checkpoint_loads_as_the_preset(tmp_path):
     assert loaded.generation_config.repetition_penalty == 1.05
     ids = torch.tensor([[151644, 872, 198, 9707, 11, 1879, 0]])
     with torch.no_grad():
-        logits = loaded(input_ids=ids).logits
-        assert torch.equal(built(input_ids=ids).logits, logits)
-    # it answers briefly: the end token's logit is the one set (a random model never ends)
-    assert logits[0, :, 151645].tolist() == pytest.approx([2.75] * 7, abs=0.05)
+        assert torch.equal(built(input_ids=ids).logits, loaded(input_ids=ids).logits)
 
 
 @pytest.mark.slow
@@ -38,3 +37,5 @@ def test_rehearsal_passes(tmp_path, capsys):
     assert "FAIL" not in out, out
     assert rc == 0
     assert "invariants hold" in out
+    # stage 2 learned: the report shows non-zero advantages and a weight change
+    assert "stage 2 step 0: mean |A|" in out and "stage 2 weight change: max |delta|" in out

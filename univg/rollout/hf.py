@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -57,9 +59,11 @@ def explicit_generation_config(
 
 
 class _SampledLogProbs:
-    """A logits processor placed after the warpers: it keeps the last step's log-probabilities
-    ([N, V], one step only) and, at the next step, takes the log-prob of the token drawn from them
-    (the last column of ``input_ids``). :meth:`finish` takes the last step's."""
+    """The last logits processor of a ``generate`` call (:func:`generate_hf` appends it to the list
+    transformers builds, after every processor and warper): it keeps the last step's
+    log-probabilities ([N, V], one step only), those of the distribution the token is drawn from,
+    and, at the next step, takes the log-prob of the token drawn (the last column of
+    ``input_ids``). :meth:`finish` takes the last step's."""
 
     def __init__(self, prompt_length: int) -> None:
         self.prompt_length = prompt_length
@@ -78,10 +82,36 @@ class _SampledLogProbs:
 
     def finish(self, ids: torch.Tensor) -> torch.Tensor:
         """[N, C] log-probs of the completion tokens ``ids`` [N, C]."""
+        if ids.shape[1] and not self.taken and self.last is None:
+            raise RuntimeError(
+                "the sampled log-prob recorder never ran: transformers' generate did not build its "
+                "logits processors through _get_logits_processor, where generate_hf appends it"
+            )
         if len(self.taken) < ids.shape[1]:
             self._take(ids[:, len(self.taken)])
         self.last = None
         return torch.stack(self.taken[: ids.shape[1]], dim=1) if ids.shape[1] else ids.float()
+
+
+@contextmanager
+def _recording_last(hf: nn.Module, recorder: _SampledLogProbs | None) -> Iterator[None]:
+    """Within the block, ``hf.generate`` appends ``recorder`` to the logits processors it builds,
+    after every one of them (a caller's ``logits_processor`` list goes before transformers' warpers)."""
+    if recorder is None:
+        yield
+        return
+    build = hf._get_logits_processor
+
+    def build_then_record(*args: Any, **kwargs: Any) -> Any:
+        processors = build(*args, **kwargs)
+        processors.append(recorder)
+        return processors
+
+    hf._get_logits_processor = build_then_record
+    try:
+        yield
+    finally:
+        del hf._get_logits_processor
 
 
 def generate_hf(
@@ -97,27 +127,12 @@ def generate_hf(
     record_logprobs: bool = False,
     repetition_penalty: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    from transformers import GenerationConfig, LogitsProcessorList
-    from transformers.generation.logits_process import (
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
+    """transformers' ``generate`` under :func:`explicit_generation_config`. With ``record_logprobs``,
+    each drawn token's log-prob under the distribution it was drawn from: recorded after every
+    processor and warper ``generate`` applies (repetition penalty, temperature, top-k, top-p, ...)."""
+    from transformers import GenerationConfig
 
-    processors = LogitsProcessorList()
-    recorder = None
-    if record_logprobs:
-        # transformers puts a caller's processors before its warpers: to see what is sampled from,
-        # the warpers come here in transformers' order, then the recorder (the config states none)
-        if temperature != 1.0:
-            processors.append(TemperatureLogitsWarper(temperature))
-        if top_k:
-            processors.append(TopKLogitsWarper(top_k))
-        if top_p < 1.0:
-            processors.append(TopPLogitsWarper(top_p))
-        recorder = _SampledLogProbs(inputs["input_ids"].shape[1])
-        processors.append(recorder)
-        temperature, top_k, top_p = 1.0, 0, 1.0
+    recorder = _SampledLogProbs(inputs["input_ids"].shape[1]) if record_logprobs else None
     config = explicit_generation_config(
         group_size, max_new_tokens, min_new_tokens, do_sample, temperature, top_p, top_k
     )
@@ -129,7 +144,8 @@ def generate_hf(
     own = hf.generation_config
     hf.generation_config = GenerationConfig()  # nothing inherited from the checkpoint's file
     try:
-        out = model.generate(**inputs, generation_config=config, logits_processor=processors)
+        with _recording_last(hf, recorder):
+            out = model.generate(**inputs, generation_config=config)
     finally:
         hf.generation_config = own
     ids = out.sequences[:, inputs["input_ids"].shape[1] :]  # [B*G, C]
