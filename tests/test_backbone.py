@@ -80,6 +80,15 @@ def test_freeze_vision_counts():
     assert not any(p.requires_grad for p in vision_tower(frozen).parameters())
 
 
+def test_lora_target_that_matches_no_projection_is_an_error():
+    """peft skipped unmatched names silently: ``lm_head`` added no adapter and the run trained only
+    the others (the trainable count did not change)."""
+    with pytest.raises(ValueError, match=r"lora.target_modules \['lm_head'\]: no such projection") as err:
+        BackboneSpec(lora=LoRASpec(target_modules=["q_proj", "lm_head"])).build()
+    for name in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
+        assert name in str(err.value)  # the choices, as the model has them
+
+
 def test_lora_trains_only_adapters_on_the_language_model():
     model = BackboneSpec(lora=LoRASpec(r=4, alpha=8, target_modules=["q_proj", "v_proj"])).build()
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -275,6 +276,16 @@ def apply_lora(model: nn.Module, spec: LoRASpec, quantized: bool = False) -> nn.
     """peft LoRA on the language model's projections only (the vision tower keeps its own names)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    layer = re.compile(r".*language_model\.layers\.\d+\.")
+    available = {
+        n.rsplit(".", 1)[-1] for n, m in model.named_modules() if layer.match(n) and not list(m.children())
+    }
+    unknown = sorted(set(spec.target_modules) - available)
+    if unknown:  # peft would skip them silently (e.g. lm_head: its adapters go on decoder layers only)
+        raise ValueError(
+            f"lora.target_modules {unknown}: no such projection in the language model's decoder layers "
+            f"(adapters go there only); choose from {sorted(available)}"
+        )
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     names = "|".join(spec.target_modules)

@@ -88,7 +88,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         prompts_per_step: prompts per optimiser step across all processes (gradient accumulation).
         logprob_chunk_size: rows per log-prob forward (bounds one forward's activations; the head
             scores tokens in tiles, so [rows, C, V] logits exist only for a head that is not a
-            plain linear layer, e.g. LoRA on ``lm_head``); None = all.
+            plain linear layer); None = all.
         log_completions_every: log a sample of completions as text every N optimiser steps (0 = off).
         check_invariants: measure GRPO's run-time invariants every optimiser step and log them
             (``invariants/*``, and one JSON line per step in ``<log dir>/invariants.jsonl``): KL and
