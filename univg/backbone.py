@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from univg.checkpoints import check_model_folder
 from univg.presets import (  # noqa: F401 (re-exported: the table's public names)
     FAMILIES,
     HUB_IDS,
@@ -212,6 +213,8 @@ def load_pretrained(
     """``from_pretrained`` on a local path or hub id, with optional bitsandbytes quantisation; the
     model class is the checkpoint's family's."""
     path = resolve_checkpoint(checkpoint)
+    if os.path.isdir(path):  # a torn or incomplete folder: one line naming the file
+        check_model_folder(path, "backbone.checkpoint")
     model_class = resolve_class(family_of_config(checkpoint_config(path)).model_class)
     kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": attn_implementation}
     if quantization is not None:

@@ -3,7 +3,8 @@ gives one line naming it instead of torch's raw error (or its advice to load unt
 
 A Lightning ``.ckpt`` is a ``torch.save`` zip archive whose central directory sits at the end of
 the file: a file cut short by a full disk or an interrupted copy loses it, and so does anything
-that is not a checkpoint at all. Reading the directory costs a few kilobytes, whatever the size.
+that is not a checkpoint at all. Every member also carries a CRC, checked by reading the file once
+(about a second per few GB), so bytes changed after writing are caught before they load silently.
 :func:`load_model_weights` then reads a checkpoint's policy weights into a model.
 """
 
@@ -14,18 +15,22 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from univg.errors import UsageError
+
 if TYPE_CHECKING:
     import torch
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError, ValueError):
     """A checkpoint that is missing or cannot be read; the message names the option and the file."""
 
 
-def check_checkpoint(path: str | os.PathLike[str], option: str) -> Path:
+def check_checkpoint(path: str | os.PathLike[str], option: str, verify: bool = True) -> Path:
     """``path`` as a :class:`Path` when it is a readable ``torch.save`` archive, else raise.
 
     ``option`` is how the user named it (``--ckpt_path``, ``init_checkpoint``), for the message.
+    ``verify`` reads every member once and checks its CRC (what ``torch.load`` does not: a flipped
+    byte inside a tensor would load silently); without it only the directory is read.
     A directory is passed through (sharded checkpoints are folders; their loader checks them).
 
     >>> import tempfile
@@ -37,12 +42,13 @@ def check_checkpoint(path: str | os.PathLike[str], option: str) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        return path
+        return check_sharded_folder(path, option) if is_sharded(path) else path
     if not path.exists():
         raise CheckpointError(f"{option} {path}: no such file")
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            damaged = archive.testzip() if verify else None
     except zipfile.BadZipFile:
         raise CheckpointError(
             f"{option} {path}: not a readable checkpoint (not a torch.save archive: truncated or not a checkpoint)"
@@ -53,6 +59,79 @@ def check_checkpoint(path: str | os.PathLike[str], option: str) -> Path:
         raise CheckpointError(
             f"{option} {path}: not a readable checkpoint (a zip archive without torch data)"
         )
+    if damaged is not None:
+        raise CheckpointError(
+            f"{option} {path}: damaged checkpoint ({damaged} fails its CRC check: bytes changed after it was written)"
+        )
+    return path
+
+
+def is_sharded(path: Path) -> bool:
+    """Is ``path`` a sharded (FSDP2, torch.distributed.checkpoint) checkpoint folder?"""
+    return path.is_dir() and ((path / ".metadata").is_file() or any(path.glob("*.distcp")))
+
+
+def check_sharded_folder(path: str | os.PathLike[str], option: str) -> Path:
+    """``path`` when it is a complete sharded (FSDP2) checkpoint folder: its ``.metadata`` reads
+    and every shard file it lists is there and long enough; else one line naming the first gap."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    path = Path(path)
+    try:
+        metadata = FileSystemReader(path).read_metadata()
+    except Exception as err:  # a missing or torn .metadata: torch names neither the folder nor the file
+        raise CheckpointError(
+            f"{option} {path}: not a readable sharded checkpoint (.metadata: {type(err).__name__}: {err})"
+        ) from None
+    needed: dict[str, int] = {}
+    for info in (metadata.storage_data or {}).values():
+        end = int(info.offset) + int(info.length)
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, end in sorted(needed.items()):
+        shard = path / name
+        if not shard.is_file():
+            raise CheckpointError(f"{option} {path}: shard {name} is missing ({len(needed)} shards listed)")
+        if shard.stat().st_size < end:
+            raise CheckpointError(
+                f"{option} {path}: shard {name} is cut short ({shard.stat().st_size} of {end} bytes)"
+            )
+    return path
+
+
+def check_model_folder(path: str | os.PathLike[str], option: str) -> Path:
+    """``path`` when its ``*.safetensors`` files are whole (each header parses and its tensors end
+    at the file's end) and every file its ``model.safetensors.index.json`` lists is there."""
+    import json
+    import struct
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            listed = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{option} {index}: not a safetensors index ({err})") from None
+        for name in sorted(listed):
+            if not (path / name).is_file():
+                raise CheckpointError(
+                    f"{option} {path}: {name} is missing ({len(listed)} weight files listed in {index.name})"
+                )
+    for file in sorted(path.glob("*.safetensors")):
+        size = file.stat().st_size
+        try:
+            with open(file, "rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                if header_len > size - 8:
+                    raise ValueError(f"header of {header_len} bytes in a file of {size}")
+                header = json.loads(f.read(header_len))
+            ends = [int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"]
+        except (struct.error, ValueError, KeyError, TypeError, IndexError) as err:
+            raise CheckpointError(f"{option} {file}: not a readable safetensors file ({err})") from None
+        expected = 8 + header_len + max(ends, default=0)
+        if size != expected:
+            raise CheckpointError(
+                f"{option} {file}: cut short or padded ({size} bytes, its header describes {expected})"
+            )
     return path
 
 
@@ -69,7 +148,7 @@ def read_model_weights(path: str | os.PathLike, mmap: bool = False) -> dict[str,
     import torch
 
     path = Path(path)
-    if path.is_dir() and any(path.glob("*.distcp")):
+    if is_sharded(path):
         # a sharded checkpoint of an FSDP run (e.g. stage 1 on 8 GPUs): read whole, in memory
         from univg.sharded_checkpoint import read_sharded_checkpoint
 
@@ -115,4 +194,12 @@ def load_model_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
         )
 
 
-__all__ = ["CheckpointError", "check_checkpoint", "load_model_weights", "read_model_weights", "unreadable"]
+__all__ = [
+    "CheckpointError",
+    "check_checkpoint",
+    "check_model_folder",
+    "check_sharded_folder",
+    "load_model_weights",
+    "read_model_weights",
+    "unreadable",
+]

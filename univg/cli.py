@@ -18,12 +18,15 @@ from typing import Any
 
 import lightning as L
 import yaml
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from univg.callbacks import CheckpointOnInterrupt
+from univg.checkpoint_io import AtomicCheckpointIO
 from univg.checkpoints import CheckpointError, check_checkpoint, unreadable
+from univg.errors import EXIT_USAGE, UsageError, reported
 from univg.modules.base import GroundingModule
 
 # Where runs go unless a config says otherwise: runs/<name>/version_N/.
@@ -46,14 +49,11 @@ def _frame_of(model: object) -> str:
     return backbone.frame.name if backbone is not None else "qwen2-vl"
 
 
-#: Exit status of a run stopped by bad input (config, data, paths, checkpoints), as argparse uses.
-EXIT_USAGE = 2
-
 #: Errors of building the run from its config (the modules' and data modules' own checks).
 _CONSTRUCTION_ERRORS = (ValueError, TypeError, FileNotFoundError, MisconfigurationException)
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """The config could not be turned into a run; the message is one line naming the part."""
 
 
@@ -105,6 +105,10 @@ class UniVGCLI(LightningCLI):
         # Ctrl+C saves last.ckpt at the next step boundary (see CheckpointOnInterrupt).
         if not any(isinstance(cb, CheckpointOnInterrupt) for cb in trainer.callbacks):
             trainer.callbacks.append(CheckpointOnInterrupt())
+        # Checkpoints are written beside their destination and renamed into place (see
+        # univg.checkpoint_io); a CheckpointIO the config chose itself is left alone.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
     def _subcommand_config(self) -> Any:
@@ -219,24 +223,20 @@ def _config_chain(value: str, seen: tuple[Path, ...] = ()) -> list[str]:
 def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
     """Entry point (also ``univg`` on the PATH). ``run=False`` instantiates without running.
 
-    Bad input ends as one ``univg: error: ...`` line with exit status 2 (``UNIVG_DEBUG=1`` raises
-    the original error instead).
+    Bad input, found while parsing, building or running (a config value, a data record, an image,
+    a checkpoint, a reward plug-in, a full disk), ends as one ``univg: error: ...`` line with exit
+    status 2 (:mod:`univg.errors`; ``UNIVG_DEBUG=1`` raises the original error instead).
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        if args is None:  # LightningCLI reads sys.argv itself
-            sys.argv[1:] = expand_config_bases(expand_shortcuts(sys.argv[1:]))
-        else:
-            args = expand_config_bases(expand_shortcuts(args))
-        return _cli(args, run)
-    except (ArgumentError, ConfigError, CheckpointError, FileNotFoundError, PermissionError) as err:
-        # A config error, a missing checkpoint, data file or image root, an unwritable output
-        # folder: one line, no traceback.
-        if os.environ.get("UNIVG_DEBUG"):
-            raise
-        message = condense_parse_error(str(err)) if isinstance(err, ArgumentError) else str(err)
-        print(f"univg: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
+    with reported("univg"):
+        try:
+            if args is None:  # LightningCLI reads sys.argv itself
+                sys.argv[1:] = expand_config_bases(expand_shortcuts(sys.argv[1:]))
+            else:
+                args = expand_config_bases(expand_shortcuts(args))
+            return _cli(args, run)
+        except ArgumentError as err:
+            raise ConfigError(condense_parse_error(str(err))) from err
 
 
 def _cli(args: list[str] | None, run: bool) -> UniVGCLI:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from univg.boxes import BoxFixes, Frame, box_iou, get_frame, normalise_coords, parse_answer
+from univg.errors import RewardError
 
 #: A reward: ``fn(completions, **kwargs) -> list[float]`` (one score per completion).
 RewardFn = Callable[..., list[float]]
@@ -191,17 +192,21 @@ def compute_rewards(
     total = torch.zeros(len(completions), dtype=torch.float32)  # [N]
     for name, weight in specs.items():
         fn = functions[name] if functions is not None and name in functions else get_reward(name)
-        scores = list(fn(completions, boxes=boxes, **kwargs))
+        try:
+            scores = list(fn(completions, boxes=boxes, **kwargs))
+        except Exception as err:  # a plug-in's own bug or bad input: name the reward that raised
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise RewardError(f"reward {name!r} raised {type(err).__name__}: {first}") from err
         if len(scores) != len(completions):
-            raise ValueError(
+            raise RewardError(
                 f"reward {name!r} returned {len(scores)} scores for {len(completions)} completions"
             )
         try:
             out[name] = torch.tensor([float(v) for v in scores], dtype=torch.float32)  # [N]
         except (TypeError, ValueError):
-            raise ValueError(f"reward {name!r} returned a score that is not a number: {scores}") from None
+            raise RewardError(f"reward {name!r} returned a score that is not a number: {scores}") from None
         if not torch.isfinite(out[name]).all():
-            raise ValueError(f"reward {name!r} returned a non-finite score: {scores}")
+            raise RewardError(f"reward {name!r} returned a non-finite score: {scores}")
         total = total + float(weight) * out[name]
     out["total"] = total
     return out

@@ -13,12 +13,13 @@ from typing import Any
 from PIL import Image
 
 from univg.boxes import Box
+from univg.errors import UsageError
 
 #: An image is a path (relative to the data module's image root, or absolute) or an in-memory image.
 ImageRef = str | Image.Image
 
 
-class SampleError(ValueError):
+class SampleError(UsageError, ValueError):
     """A record or sample that does not fit the schema.
 
     The message names the file, the record index, the field and what was expected.

@@ -8,10 +8,15 @@ from functools import lru_cache
 from PIL import Image
 
 from univg.data.schema import GroundingSample, ImageRef
+from univg.errors import UsageError
 
 
 class ImageNotFoundError(FileNotFoundError):
     """An image a sample needs is not on disk; the message names the sample and the path."""
+
+
+class ImageDecodeError(UsageError, OSError):
+    """An image a sample needs is not a readable image; the message names the sample and the path."""
 
 
 def resolve_image_path(ref: str, image_root: str | os.PathLike | None = None) -> str:
@@ -45,7 +50,7 @@ def load_image(sample: GroundingSample, i: int, image_root: str | os.PathLike | 
         with Image.open(path) as img:
             return img.convert("RGB")
     except OSError as err:
-        raise OSError(f"{sample.where()}: images[{i}] cannot be decoded: {path}: {err}") from err
+        raise ImageDecodeError(f"{sample.where()}: images[{i}] cannot be decoded: {path}: {err}") from err
 
 
 @lru_cache(maxsize=65536)

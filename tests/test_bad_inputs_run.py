@@ -1,0 +1,287 @@
+"""Failures found after the run is built (while it trains, saves or loads): each ends as one
+``univg: error:`` line with exit status 2 that names the file, record or reward, and nothing the
+user had is lost (checkpoints are written beside their destination and renamed into place).
+
+Parse-time and construction-time cases are in ``test_bad_inputs.py``.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from univg.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
+from univg.checkpoints import CheckpointError, check_checkpoint, check_model_folder, check_sharded_folder
+from univg.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBUG = str(ROOT / "configs/debug.yaml")
+GRPO = str(ROOT / "configs/grpo_debug.yaml")
+
+
+def one_error_line(capsys, run: list[str]) -> str:
+    """Run the CLI; assert exit 2 and exactly one ``univg: error:`` line, last on stderr; return it."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(run)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("univg: error:")]
+    assert len(lines) == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch, tmp_path):
+    monkeypatch.delenv("UNIVG_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)  # runs/ of each fit goes under the test's folder
+
+
+# ----------------------------------------------------------------------- training data and rewards
+def stage2_records(tmp_path: Path, answers: list, image: str = "a.png") -> tuple[Path, Path]:
+    root = tmp_path / "imgs"
+    root.mkdir(exist_ok=True)
+    Image.new("RGB", (56, 56), (200, 30, 30)).save(root / "a.png")
+    records = [
+        {"question": "<image>Where is the red square?", "answer": answer, "images": [image]}
+        for answer in answers
+    ]
+    path = tmp_path / "stage2.json"
+    path.write_text(json.dumps(records))
+    return path, root
+
+
+def stage2_run(path: Path, root: Path, *extra: str) -> list[str]:
+    return [
+        "fit", "--config", GRPO, "--data", "univg.data.Stage2RLDataModule", "--data.train_file", str(path),
+        "--data.image_root", str(root), "--data.batch_size", "2", "--trainer.max_steps", "1",
+        "--trainer.limit_val_batches", "0", *extra,
+    ]  # fmt: skip
+
+
+def test_a_bad_training_record_found_in_fit_is_one_line(tmp_path, capsys):
+    """The record is read when the fit sets its data up, after the model is built."""
+    path, root = stage2_records(tmp_path, [[100, 200, 300, 400]] * 3 + [[100, 200, "x", 400]])
+    line = one_error_line(capsys, stage2_run(path, root))
+    assert "stage2.json" in line and "record 3" in line and "answer" in line, line
+
+
+def test_an_undecodable_training_image_is_one_line(tmp_path, capsys):
+    """Found by the collate function in the first training batch."""
+    path, root = stage2_records(tmp_path, [[100, 200, 300, 400]] * 4, image="broken.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 8)
+    line = one_error_line(capsys, stage2_run(path, root))
+    assert "cannot be decoded" in line and "broken.png" in line, line
+
+
+PLUGINS = """
+def raises(completions, **kwargs):
+    raise KeyError("box_of_image_2")
+
+def short(completions, **kwargs):
+    return [1.0] * (len(completions) - 1)
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("raises", "reward 'mine' raised KeyError: 'box_of_image_2'"), ("short", "reward 'mine' returned")],
+)
+def test_a_failing_reward_plugin_is_one_line_naming_the_reward(tmp_path, capsys, name, expected):
+    plugin = tmp_path / "my_rewards.py"
+    plugin.write_text(PLUGINS)
+    rewards = {"accuracy": 1.0, "mine": {"class_path": f"{plugin}:{name}", "weight": 1.0}}
+    config = json.dumps({"model": {"init_args": {"rewards": rewards}}})
+    line = one_error_line(capsys, ["fit", "--config", GRPO, "--config", config, "--trainer.max_steps", "1"])
+    assert expected in line, line
+
+
+# ------------------------------------------------------------------ checkpoints: writing them
+class FullDisk(io.FileIO):
+    """A file on a disk that takes ``room`` bytes and then reports ENOSPC."""
+
+    room = 0
+
+    def write(self, b):  # noqa: ANN001, ANN201
+        if self.tell() + len(b) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return super().write(b)
+
+
+def full_disk_after(room: int):  # noqa: ANN201
+    def opener(path, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        FullDisk.room = room
+        return FullDisk(path, mode.replace("b", ""))
+
+    return opener
+
+
+def test_atomic_save_on_a_full_disk_keeps_the_previous_file_and_leaves_nothing_partial(tmp_path, monkeypatch):
+    import univg.checkpoint_io as checkpoint_io
+
+    path = tmp_path / "last.ckpt"
+    atomic_torch_save({"step": 1, "w": torch.ones(10)}, path)
+    monkeypatch.setattr(checkpoint_io, "open", full_disk_after(2000), raising=False)
+    with pytest.raises(CheckpointWriteError) as err:
+        atomic_torch_save({"step": 2, "w": torch.ones(100_000)}, path)
+    message = str(err.value)
+    assert str(path) in message and "No space left" in message and "needs about 0.4 MB" in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no partial file
+    assert torch.load(path)["step"] == 1  # the previous checkpoint, whole
+
+
+def test_a_full_disk_during_a_fit_is_one_line_and_the_run_keeps_its_last_good_checkpoint(
+    tmp_path, capsys, monkeypatch
+):
+    """The second checkpoint of the fit hits a full disk: one line naming the file and the space;
+    the first checkpoint is still there and loads."""
+    import univg.checkpoint_io as checkpoint_io
+
+    calls = {"n": 0}
+    real_open = open
+
+    def opener(path, mode="r", *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return real_open(path, mode, *args, **kwargs)
+        return full_disk_after(4096)(path, mode)
+
+    monkeypatch.setattr(checkpoint_io, "open", opener, raising=False)
+    every = json.dumps(
+        {"trainer": {"callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                    "init_args": {"every_n_train_steps": 2, "save_last": True, "save_top_k": -1}}]}}
+    )  # fmt: skip
+    line = one_error_line(capsys, ["fit", "--config", DEBUG, "--config", every, "--trainer.max_steps", "4"])
+    assert (
+        "cannot write checkpoint" in line
+        and "No space left on device" in line
+        and "free on that disk" in line
+    )
+    folder = next((tmp_path / "runs").rglob("checkpoints"))
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["epoch=0-step=2.ckpt"], names  # the step-4 write left nothing behind
+    assert torch.load(folder / names[0], weights_only=False)["global_step"] == 2
+
+
+WRITER = """
+import sys, time, torch
+import univg.checkpoint_io as io_
+path = sys.argv[1]
+io_.atomic_torch_save({"version": 1, "w": torch.zeros(1000)}, path)
+real_open = open
+class Slow:
+    def __init__(self, f): self.f = f
+    def write(self, b):
+        time.sleep(0.002)
+        return self.f.write(b)
+    def __getattr__(self, name): return getattr(self.f, name)
+    def __enter__(self): return self
+    def __exit__(self, *a): self.f.close()
+io_.open = lambda p, m: Slow(real_open(p, m))
+print("writing", flush=True)
+io_.atomic_torch_save({"version": 2, "w": torch.zeros(4_000_000)}, path)
+print("done", flush=True)
+"""
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+    """SIGKILL (no handler can run) in the middle of writing version 2: version 1 still loads."""
+    path = tmp_path / "last.ckpt"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout.readline().strip() == "writing"
+    partial = tmp_path / ".last.ckpt.partial"
+    deadline = time.time() + 60
+    while not (partial.exists() and partial.stat().st_size > 0) and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert partial.exists() and partial.stat().st_size > 0  # killed mid-write
+    check_checkpoint(path, "last.ckpt")  # CRCs of every member
+    assert torch.load(path)["version"] == 1
+
+
+def test_the_cli_writes_checkpoints_through_the_atomic_writer():
+    cli = main(["--config", DEBUG], run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# ------------------------------------------------------------------ checkpoints: reading them
+def flip_a_tensor_byte(path: Path) -> None:
+    with zipfile.ZipFile(path) as archive:
+        info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 100)
+    data = bytearray(path.read_bytes())
+    data[info.header_offset + 200] ^= 0x40  # inside the member's bytes (its header is < 200 bytes)
+    path.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_with_a_flipped_tensor_byte_is_refused_before_it_loads(tmp_path, capsys):
+    path = tmp_path / "flipped.ckpt"
+    torch.save({"state_dict": {"model.w": torch.zeros(64, 64)}, "global_step": 3}, path)
+    flip_a_tensor_byte(path)
+    assert torch.load(path, weights_only=False)["state_dict"]["model.w"].abs().max() > 0  # torch loads it
+    for run in (
+        ["fit", "--config", DEBUG, "--ckpt_path", str(path)],
+        ["test", "--config", DEBUG, "--model.init_args.init_checkpoint", str(path)],
+    ):
+        line = one_error_line(capsys, run)
+        assert str(path) in line and "damaged checkpoint" in line and "CRC" in line, line
+
+
+def test_a_sharded_checkpoint_missing_a_shard_or_cut_short_is_refused(tmp_path, capsys):
+    import torch.distributed.checkpoint as dcp
+
+    folder = tmp_path / "last.ckpt"
+    dcp.save({"model.w": torch.arange(4096.0), "model.b": torch.ones(8)}, checkpoint_id=folder, no_dist=True)
+    assert check_sharded_folder(folder, "init_checkpoint") == folder
+    shard = next(folder.glob("*.distcp"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=rf"shard {shard.name} is cut short"):
+        check_sharded_folder(folder, "init_checkpoint")
+    shard.unlink()
+    line = one_error_line(
+        capsys, ["test", "--config", DEBUG, "--model.init_args.init_checkpoint", str(folder)]
+    )
+    assert f"shard {shard.name} is missing" in line and str(folder) in line, line
+
+
+def test_a_truncated_or_incomplete_model_folder_is_refused(tmp_path, tiny_model, capsys):
+    folder = tmp_path / "hf"
+    tiny_model.save_pretrained(folder, max_shard_size="200KB")
+    assert check_model_folder(folder, "backbone.checkpoint") == folder
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    files = sorted(set(index["weight_map"].values()))
+    assert len(files) > 1
+    last = folder / files[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[:-100])
+    line = one_error_line(
+        capsys, ["test", "--config", DEBUG, "--model.init_args.backbone.checkpoint", str(folder)]
+    )
+    assert f"{last}: cut short" in line, line
+    last.unlink()
+    with pytest.raises(CheckpointError, match=rf"{files[-1]} is missing \({len(files)} weight files"):
+        check_model_folder(folder, "backbone.checkpoint")
+    last.write_bytes(data)
+    bad_header = folder / files[0]
+    bad_header.write_bytes((10**12).to_bytes(8, "little") + b"{}")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        check_model_folder(folder, "backbone.checkpoint")

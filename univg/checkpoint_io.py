@@ -1,0 +1,101 @@
+"""Checkpoint files written beside their destination and renamed into place.
+
+Lightning's own writer serialises the whole checkpoint into memory, writes it to a temporary file
+in the system's temp folder and moves it; when the run folder is on another file system (the usual
+case on a cluster) the move is a copy, so a kill during it leaves a torn file where the last good
+one was. :func:`atomic_torch_save` writes ``.<name>.partial`` in the destination's own folder,
+flushes it to disk, and only then renames it over the destination (``os.replace``, atomic on one
+file system), so the previous checkpoint stays readable until the new one is complete. A full disk
+(or quota, or read-only folder) removes the partial file and ends as one line naming the path, the
+space the checkpoint needs and the space left. :class:`AtomicCheckpointIO` is the same as a
+Lightning ``CheckpointIO`` plugin; ``python -m univg fit`` installs it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from univg.errors import UsageError, disk_error
+
+
+class CheckpointWriteError(UsageError, OSError):
+    """A checkpoint could not be written (full disk, quota, read-only folder); nothing partial is left."""
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of tensor data in a (nested) checkpoint: about what its file needs.
+
+    >>> tensor_bytes({"a": torch.zeros(4), "b": [torch.zeros(2, dtype=torch.float16), 3]})
+    20
+    """
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without directory handles: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj, path)`` that never leaves ``path`` torn: written as a partial file beside it,
+    fsynced, then renamed over it. Raises :class:`CheckpointWriteError` (one line) when the disk
+    cannot take it, after removing the partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "wb") as f:  # a Python file object: a failed write keeps its OSError
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException as err:
+        partial.unlink(missing_ok=True)
+        disk = disk_error(err)
+        if disk is None:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointWriteError(
+            f"cannot write checkpoint {path}: {disk.strerror or disk} (it needs about "
+            f"{_gb(tensor_bytes(obj))}, {_gb(free)} free on that disk); the previous file, if any, is untouched"
+        ) from err
+    _fsync_dir(path.parent)
+    return path
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` writing through :func:`atomic_torch_save` (local paths;
+    remote URLs keep Lightning's writer)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        atomic_torch_save(checkpoint, path)
+
+
+__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "atomic_torch_save", "tensor_bytes"]

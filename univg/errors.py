@@ -1,0 +1,121 @@
+"""Expected failures and the one line each entry point turns them into.
+
+An expected failure is bad input the user can fix: a config value, a data record, a missing or
+unreadable file, a checkpoint, a reward plug-in, a full disk. Every ``python -m univg...`` command
+ends such a failure with one line, ``<prog>: error: <message>``, and exit status 2, whether it
+happens while parsing, while building the run or in the middle of training; ``UNIVG_DEBUG=1``
+raises the original error with its traceback instead. Anything else is a bug and keeps its
+traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+#: Exit status of a command stopped by bad input, as argparse uses.
+EXIT_USAGE = 2
+
+#: ``errno`` values of a disk that cannot take the write: full, over quota, read-only.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+class UsageError(Exception):
+    """Bad input the user can fix; the message is one line naming the file, record, field or key."""
+
+
+class RewardError(UsageError, ValueError):
+    """A reward function (built-in or plug-in) raised or returned something unusable; names the reward."""
+
+
+def disk_error(err: BaseException) -> OSError | None:
+    """The full-disk / quota / read-only ``OSError`` behind ``err`` (itself or in its chain), if any:
+    torch reports a failed write as a ``RuntimeError`` whose context is the ``OSError``."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def is_expected(err: BaseException) -> bool:
+    """Is ``err`` bad input (one line, exit 2) rather than a bug (traceback)?
+
+    >>> is_expected(UsageError("x")), is_expected(FileNotFoundError("x")), is_expected(KeyError("x"))
+    (True, True, False)
+    >>> is_expected(RuntimeError("write failed"))
+    False
+    """
+    return isinstance(err, UsageError | FileNotFoundError | PermissionError) or disk_error(err) is not None
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` as one line. An error re-raised from a DataLoader worker carries the
+    worker's traceback in its message; its last line is the original message.
+
+    >>> one_line(ValueError("a.json record 3:\\n  field 'box' missing"))
+    "a.json record 3: field 'box' missing"
+    >>> one_line(ValueError("Caught ValueError in DataLoader worker process 0.\\nOriginal Traceback "
+    ...                     "(most recent call last):\\n  File x\\nValueError: a.json record 3: bad box\\n"))
+    'a.json record 3: bad box'
+    """
+    text = str(err)
+    if "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        name, _, rest = last.partition(": ")
+        text = rest if rest and " " not in name else last
+    disk = disk_error(err)
+    if disk is not None and disk is not err and not text.strip():
+        text = str(disk)
+    return " ".join(text.split()) or type(err).__name__
+
+
+@contextmanager
+def reported(prog: str) -> Iterator[None]:
+    """Run the body; an expected failure ends as ``<prog>: error: ...`` on stderr and exit status 2."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:
+        if os.environ.get("UNIVG_DEBUG") or not is_expected(err):
+            raise
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+F = TypeVar("F", bound=Callable[..., object])
+
+
+def entry_point(prog: str) -> Callable[[F], F]:
+    """Decorate a command's ``main`` so its expected failures end as one line (:func:`reported`)."""
+
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def run(*args: object, **kwargs: object) -> object:
+            with reported(prog):
+                return fn(*args, **kwargs)
+
+        return run  # type: ignore[return-value]
+
+    return wrap
+
+
+__all__ = [
+    "DISK_ERRNOS",
+    "EXIT_USAGE",
+    "RewardError",
+    "UsageError",
+    "disk_error",
+    "entry_point",
+    "is_expected",
+    "one_line",
+    "reported",
+]
