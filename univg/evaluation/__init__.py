@@ -9,7 +9,9 @@ The module generates and scores; :class:`EvaluationWriter` (``module.evaluation`
   shard so an interrupted run can resume, merged into one file at the end of the epoch), where to
   resume from (an unfinished run of the same name in an earlier ``version_N`` folder), whether the
   output folder is writable;
-- :mod:`~univg.evaluation.records`: parts of a prediction row (reasoning, float ground truth);
+- :mod:`~univg.evaluation.records`: parts of a prediction row (reasoning, float ground truth, the
+  fingerprint of its record that a resumed run checks);
+- :mod:`~univg.evaluation.lock`: one run at a time in a predictions folder (a lock naming its holder);
 - :mod:`~univg.evaluation.benchmark`: naming the benchmark of a data module;
 - :mod:`~univg.evaluation.writer`: the writer itself (set-up, epochs, gathering across processes,
   results files, pictures).
@@ -27,7 +29,8 @@ from univg.evaluation.files import (
     unfinished_run,
     write_jsonl,
 )
-from univg.evaluation.records import decode_prompts, extract_reasoning, model_frame_gt
+from univg.evaluation.lock import LOCK_NAME, PredictionsLock, PredictionsLockedError
+from univg.evaluation.records import decode_prompts, extract_reasoning, model_frame_gt, record_fingerprint
 from univg.evaluation.screening import (
     BAD_RECORD,
     BROKEN_BOX,
@@ -45,7 +48,10 @@ from univg.evaluation.writer import EvalRun, EvaluationWriter, gather_objects
 __all__ = [
     "BAD_RECORD",
     "BROKEN_BOX",
+    "LOCK_NAME",
     "MISSING_IMAGE",
+    "PredictionsLock",
+    "PredictionsLockedError",
     "UNDECODABLE_IMAGE",
     "EvalRun",
     "EvaluationWriter",
@@ -61,6 +67,7 @@ __all__ = [
     "model_frame_gt",
     "read_jsonl",
     "reader_skips",
+    "record_fingerprint",
     "resume_files",
     "run_key",
     "sample_notes",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from univg.data.schema import GroundingSample
+from univg.evaluation.records import record_fingerprint
 from univg.metrics import dedupe_records
 
 
@@ -104,18 +105,38 @@ def resume_files(
 
 
 def load_resumed(
-    files: Sequence[str], key: str, samples: Sequence[GroundingSample]
+    files: Sequence[str],
+    key: str,
+    samples: Sequence[GroundingSample],
+    split_ids: Iterable[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, int], list[str]]:
     """(rows to keep, notes, lines to print) of an evaluation resuming from ``files``.
 
-    Only rows of this run key (same model, checkpoint, decoding, budget and benchmark) and of a
-    sample still in the split are kept, each id once; the others are counted, not mixed in.
+    Only rows of this run key (same model, checkpoint, decoding, budget and benchmark) are
+    considered. Of those, a row is kept (each id once) when its sample is among ``samples`` and its
+    ``record_fp`` is the sample's :func:`~univg.evaluation.records.record_fingerprint` (same question,
+    images, target image and box); a row of a record that changed since is left out and its sample
+    generated again (note ``resume_recomputed``); a row whose id is not in the split (``split_ids``,
+    default the ids of ``samples``) any more is left out of the metrics (note ``resume_dropped_gone``).
+    Rows of samples screened out since are left to the screening's counts.
     """
     if not files:
         return [], {}, []
     records, unreadable = read_jsonl(files)
-    ids = {s.id for s in samples}
-    mine, _ = dedupe_records([r for r in records if r.get("run_key") == key and r["id"] in ids])
+    by_id = {s.id: s for s in samples}
+    in_split = set(by_id) if split_ids is None else set(split_ids) | set(by_id)
+    fingerprints: dict[str, str] = {}
+
+    def current(rid: str) -> str:
+        if rid not in fingerprints:
+            fingerprints[rid] = record_fingerprint(by_id[rid])
+        return fingerprints[rid]
+
+    ours = [r for r in records if r.get("run_key") == key]
+    mine, _ = dedupe_records([r for r in ours if r["id"] in by_id and r.get("record_fp") == current(r["id"])])
+    kept = {r["id"] for r in mine}
+    changed = list(dict.fromkeys(r["id"] for r in ours if r["id"] in by_id and r["id"] not in kept))
+    gone = list(dict.fromkeys(r["id"] for r in ours if r["id"] not in in_split))
     notes: dict[str, int] = {"resumed": len(mine)}
     lines = []
     other = sum(r.get("run_key") != key for r in records)
@@ -126,13 +147,34 @@ def load_resumed(
         )
     if unreadable:
         notes["unreadable_prediction_lines"] = unreadable
+    if changed:
+        notes["resume_recomputed"] = len(changed)
+    if gone:
+        notes["resume_dropped_gone"] = len(gone)
     if mine:
         where = ", ".join(sorted({str(Path(f).parent) for f in files}))
         lines.append(
             f"univg: resuming: {len(mine)} samples already evaluated in {where} are not generated again "
             "(--model.init_args.fresh true starts over)"
         )
+    if changed or gone:
+        parts = []
+        if changed:
+            parts.append(
+                f"{len(changed)} earlier predictions are recomputed: their record (question, images, target "
+                f"image or box) is not the one they were made for (ids {_first(changed)})"
+            )
+        if gone:
+            parts.append(
+                f"{len(gone)} earlier predictions are left out: their records are no longer in the split "
+                f"(ids {_first(gone)})"
+            )
+        lines.append("univg: resume: " + "; ".join(parts))
     return mine, notes, lines
+
+
+def _first(ids: Sequence[str], n: int = 5) -> str:
+    return ", ".join(ids[:n]) + (f", ... {len(ids) - n} more" if len(ids) > n else "")
 
 
 _VERSION_RE = re.compile(r"version_(\d+)")

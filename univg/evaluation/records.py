@@ -1,11 +1,17 @@
 """Pieces of a prediction row that do not depend on the module: the reasoning text, the ground
 truth in the model's frame (scored in floats), the prompts as the release's zero-shot scripts
-decoded them."""
+decoded them, the fingerprint of the record a row was made for."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from typing import Any
+
+from PIL import Image
+
+from univg.data.schema import GroundingSample
 
 _THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
@@ -51,3 +57,34 @@ def model_frame_gt(box: Any, frame: Any, size: tuple[int, int] | None) -> list[f
     x1, y1, x2, y2 = box.as_tuple()
     # 6 decimals: a box read from 0-1000 integers comes back as those integers, not 122.99999999
     return [round(x1 * sx, 6), round(y1 * sy, 6), round(x2 * sx, 6), round(y2 * sy, 6)]
+
+
+def _image_key(ref: Any) -> str:
+    if isinstance(ref, Image.Image):  # in-memory: its pixels
+        return f"pil:{ref.mode}:{ref.size}:{hashlib.sha1(ref.tobytes()).hexdigest()}"
+    return str(ref)
+
+
+def record_fingerprint(sample: GroundingSample) -> str:
+    """A short hash of what a prediction row answers: id, task, question, images, target image,
+    ground-truth box and reference boxes (to 9 decimals) and the sample's prompt template.
+
+    A resumed evaluation keeps an earlier row only when its fingerprint is the current record's.
+
+    >>> from univg.boxes import Box
+    >>> s = GroundingSample("a", "t", ["x.jpg"], 0, "where?", Box(0.1, 0.1, 0.5, 0.5))
+    >>> t = GroundingSample("a", "t", ["x.jpg"], 0, "where?", Box(0.1, 0.1, 0.5, 0.6))
+    >>> record_fingerprint(s) == record_fingerprint(s), record_fingerprint(s) == record_fingerprint(t)
+    (True, False)
+    """
+    parts = {
+        "id": sample.id,
+        "task": sample.task,
+        "question": sample.question,
+        "images": [_image_key(r) for r in sample.images],
+        "target_index": sample.target_index,
+        "box": [round(float(c), 9) for c in sample.box.as_tuple()],
+        "ref_boxes": [[round(float(c), 9) for c in b.as_tuple()] for b in sample.ref_boxes],
+        "prompt_template": sample.prompt_template,
+    }
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]

@@ -10,8 +10,13 @@ writes into the predictions directory (default the logger's):
 - ``results_<stage>.json/.md/.csv``: metrics, the paper's table layout, skipped-record counts;
 - ``pictures_<stage>/*.png``: the first ``num_pictures`` predictions drawn (also logged).
 
+**One run per folder.** A validate/test run locks its predictions folder (``predictions.lock``,
+:mod:`~univg.evaluation.lock`) at set-up and releases it at tear-down; a second run into the same
+folder refuses with one line naming the holder.
+
 **Which samples run.** At set-up the writer screens the evaluation split (bad records out and
-counted) and, for validate/test, takes out the samples a resumed run already finished. It never
+counted) and, for validate/test, takes out the samples a resumed run already finished (rows whose
+record changed since, by their ``record_fp``, are generated again and counted). It never
 changes the data module: the data module asks for the result when it builds an evaluation loader
 (:meth:`GroundingModule.evaluation_view`, used by
 :meth:`univg.data.datamodules.GroundingDataModule.evaluation_samples`), and gets its split back
@@ -41,6 +46,8 @@ from univg.evaluation.files import (
     shard_path,
     write_jsonl,
 )
+from univg.evaluation.lock import PredictionsLock
+from univg.evaluation.records import record_fingerprint
 from univg.evaluation.screening import (
     count_reasons,
     reader_skips,
@@ -106,6 +113,7 @@ class EvaluationWriter:
         self.pictures: dict[str, list[Any]] = {s: [] for s in STAGES}
         self.results: dict[str, dict[str, Any]] = {}
         self._views: dict[str, tuple[Any, list[Any]]] = {}  # split -> (the split's list, samples to run)
+        self._locks: list[PredictionsLock] = []  # predictions folders this writer holds (rank 0)
 
     # ---- what the module's prediction rows need ---------------------------------------------------
     def run_key(self, stage: str) -> str | None:
@@ -158,10 +166,41 @@ class EvaluationWriter:
 
     # ---- set-up: screening, resume ----------------------------------------------------------------
     def setup(self, module: Any) -> None:
-        """Screen the evaluation split (bad records out and counted) and, for validate/test, resume."""
+        """Lock the predictions folder (validate/test), screen the evaluation split (bad records out
+        and counted) and, for validate/test, resume. A failure releases the lock."""
         self._views = {}
         if _trainer(module) is None:
             return
+        try:
+            self._setup(module)
+        except BaseException:
+            self.release_locks()
+            raise
+
+    def lock(self, module: Any, folder: Path) -> None:
+        """Take ``folder``'s lock on rank 0 (one run at a time writes there); every rank raises
+        :class:`~univg.evaluation.lock.PredictionsLockedError` when another run holds it."""
+        refusal = None
+        if module.trainer.is_global_zero:
+            lock = PredictionsLock(folder)
+            try:
+                said = lock.acquire()
+            except PermissionError as err:
+                refusal = err
+            else:
+                self._locks.append(lock)
+                if said:
+                    module.print(said)
+        refusals = [r for r in gather_objects(refusal) if r is not None]
+        if refusals:
+            raise refusals[0]
+
+    def release_locks(self) -> None:
+        """Release the predictions folders this writer locked."""
+        while self._locks:
+            self._locks.pop().release()
+
+    def _setup(self, module: Any) -> None:
         trainer = module.trainer
         fn = str(getattr(trainer.state.fn, "value", trainer.state.fn))
         split, key = {"fit": ("val", "val"), "validate": ("val", "val"), "test": ("test", "test")}.get(
@@ -195,6 +234,7 @@ class EvaluationWriter:
         run.path_set = True
         if run.path is not None:
             check_writable(Path(run.path).parent)
+            self.lock(module, Path(run.path).parent)
         samples = getattr(dm, "samples", {}).get(split) if dm is not None else None
         if samples is None:
             return
@@ -206,7 +246,7 @@ class EvaluationWriter:
             if module.fresh:  # start over: this run's stale shard goes, nothing is read
                 shard_path(run.path, module.global_rank).unlink(missing_ok=True)
             files = [] if module.fresh else resume_files(run.path, module.resume_predictions, key, auto=True)
-            resumed, notes, lines = load_resumed(files, run.run_key, kept)
+            resumed, notes, lines = load_resumed(files, run.run_key, kept, [s.id for s in samples])
             run.resumed, run.done_ids = resumed, {r["id"] for r in resumed}
             run.notes.update(notes)
             for line in lines:
@@ -220,11 +260,15 @@ class EvaluationWriter:
         run.nothing_to_run = fn != "fit" and not kept
 
     def teardown(self, module: Any) -> None:
-        """Write the results of a run that had nothing left to generate; forget the screened views."""
-        for key, run in list(self.runs.items()):
-            if key != "predict" and run.nothing_to_run and not run.finalised:
-                self.finalise(module, key)
-        self._views = {}
+        """Write the results of a run that had nothing left to generate; forget the screened views;
+        release the predictions folder."""
+        try:
+            for key, run in list(self.runs.items()):
+                if key != "predict" and run.nothing_to_run and not run.finalised:
+                    self.finalise(module, key)
+        finally:
+            self._views = {}
+            self.release_locks()
 
     # ---- epochs -----------------------------------------------------------------------------------
     def begin(self, module: Any, stage: str) -> None:
@@ -242,7 +286,12 @@ class EvaluationWriter:
         self.pictures["predict"] = []
 
     def add(self, module: Any, stage: str, batch: dict[str, Any], records: list[dict[str, Any]]) -> None:
-        """Keep a batch's rows, append them to this process's shard and draw the first few."""
+        """Keep a batch's rows (each stamped with its record's fingerprint, ``record_fp``), append
+        them to this process's shard and draw the first few."""
+        samples = {s.id: s for s in batch.get("samples") or []}
+        for rec in records:
+            if rec["id"] in samples:
+                rec["record_fp"] = record_fingerprint(samples[rec["id"]])
         self.records[stage].extend(records)
         if _sanity(module):
             return

@@ -3,11 +3,15 @@
 Record: ``task``, ``images`` (paths), ``question``, ``answer`` (xyxy), ``additional_info``,
 ``need_format``. Records have no id; ours is ``<file stem>-<index>``.
 
-The answer's frame is decided per file (:func:`answer_frame`): ``MIG_data.json`` stores [0, 1]
-floats; the release's scorer compares the revised file's values with the model's 0-1000 integers
-as they are, so that file is expected in 0-1000. The reader looks at the file's largest answer
-coordinate and says which frame it read in the report (``answer_frame_normalised`` /
-``answer_frame_0_1000``); ``answer_frame`` forces one.
+The answer's frame is decided per file by a majority of its records (:func:`answer_frames`):
+``MIG_data.json`` stores [0, 1] floats; the release's scorer compares the revised file's values
+with the model's 0-1000 integers as they are, so that file is expected in 0-1000. Each record's
+answer votes (a coordinate beyond the clamp tolerance of [0, 1]: 0-1000; else [0, 1]; only 0s and
+1s: no vote), the majority decides, and the records that disagree are outliers: never re-framed,
+each is an error naming the file, record and field (skipped and listed with ``skip_invalid``),
+counted in the report (``answer_frame_outliers``) and logged with the first ids. A tie is an
+error. The report says which frame was read (``answer_frame_normalised`` / ``answer_frame_0_1000``);
+``answer_frame`` forces one.
 
 Target image rules (docs/design.md section 6), checked on all 4,295 records of ``MIG_data.json``:
 
@@ -28,19 +32,24 @@ corners are swapped; ``degenerate="swap"`` swaps them at reading).
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
 
 from univg.data.readers.common import (
     CLAMP_TOLERANCE,
     ORDINAL_WORDS,
     Record,
     load_records,
+    logger,
     question_sample,
     run_reader,
     target_from_question,
 )
-from univg.data.schema import GroundingSample, SampleList
+from univg.data.schema import GroundingSample, SampleError, SampleList
 from univg.metrics import MIG_COLUMNS
 
 #: MIG-Bench task -> paper column (Table 1), in the paper's column order; the one table is
@@ -78,26 +87,87 @@ def mig_target_index(task: str, question: str, additional_info: str = "") -> tup
 ANSWER_FRAMES = ("auto", "normalised", "qwen2-vl")
 
 
+def record_frame(raw: Any) -> str | None:
+    """The frame one record's ``answer`` reads in: "qwen2-vl" when a coordinate is beyond the clamp
+    tolerance of [0, 1], "normalised" otherwise; ``None`` for no numbers or only 0s and 1s (either
+    frame).
+
+    >>> record_frame({"answer": [12, 20, 500, 730]}), record_frame({"answer": [0.1, 0.2, 0.5, 1.04]})
+    ('qwen2-vl', 'normalised')
+    >>> record_frame({"answer": [0, 0, 1, 1]}) is None, record_frame({"answer": "bad"}) is None
+    (True, True)
+    """
+    box = raw.get("answer") if isinstance(raw, dict) else None
+    if isinstance(box, list) and len(box) == 2 and all(isinstance(p, list) for p in box):
+        box = [c for p in box for c in p]
+    if not isinstance(box, list):
+        return None
+    nums = [
+        float(v) for v in box if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    if not nums or all(v in (0.0, 1.0) for v in nums):
+        return None
+    return "qwen2-vl" if max(nums) > 1 + CLAMP_TOLERANCE else "normalised"
+
+
+def answer_frames(records: list, path: str | os.PathLike = "") -> tuple[str, dict[int, str]]:
+    """(the file's frame, ``{record index: its own frame}`` of the records that disagree).
+
+    The frame most records read in (:func:`record_frame`); one out-of-range record cannot flip it.
+    A tie raises :class:`SampleError` naming the file and field.
+
+    >>> answer_frames([{"answer": [0.1, 0.2, 0.5, 0.6]}, {"answer": [120, 200, 500, 600]}, {"answer": [0.3, 0.1, 0.4, 0.9]}])
+    ('normalised', {1: 'qwen2-vl'})
+    >>> answer_frames([{"answer": [12, 20, 500, 730]}, {"answer": "bad"}])
+    ('qwen2-vl', {})
+    """
+    frames = {i: f for i, raw in enumerate(records) if (f := record_frame(raw)) is not None}
+    votes = Counter(frames.values())
+    if votes["qwen2-vl"] == votes["normalised"] and votes["normalised"]:
+        raise SampleError(
+            f"{path}: field 'answer': expected most records in one frame, got {votes['normalised']} in [0, 1] "
+            f"and {votes['qwen2-vl']} in 0-1000; pass answer_frame normalised or qwen2-vl"
+        )
+    frame = "qwen2-vl" if votes["qwen2-vl"] > votes["normalised"] else "normalised"
+    return frame, {i: f for i, f in frames.items() if f != frame}
+
+
 def answer_frame(records: list) -> str:
-    """ "normalised" ([0, 1] floats) or "qwen2-vl" (0-1000) for a file's answers, by their largest
-    coordinate: beyond the clamp tolerance of [0, 1] the file cannot be normalised.
+    """The frame of a file's answers by a majority of its records (:func:`answer_frames`).
 
     >>> answer_frame([{"answer": [0.1, 0.2, 0.5, 1.04]}, {"answer": "bad"}])
     'normalised'
-    >>> answer_frame([{"answer": [12, 20, 500, 730]}, {"answer": [0.1, 0.2, 0.3, 0.4]}])
-    'qwen2-vl'
     """
-    top = 0.0
-    for raw in records:
-        box = raw.get("answer") if isinstance(raw, dict) else None
-        if isinstance(box, list):
-            top = max(
-                [top, *(float(v) for v in box if isinstance(v, int | float) and not isinstance(v, bool))]
-            )
-    return "qwen2-vl" if top > 1 + CLAMP_TOLERANCE else "normalised"
+    return answer_frames(records)[0]
 
 
-def _parse(rec: Record, image_root: str | os.PathLike | None, frame: str) -> list[GroundingSample]:
+_UNITS = {"normalised": "[0, 1]", "qwen2-vl": "0-1000"}
+
+
+def _record_id(raw: Any, path: str | os.PathLike, index: int) -> str:
+    rid = raw.get("id") if isinstance(raw, dict) else None
+    return str(rid) if rid not in (None, "") else f"{Path(path).stem}-{index}"
+
+
+def _outlier_text(path: str | os.PathLike, records: list, frame: str, outliers: dict[int, str]) -> str:
+    ids = [_record_id(records[i], path, i) for i in sorted(outliers)]
+    shown = ", ".join(ids[:5]) + (f", ... {len(ids) - 5} more" if len(ids) > 5 else "")
+    return (
+        f"{len(ids)} of {len(records)} answers are not in the file's frame {_UNITS[frame]} "
+        f"(answer_frame_outliers: {shown})"
+    )
+
+
+def _parse(
+    rec: Record, image_root: str | os.PathLike | None, frame: str, outliers: dict[int, str], summary: str
+) -> list[GroundingSample]:
+    if rec.index in outliers:
+        raise rec.error(
+            "answer",
+            f"coordinates in the file's frame {_UNITS[frame]}, not {_UNITS[outliers[rec.index]]} ({summary}; "
+            "answer_frame forces a frame)",
+            rec.raw.get("answer"),
+        )
     task = rec.get("task", expected="a task name", types=str)
     images = rec.str_list("images")
     question = rec.get("question", expected="the question text", types=str)
@@ -137,16 +207,32 @@ def read_mig_bench(
     """Read ``MIG_data.json`` (or the revised file): one sample per record, report attached.
 
     ``image_root`` is the folder the ``./MIG-Bench/images/...`` paths are relative to.
-    ``answer_frame``: "auto" (decided from the file, see :func:`answer_frame`), "normalised" or
-    "qwen2-vl" (0-1000); the frame read is counted in the report's notes.
+    ``answer_frame``: "auto" (decided by a majority of the file's records, see
+    :func:`answer_frames`; the records that disagree are errors, or skipped with ``skip_invalid``,
+    and counted), "normalised" or "qwen2-vl" (0-1000); the frame read is counted in the report's
+    notes.
     """
     if answer_frame not in ANSWER_FRAMES:
         raise ValueError(f"answer_frame must be one of {ANSWER_FRAMES}, got {answer_frame!r}")
-    frame = _detect_frame(load_records(path)) if answer_frame == "auto" else answer_frame
-    out = run_reader(path, "mig_bench", lambda rec: _parse(rec, image_root, frame), skip_invalid, degenerate)
+    outliers: dict[int, str] = {}
+    summary = ""
+    if answer_frame == "auto":
+        records = load_records(path)
+        frame, outliers = answer_frames(records, path)
+        if outliers:
+            summary = _outlier_text(path, records, frame, outliers)
+            logger.warning("mig_bench %s: %s", os.fspath(path), summary)
+    else:
+        frame = answer_frame
+    out = run_reader(
+        path,
+        "mig_bench",
+        lambda rec: _parse(rec, image_root, frame, outliers, summary),
+        skip_invalid,
+        degenerate,
+    )
     name = "answer_frame_normalised" if frame == "normalised" else "answer_frame_0_1000"
     out.report.note(name, out.report.records)
+    if outliers:
+        out.report.note("answer_frame_outliers", len(outliers))
     return out
-
-
-_detect_frame = answer_frame  # the parameter of read_mig_bench shadows the function's name
