@@ -273,9 +273,9 @@ def run_trl(args: argparse.Namespace, completion_only: bool) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from univg.backbone import PRESET_FRAMES
     from univg.boxes import get_frame
     from univg.data import GroundingCollator
+    from univg.presets import PRESET_FRAMES
     from univg.prompts import build_messages
     from univg.rewards import compute_rewards
     from univg.tokenizer import load_processor

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from univg.backbone import (
-    HUB_IDS,
     BackboneSpec,
     LoRASpec,
     build_from_config,
@@ -16,6 +15,7 @@ from univg.backbone import (
     preset_config,
     vision_tower,
 )
+from univg.presets import HUB_IDS
 
 
 @pytest.mark.parametrize(

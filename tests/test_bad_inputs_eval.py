@@ -64,7 +64,7 @@ def trainer(root: Path, name: str = "bench", version: int | None = None) -> L.Tr
 
 # ----------------------------------------------------------------------------- 2: predict without weights
 def test_predict_without_weights_refuses_before_building_anything(tmp_path, monkeypatch, capsys):
-    from univg.predict import main
+    from univg.predict.__main__ import main
 
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     built = []

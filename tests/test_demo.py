@@ -102,7 +102,7 @@ def test_smoke_demo_writes_every_artefact(tmp_path):
     # config.yaml beside it (before: the default 7B preset, or a wall of size mismatches)
     from PIL import Image
 
-    from univg.predict import main as predict
+    from univg.predict.__main__ import main as predict
 
     Image.new("RGB", (112, 112), (40, 40, 40)).save(tmp_path / "user.png")
     ckpt = tmp_path / "cot_sft" / "version_0" / "stage1.ckpt"

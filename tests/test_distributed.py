@@ -355,14 +355,14 @@ def test_fsdp_sharded_checkpoint_resumes(runs):
 @pytest.mark.slow
 def test_sharded_checkpoint_consolidates_for_init_checkpoint(runs, tmp_path):
     from univg.backbone import BackboneSpec
-    from univg.modules.base import load_model_weights
+    from univg.checkpoints import load_model_weights
 
-    # the command's earlier home, kept working (make/grid.mk runs python -m univg.sharded_checkpoint)
+    # the command make/grid.mk runs on a sharded run's last checkpoint
     out = tmp_path / "weights.ckpt"
     cmd = [
         sys.executable,
         "-m",
-        "univg.distributed",
+        "univg.sharded_checkpoint",
         "weights",
         str(runs["out"] / "ckpt" / "last.ckpt"),
         str(out),

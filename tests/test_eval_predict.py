@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from univg.modules.base import GroundingModule
-from univg.predict import main, target_index_for, user_sample
+from univg.predict import target_index_for, user_sample
+from univg.predict.__main__ import main
 from univg.visualize import PRED_COLOR
 
 

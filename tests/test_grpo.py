@@ -12,13 +12,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from univg.difficulty import difficulty_weights
+from univg.difficulty import difficulty_weights, group_miou
 from univg.grpo import (
     IMPORTANCE_LEVELS,
     LOSS_TYPES,
     GRPOLossTerms,
     group_advantages,
-    group_miou,
     grpo_loss,
     grpo_loss_terms,
     loss_share_size,

@@ -197,7 +197,7 @@ def _drive(m: GRPOModule, lr: float = 1e-2) -> torch.optim.Optimizer:
 
 
 def _split(batch: dict, rows: list[int]) -> dict:
-    from univg.modules.grpo import select_prompt_rows
+    from univg.modules.grpo_step import select_prompt_rows
 
     keep = torch.zeros(batch["input_ids"].shape[0], dtype=torch.bool)
     keep[rows] = True
@@ -335,7 +335,7 @@ def test_init_checkpoint_reads_a_sharded_fsdp_folder(tmp_path):
     ``init_checkpoint`` must take it as it is (before: "does not exist (expected a .ckpt file)")."""
     import torch.distributed.checkpoint as dcp
 
-    from univg.modules.base import load_model_weights
+    from univg.checkpoints import load_model_weights
 
     torch.manual_seed(1)
     trained = BackboneSpec(preset="tiny").build()

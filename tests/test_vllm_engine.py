@@ -20,7 +20,7 @@ from univg.backbone import BackboneSpec, LoRASpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
 from univg.engines import RolloutEngine, VLLMEngine
-from univg.engines.vllm import pixels_to_images, prompt_token_rows
+from univg.engines.vllm_io import pixels_to_images, prompt_token_rows
 from univg.modules import GRPOModule
 from univg.rollout import MODEL_KEYS, PAD_ID, SUPPRESS_IDS, Rollout, SamplingSpec, completion_mask
 
@@ -282,7 +282,7 @@ class FakeEngine(RolloutEngine):
         # rewards differ within each group, so the advantages and the step are not zero
         texts = ["<think>a</think><answer>(1, 2), (30, 40)</answer>", "x"] * b
         rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [IM_END] for t in texts]
-        from univg.engines.vllm import assemble_rollout
+        from univg.engines.vllm_io import assemble_rollout
 
         return assemble_rollout(rows, tokenizer, inputs, sampling.group_size)
 

@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from univg.checkpoints import check_model_folder
-from univg.presets import (  # noqa: F401 (re-exported: the table's public names)
+from univg.presets import (
     FAMILIES,
-    HUB_IDS,
     PRESET_FAMILIES,
     PRESET_FRAMES,
     PRESETS,

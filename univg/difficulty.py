@@ -93,10 +93,6 @@ def normalize_weights(w: torch.Tensor) -> torch.Tensor:
     return w / mean if mean > 0 else w
 
 
-#: The earlier spelling, kept importable.
-normalise_weights = normalize_weights
-
-
 @dataclass(frozen=True)
 class GroupWeights:
     """phi of one micro-batch's groups (:func:`group_weights`)."""

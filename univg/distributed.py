@@ -39,7 +39,6 @@ sets); a checkpoint is read row-sliced from its files.
 from __future__ import annotations
 
 import copy
-import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -49,12 +48,6 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from univg.backbone import DTYPES, fsdp_units
-from univg.sharded_checkpoint import (  # re-exported: they lived here before
-    consolidate_checkpoint,
-    main,
-    read_sharded_checkpoint,
-    weights_file,
-)
 
 #: Attribute ``transformers.distributed.fsdp.is_fsdp_managed_module`` reads (generate -> synced_gpus).
 HF_FSDP_FLAG = "_is_fsdp_managed_module"
@@ -74,7 +67,7 @@ class FSDPSettings:
         cpu_offload: keep sharded parameters, gradients and optimiser state in host memory.
         meta_init: build the model on the meta device and materialise only this rank's shard
             (:mod:`univg.sharded_build`); False builds the full model on every rank, then shards it
-            (the earlier path: host memory per rank = the whole model).
+            (host memory per rank: the whole model).
         replicate_frozen_root: keep the root unit's frozen parameters (with LoRA: the embedding,
             tied head, final norm, patch embedding and merger) whole on every rank instead of
             sharding them (:func:`frozen_root_params`), stored in ``param_dtype`` when one is set
@@ -251,7 +244,7 @@ def shard_module(module: nn.Module) -> None:
     if module.model is None and settings.meta_init:
         module.model = build_sharded_model(spec, mesh, settings, init_checkpoint)
     elif module.model is None:
-        from univg.modules.base import load_model_weights
+        from univg.checkpoints import load_model_weights
 
         module.model = spec.build()
         if init_checkpoint is not None:
@@ -358,9 +351,6 @@ def rank_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None =
 
 __all__ = [
     "FSDP2Strategy",
-    "consolidate_checkpoint",
-    "weights_file",
-    "read_sharded_checkpoint",
     "FSDPSettings",
     "data_parallel_mesh",
     "is_sharded",
@@ -374,6 +364,3 @@ __all__ = [
     "shard_report",
     "frozen_root_params",
 ]
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

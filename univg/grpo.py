@@ -20,7 +20,6 @@ from typing import Any, Literal, get_args
 
 import torch
 
-from univg.difficulty import group_miou as group_miou  # re-exported: it lives in univg.difficulty
 from univg.groups import grouped as _grouped
 
 #: Advantage scales and loss normalisations: typed config knobs (a typo fails at parse time).

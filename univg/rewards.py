@@ -26,6 +26,8 @@ import torch
 
 from univg.boxes import BoxFixes, Frame, box_iou, get_frame, normalise_coords, parse_answer
 from univg.errors import RewardError
+from univg.reward_args import answer_forms, check_lengths
+from univg.rewards_release import accuracy_release, format_release
 
 #: A reward: ``fn(completions, **kwargs) -> list[float]`` (one score per completion).
 RewardFn = Callable[..., list[float]]
@@ -62,23 +64,6 @@ def _sizes(sizes: Sequence[tuple[int, int]] | None, n: int) -> Sequence[tuple[in
     return sizes
 
 
-def _forms(answer_formats: Sequence[str] | None, n: int) -> Sequence[str]:
-    if answer_formats is None:
-        return ["think"] * n
-    if len(answer_formats) != n:
-        raise ValueError(f"rewards: got {len(answer_formats)} answer formats for {n} completions")
-    bad = sorted(set(answer_formats) - {"think", "box"})
-    if bad:
-        raise ValueError(f"rewards: unknown answer format(s) {bad}; expected 'think' or 'box'")
-    return answer_formats
-
-
-def _check_lengths(completions: Sequence[Any], boxes: Sequence[Any]) -> None:
-    # A length mismatch is a caller bug (not bad model output): fail loudly instead of zip-truncating.
-    if len(completions) != len(boxes):
-        raise ValueError(f"rewards: got {len(completions)} completions but {len(boxes)} ground-truth boxes")
-
-
 @register_reward("accuracy")
 def iou_reward(
     completions: Sequence[str],
@@ -105,10 +90,10 @@ def iou_reward(
     ...            [(0, 0, 100, 200)] * 3)
     [0.5, 0.5, 0.0]
     """
-    _check_lengths(completions, boxes)
+    check_lengths(completions, boxes)
     frame = get_frame(frame)
     scores = []
-    forms = _forms(answer_formats, len(completions))
+    forms = answer_forms(answer_formats, len(completions))
     for text, gt, (w, h), form in zip(completions, boxes, _sizes(sizes, len(completions)), forms):
         coords = parse_answer(text, strict=strict and form == "think")
         pred = normalise_coords(coords, frame, fixes, w, h) if coords is not None else None
@@ -149,7 +134,7 @@ def format_reward(
     [1.0, 0.0]
     """
     scores = []
-    for text, form in zip(completions, _forms(answer_formats, len(completions))):
+    for text, form in zip(completions, answer_forms(answer_formats, len(completions))):
         if not isinstance(text, str):
             scores.append(0.0)
             continue
@@ -187,7 +172,7 @@ def compute_rewards(
         raise ValueError(f"compute_rewards: no rewards requested; registered rewards: {sorted(REWARDS)}")
     if "total" in specs:
         raise ValueError("compute_rewards: 'total' is the weighted sum, not a reward name")
-    _check_lengths(completions, boxes)
+    check_lengths(completions, boxes)
     out: dict[str, torch.Tensor] = {}
     total = torch.zeros(len(completions), dtype=torch.float32)  # [N]
     for name, weight in specs.items():
@@ -228,7 +213,7 @@ def reward_stats(
     """
     fixes = BoxFixes()
     iou_reward(completions, boxes, strict, frame, sizes, fixes, answer_formats)
-    forms = _forms(answer_formats, len(completions))
+    forms = answer_forms(answer_formats, len(completions))
     unparsable = sum(
         parse_answer(text, strict=strict and form == "think") is None
         for text, form in zip(completions, forms)
@@ -236,5 +221,6 @@ def reward_stats(
     return {"unparsable": float(unparsable), **{k: float(v) for k, v in fixes.as_dict().items()}}
 
 
-# The release's own variants register themselves under their names (``accuracy_release``, ...).
-from univg import rewards_release as _release  # noqa: E402,F401
+# The release's own training rewards (:mod:`univg.rewards_release`), for runs that reproduce it.
+register_reward("format_release")(format_release)
+register_reward("accuracy_release")(accuracy_release)

@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from univg.boxes import Frame
-from univg.rewards import _check_lengths, _forms, register_reward
+from univg.reward_args import answer_forms, check_lengths
 from univg.tokenizer import SPECIAL_TOKENS
 
 #: "think" format: searched, DOTALL, anchored by ``$`` alone (Unicode classes, as the release).
@@ -102,13 +102,12 @@ def release_iou(pred: Sequence[Any], gt: Sequence[Any]) -> float:
         return 0.0
 
 
-@register_reward("format_release")
 def format_release(
     completions: Sequence[str], answer_formats: Sequence[str] | None = None, **kwargs: Any
 ) -> list[float]:
     """The release's format reward (see the module docstring); non-strings score 0."""
     out = []
-    for text, form in zip(completions, _forms(answer_formats, len(completions))):
+    for text, form in zip(completions, answer_forms(answer_formats, len(completions))):
         if not isinstance(text, str):
             out.append(0.0)
             continue
@@ -117,7 +116,6 @@ def format_release(
     return out
 
 
-@register_reward("accuracy_release")
 def accuracy_release(
     completions: Sequence[str],
     boxes: Sequence[Sequence[float]],
@@ -129,9 +127,9 @@ def accuracy_release(
     """The release's accuracy reward: :func:`release_iou` of the first box of the first
     ``<answer>`` block (of the whole text for a "box" prompt) with ``boxes`` (model frame), 0 when
     there is none or the text is not a string. ``frame`` and ``sizes`` are not used."""
-    _check_lengths(completions, boxes)
+    check_lengths(completions, boxes)
     scores = []
-    for text, gt, form in zip(completions, boxes, _forms(answer_formats, len(completions))):
+    for text, gt, form in zip(completions, boxes, answer_forms(answer_formats, len(completions))):
         region = as_decoded_by_release(text) if isinstance(text, str) else ""
         if form == "think":
             block = _FIRST_ANSWER_RE.search(region)

@@ -31,14 +31,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from univg.shard_sources import (  # re-exported: the readers lived here before
-    Source,
-    copy_shards,
-    rank_rows,
-    safetensors_source,
-    shards_of,
-    univg_checkpoint_source,
-)
+from univg.shard_sources import Source, rank_rows
 
 # In-place ops that overwrite every element: replaying them needs no earlier value of the tensor.
 _OVERWRITES = {
@@ -411,15 +404,9 @@ def _param_groups(state: Any) -> list[Any]:
 
 __all__ = [
     "RecordShards",
-    "Source",
     "build_on_meta",
-    "copy_shards",
     "materialise",
     "meta_parameters",
-    "rank_rows",
     "return_freed_memory_if_large",
     "return_freed_memory_to_os",
-    "safetensors_source",
-    "shards_of",
-    "univg_checkpoint_source",
 ]

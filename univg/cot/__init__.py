@@ -6,10 +6,12 @@ the judge (same endpoint by default) picks the best survivor; a sample of the re
 for human review. CLI: ``python -m univg.cot build|import-review`` (see :mod:`univg.cot.__main__`).
 """
 
-from univg.cot.builder import BuildConfig, BuildReport, CotBuilder, SampleResult, pick_review, write_output
+from univg.cot.builder import BuildConfig, CotBuilder, pick_review, write_output
 from univg.cot.cache import ResponseCache, cache_key
 from univg.cot.checks import ChainCheck, check_chain
 from univg.cot.client import ChatClient, ChatResult, TeacherRequestError
+from univg.cot.report import BuildReport
+from univg.cot.results import SampleResult
 from univg.cot.review import apply_review, export_review
 
 __all__ = [

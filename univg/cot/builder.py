@@ -28,12 +28,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from univg.boxes import IntBox, Qwen2VLFrame, format_answer
+from univg.boxes import Qwen2VLFrame, format_answer
 from univg.cot.cache import ResponseCache, cache_key
-from univg.cot.checks import ChainCheck, check_chain
+from univg.cot.checks import check_chain
 from univg.cot.client import ChatClient, TeacherRequestError
 from univg.cot.prompts import ChatPrompt, judge_prompt, parse_judge_choice, sample_images, teacher_prompt
-from univg.cot.report import SAMPLE_REASONS, BuildReport, tally
+from univg.cot.report import BuildReport, tally
+from univg.cot.results import ChainOutcome, SampleResult
 from univg.data import GroundingSample, write_cot_sft
 
 _FRAME = Qwen2VLFrame()
@@ -73,58 +74,6 @@ class BuildConfig:
             raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
         if not 0.0 <= self.iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in [0, 1], got {self.iou_threshold}")
-
-
-@dataclass
-class ChainOutcome:
-    """One teacher chain: its reply (``None`` when the request failed), check and error."""
-
-    index: int
-    text: str | None
-    check: ChainCheck | None
-    error: str | None = None
-    cached: bool = False
-
-    @property
-    def reason(self) -> str | None:
-        if self.error is not None:
-            return "request_error"
-        assert self.check is not None
-        return self.check.reason
-
-
-@dataclass
-class SampleResult:
-    """What happened to one sample. ``chosen`` indexes ``chains``; ``selection`` says how it was
-    chosen (``single``: the only passing chain, ``judge``, ``judge_fallback``)."""
-
-    sample: GroundingSample
-    answer: IntBox
-    chains: list[ChainOutcome] = field(default_factory=list)
-    chosen: int | None = None
-    selection: str | None = None
-    reason: str | None = None
-    detail: str = ""
-    #: The judge request's error when it failed for good (the sample then falls back to best IoU).
-    judge_error: str | None = None
-
-    @property
-    def accepted(self) -> bool:
-        return self.reason is None
-
-    @property
-    def reasoning(self) -> str:
-        """The chosen chain's reasoning (inside ``<think>``); empty for a rejected sample."""
-        if self.chosen is None:
-            return ""
-        check = self.chains[self.chosen].check
-        return check.reasoning if check is not None else ""
-
-    def output_sample(self) -> GroundingSample:
-        """The sample to write: the chosen reasoning with the sample's own (ground-truth) box."""
-        if not self.accepted:
-            raise ValueError(f"{self.sample.where()}: rejected ({self.reason}), nothing to write")
-        return dataclasses.replace(self.sample, reasoning=self.reasoning)
 
 
 class CotBuilder:
@@ -355,12 +304,8 @@ def relative_images(sample: GroundingSample, image_root: str | os.PathLike[str] 
 
 
 __all__ = [
-    "SAMPLE_REASONS",  # re-exported: the report lives in univg.cot.report
     "BuildConfig",
-    "BuildReport",
-    "ChainOutcome",
     "CotBuilder",
-    "SampleResult",
     "pick_review",
     "relative_images",
     "write_output",

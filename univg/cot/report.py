@@ -11,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from univg.cot.checks import CHAIN_REASONS
-
-if TYPE_CHECKING:
-    from univg.cot.builder import SampleResult
+from univg.cot.results import SampleResult
 
 #: Sample-level rejection reasons.
 SAMPLE_REASONS = ("bad_ground_truth", "image_error", "request_error", "no_valid_chain")

@@ -24,7 +24,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from univg.boxes import IntBox, format_answer
-from univg.cot.builder import SampleResult
+from univg.cot.results import SampleResult
 from univg.data.images import load_image
 
 MARKS = ("accept", "reject")

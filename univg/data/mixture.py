@@ -28,7 +28,7 @@ from typing import Any
 
 from univg.data.datamodules import GroundingDataModule, TrainDegeneratePolicy
 from univg.data.readers import read_samples
-from univg.data.readers.common import SOURCE_KINDS
+from univg.data.readers.sources import SOURCE_KINDS
 from univg.data.schema import GroundingSample
 from univg.tokenizer import MIN_PIXELS
 

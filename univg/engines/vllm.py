@@ -42,18 +42,13 @@ from torch import nn
 
 from univg.engines.base import RolloutEngine
 from univg.engines.vllm_io import (
-    PushedWeight,
     assemble_rollout,
-    collapse_image_runs,
     completion_tokens,
-    image_runs,
-    pixels_to_images,
     place_image_features,
     prompt_images,
     prompt_texts,
     prompt_token_rows,
     pushed_weights,
-    vllm_weight_name,
 )
 from univg.rollout import EOS_IDS, MODEL_KEYS, SUPPRESS_IDS, Rollout, SamplingSpec, check_left_padded
 
@@ -147,7 +142,7 @@ class VLLMEngine(RolloutEngine):
         seed: vLLM's sampling seed (colocate); each process adds its rank.
         skip_frozen: after the first (full) sync, push only tensors an optimiser step can change
             (trainable parameters and the LoRA layers' merged weights): frozen ones never change.
-        legacy_names: push the original checkpoints' names (see :func:`vllm_weight_name`).
+        legacy_names: push the original checkpoints' names (see :func:`~univg.engines.vllm_io.vllm_weight_name`).
         server_timeout: seconds to wait for the server to come up.
         group_port: port of the NCCL weight-transfer group (server).
         llm_kwargs: extra ``vllm.LLM`` arguments (e.g. ``max_num_batched_tokens``, ``enforce_eager``).
@@ -401,22 +396,4 @@ class VLLMEngine(RolloutEngine):
         return len(weights)
 
 
-# the exchange helpers stay importable from here, where they lived before univg.engines.vllm_io
-__all__ = [
-    "MODES",
-    "SUPPRESS_BIAS",
-    "PushedWeight",
-    "VLLMEngine",
-    "VLLMMode",
-    "assemble_rollout",
-    "collapse_image_runs",
-    "completion_tokens",
-    "image_runs",
-    "pixels_to_images",
-    "place_image_features",
-    "prompt_images",
-    "prompt_texts",
-    "prompt_token_rows",
-    "pushed_weights",
-    "vllm_weight_name",
-]
+__all__ = ["MODES", "SUPPRESS_BIAS", "VLLMEngine", "VLLMMode"]

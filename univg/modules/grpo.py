@@ -43,7 +43,6 @@ from univg.modules.grpo_step import (
     pad_kept_groups,
     score_completions,
     select_groups,
-    select_prompt_rows,
     step_advantages,
     step_sizes,
     world_sum,
@@ -486,4 +485,4 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         self._log_step(buffer, logs, opt, used, inv if check else None)
 
 
-__all__ = ["ACCURACY", "GRPOModule", "ScoredRollout", "select_prompt_rows"]
+__all__ = ["ACCURACY", "GRPOModule"]

@@ -216,9 +216,9 @@ def _save(image: Any, path: Path, size: tuple[int, int]) -> str:
 
 def write_data(root: Path, n_stage1: int, n_stage2: int, n_eval: int) -> dict[str, Path]:
     """The three files in the release's formats, with their images under ``root/images``."""
-    from univg.data.readers.common import write_records
     from univg.data.readers.cot_sft import cot_record
     from univg.data.readers.stage2_rl import stage2_record
+    from univg.data.readers.writing import write_records
     from univg.prompts import render_prompt
 
     images = root / "images"

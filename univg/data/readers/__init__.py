@@ -11,11 +11,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from univg.data.readers.common import CLAMP_TOLERANCE, image_mentions, load_records, target_from_question
+from univg.data.readers.common import CLAMP_TOLERANCE, load_records
 from univg.data.readers.cot_sft import cot_record, read_cot_sft, write_cot_sft
 from univg.data.readers.lisa import read_lisa, read_llmseg
 from univg.data.readers.mgrounding import read_mgrounding
 from univg.data.readers.mig_bench import MIG_TASKS, PAPER_COLUMNS, mig_target_index, read_mig_bench
+from univg.data.readers.questions import image_mentions, target_from_question
 from univg.data.readers.refcoco import read_refcoco
 from univg.data.readers.stage2_rl import read_stage2_rl, stage2_record, write_stage2_rl
 from univg.data.readers.vos import read_vos

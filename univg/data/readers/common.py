@@ -19,7 +19,7 @@ Box policy (all readers):
 
 Question wording (:mod:`~univg.data.readers.questions`), source detection in mixed files
 (:mod:`~univg.data.readers.sources`) and writing files back (:mod:`~univg.data.readers.writing`)
-live beside this module; their names are importable from here as before.
+live in modules beside this one.
 
 Errors name the file's own field: a reader says which file field each schema field came from
 (``run_reader(fields=...)`` or :meth:`Record.map_field`), so a RefCOCO record whose ``problem`` is
@@ -39,14 +39,6 @@ from typing import Any, Literal, get_args
 
 from univg.boxes import Box, get_frame, parse_box_tokens
 from univg.data.images import ImageNotFoundError, image_size, resolve_image_path
-from univg.data.readers.questions import (  # noqa: F401  (imported from here before issue 19)
-    ORDINAL_WORDS,
-    image_mentions,
-    strip_image_placeholders,
-    target_from_question,
-)
-from univg.data.readers.sources import COCO_MARKER, SOURCE_KINDS, detect_source, note_source  # noqa: F401
-from univg.data.readers.writing import image_paths, write_records  # noqa: F401
 from univg.data.schema import (
     GroundingSample,
     ReadReport,

@@ -15,7 +15,7 @@ with ``prompt_template`` set, so a collated sample reproduces the file's prompt 
 ``write_cot_sft(read_cot_sft(f))`` rewrites the same records.
 
 The release's ``stage1_cotsft.json`` mixes two sources in one file, told apart per record
-(:func:`~univg.data.readers.common.detect_source`, counted in the report as ``source_kind:*``):
+(:func:`~univg.data.readers.sources.detect_source`, counted in the report as ``source_kind:*``):
 MGrounding CoT records (``<think>...</think><answer>...</answer>``) and single-image RefCOCO/COCO
 records, whose assistant turn may be an ``<answer>`` block without reasoning or the bare box
 ``(x1, y1), (x2, y2)`` (optionally in ``<|box_start|>...<|box_end|>``). The assistant text is kept
@@ -32,18 +32,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from univg.boxes import parse_answer
-from univg.data.readers.common import (
-    DegeneratePolicy,
-    Record,
-    detect_source,
-    image_paths,
-    note_source,
-    question_sample,
-    run_reader,
-    target_from_question,
-    write_records,
-)
+from univg.data.readers.common import DegeneratePolicy, Record, question_sample, run_reader
 from univg.data.readers.mgrounding import prompt_and_answer
+from univg.data.readers.questions import target_from_question
+from univg.data.readers.sources import detect_source, note_source
+from univg.data.readers.writing import image_paths, write_records
 from univg.data.schema import GroundingSample, SampleList
 from univg.prompts import render_prompt, split_prompt, split_target, target_text
 
@@ -101,7 +94,9 @@ def _parse(rec: Record, image_root: str | os.PathLike | None) -> list[GroundingS
     box, meta = rec.box(coords, answer_field, rec.id, frame="qwen2-vl")
     template, question = split_prompt(text)
     target, rule = _target(rec, question, len(images))
-    meta.update(note_source(rec, *detect_source(images, template, has_reasoning=reasoning is not None)))
+    meta.update(
+        note_source(rec.report, *detect_source(images, template, has_reasoning=reasoning is not None))
+    )
     verbatim: str | None = answer
     if meta.get("clamped") or meta.get("swapped"):
         verbatim = None  # the file's text still holds the box as written: render the fixed one

@@ -41,14 +41,13 @@ from typing import Any
 
 from univg.data.readers.common import (
     CLAMP_TOLERANCE,
-    ORDINAL_WORDS,
     Record,
     load_records,
     logger,
     question_sample,
     run_reader,
-    target_from_question,
 )
+from univg.data.readers.questions import ORDINAL_WORDS, target_from_question
 from univg.data.schema import GroundingSample, SampleError, SampleList
 from univg.metrics import MIG_COLUMNS
 

@@ -11,13 +11,8 @@ from __future__ import annotations
 
 import os
 
-from univg.data.readers.common import (
-    DegeneratePolicy,
-    Record,
-    run_reader,
-    single_image_sample,
-    strip_image_placeholders,
-)
+from univg.data.readers.common import DegeneratePolicy, Record, run_reader, single_image_sample
+from univg.data.readers.questions import strip_image_placeholders
 from univg.data.schema import GroundingSample, SampleList
 
 #: Schema field -> this format's field (aliases), so errors name what the file calls it.

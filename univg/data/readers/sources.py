@@ -4,10 +4,8 @@ single-image RefCOCO/COCO records from the multi-image MGrounding ones, per reco
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from univg.data.readers.common import Record
+from univg.data.schema import ReadReport
 
 #: Images under this folder are COCO's (RefCOCO/+/g); the release detects its single-image
 #: COCO records by the same path component.
@@ -49,7 +47,7 @@ def detect_source(
     return "mgrounding", "single_image"
 
 
-def note_source(rec: Record, kind: str, rule: str) -> dict[str, str]:
-    """Count the record's detected source in the report; the meta entries for its sample."""
-    rec.report.note(f"source_kind:{kind}")
+def note_source(report: ReadReport, kind: str, rule: str) -> dict[str, str]:
+    """Count a record's detected source in the reader's ``report``; the meta entries for its sample."""
+    report.note(f"source_kind:{kind}")
     return {"source_kind": kind, "source_rule": rule}

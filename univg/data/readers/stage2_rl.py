@@ -4,7 +4,7 @@ Record: ``question`` (with ``<image>`` placeholders), ``answer`` (4 ints, Qwen2-
 a string holding ``(x1, y1), (x2, y2)``), ``images``; optional ``id``, ``task``/``type``.
 
 Every record is read (the release trains on the whole file). Single-image COCO records are told
-apart per record (:func:`~univg.data.readers.common.detect_source`: ``coco/train2014`` in the
+apart per record (:func:`~univg.data.readers.sources.detect_source`: ``coco/train2014`` in the
 path, the release's own test, or a question already in the single-image template), counted in
 the report (``source_kind:coco`` / ``source_kind:mgrounding``) and recorded in
 ``meta["source_kind"]``. They are RefCOCO samples: task ``refcoco`` and prompt template
@@ -21,19 +21,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from univg.boxes import parse_answer
-from univg.data.readers.common import (
-    COCO_MARKER,  # noqa: F401 - importable from here as before
-    DegeneratePolicy,
-    Record,
-    detect_source,
-    image_paths,
-    note_source,
-    question_sample,
-    run_reader,
-    target_from_question,
-    write_records,
-)
+from univg.data.readers.common import DegeneratePolicy, Record, question_sample, run_reader
 from univg.data.readers.mgrounding import question_text
+from univg.data.readers.questions import target_from_question
+from univg.data.readers.sources import detect_source, note_source
+from univg.data.readers.writing import image_paths, write_records
 from univg.data.schema import GroundingSample, SampleList
 from univg.prompts import answer_coords, split_prompt
 
@@ -59,7 +51,7 @@ def _parse(rec: Record, image_root, single_image_template: str | None) -> list[G
     box, meta = rec.box(rec.numbers(raw, field), field, rec.id, frame="qwen2-vl")
     written_template, bare_question = split_prompt(question.strip())
     kind, source_rule = detect_source(images, written_template)
-    meta.update(note_source(rec, kind, source_rule))
+    meta.update(note_source(rec.report, kind, source_rule))
     is_coco_single = kind == "coco"
     if is_coco_single and written_template == "refcoco_single":
         question = bare_question  # the template is applied again at collation
