@@ -285,3 +285,86 @@ def test_a_truncated_or_incomplete_model_folder_is_refused(tmp_path, tiny_model,
     bad_header.write_bytes((10**12).to_bytes(8, "little") + b"{}")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         check_model_folder(folder, "backbone.checkpoint")
+
+
+# ------------------------------------------------------------------ rerunning an interrupted fit
+def interrupted_run(tmp_path: Path, args: list[str], version: int = 0) -> Path:
+    """A run folder as an interrupted fit of ``args`` leaves it: config.yaml, last.ckpt, the marker."""
+    from univg.resume import mark_interrupted
+
+    cli = main(args[1:], run=False)  # the same config, built without running
+    folder = tmp_path / "runs" / "run" / f"version_{version}"
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.yaml").write_text(cli.parser.dump(cli.config, skip_none=False))
+    last = folder / "checkpoints" / "last.ckpt"
+    torch.save({"global_step": 5}, last)
+    mark_interrupted(last, 5, "SIGTERM")
+    return last
+
+
+def fit_call(monkeypatch, capsys, args: list[str]) -> tuple[dict, str]:
+    """Run ``args`` through the CLI with ``Trainer.fit`` recorded instead of run."""
+    import lightning as L
+
+    calls: dict = {}
+
+    def fit(self, model, datamodule=None, ckpt_path=None, **kwargs):  # noqa: ANN001, ANN202
+        calls.update(ckpt_path=ckpt_path, log_dir=self.log_dir)
+
+    monkeypatch.setattr(L.Trainer, "fit", fit)
+    monkeypatch.setattr("univg.cli.check_inputs", lambda config: None)  # the stand-in last.ckpt
+    main(args)
+    return calls, capsys.readouterr().err
+
+
+RUN = [
+    "fit",
+    "--config",
+    DEBUG,
+    "--trainer.logger.init_args.name",
+    "run",
+    "--trainer.logger.init_args.save_dir",
+    "runs",
+]
+
+
+def test_the_same_command_resumes_an_interrupted_run_into_its_folder(tmp_path, monkeypatch, capsys):
+    last = interrupted_run(tmp_path, RUN)
+    calls, err = fit_call(monkeypatch, capsys, RUN)
+    assert calls["ckpt_path"] == str(Path("runs/run/version_0/checkpoints/last.ckpt"))
+    assert Path(calls["log_dir"]).resolve() == last.parent.parent.resolve()
+    assert "resuming the interrupted run runs/run/version_0 from last.ckpt (step 5)" in err
+
+
+def test_a_changed_config_or_fresh_starts_a_new_run_and_says_why(tmp_path, monkeypatch, capsys):
+    interrupted_run(tmp_path, RUN)
+    calls, err = fit_call(monkeypatch, capsys, [*RUN, "--model.init_args.lr", "2e-3"])
+    assert calls["ckpt_path"] is None and calls["log_dir"].endswith("version_1")
+    assert "was interrupted at step 5 but its config differs (model.init_args.lr: 0.001 -> 0.002)" in err
+    calls, err = fit_call(monkeypatch, capsys, [*RUN, "--fresh"])
+    assert calls["ckpt_path"] is None and "resuming" not in err
+
+
+def test_only_the_newest_version_is_resumed(tmp_path, monkeypatch, capsys):
+    interrupted_run(tmp_path, RUN, version=0)
+    (tmp_path / "runs" / "run" / "version_1").mkdir()  # a later run followed the interrupted one
+    calls, err = fit_call(monkeypatch, capsys, RUN)
+    assert calls["ckpt_path"] is None and "resuming" not in err
+
+
+# ------------------------------------------------------------------ the other entry points
+def test_predict_on_an_undecodable_image_is_one_line(tmp_path, capsys):
+    """Found when the prediction batch is built, after the model: one line, exit 2."""
+    from univg.predict.__main__ import main as predict_main
+
+    good, broken = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (56, 56), (20, 200, 30)).save(good)
+    broken.write_bytes(b"GIF89a" + b"\x00" * 40)
+    args = ["--images", str(good), str(broken), "--instruction", "the green square", "--preset", "tiny"]
+    with pytest.raises(SystemExit) as exit_info:
+        predict_main([*args, "--random-weights", "--max-new-tokens", "4", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    (line,) = [x for x in err.splitlines() if x.startswith("univg.predict: error:")]
+    assert err.strip().splitlines()[-1] == line and "Traceback" not in err
+    assert "images[1] cannot be decoded" in line and str(broken) in line, line

@@ -23,13 +23,10 @@ from univg.cot.builder import BuildConfig, CotBuilder, pick_review, relative_ima
 from univg.cot.cache import ResponseCache
 from univg.cot.client import ChatClient
 from univg.cot.report import DEFAULT_MAX_FAILURE_SHARE
+from univg.errors import UsageError
 
 #: Exit statuses: a failed run (nothing accepted, too many failed calls), bad input, interrupted.
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-
-
-class UsageError(Exception):
-    """Bad input caught before any request is paid: one line, exit status 2."""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -8,9 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from univg.data.prepare import DATASETS, list_datasets, prepare
+from univg.errors import entry_point
 
 
+@entry_point("univg.data")
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; 0 every dataset ready, 1 some not, 2 bad input (one ``univg.data: error:`` line)."""
     parser = argparse.ArgumentParser(prog="python -m univg.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="every dataset with its source, expected record count and status")

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from univg.errors import entry_point
 from univg.predict import UserImagesDataModule, predict_backbone
 
 NO_WEIGHTS = (
@@ -21,8 +22,10 @@ NO_WEIGHTS = (
 )
 
 
+@entry_point("univg.predict")
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """``python -m univg.predict``; returns the prediction rows (also printed)."""
+    """``python -m univg.predict``; returns the prediction rows (also printed). Bad input (an image,
+    a checkpoint, a config) ends as one ``univg.predict: error:`` line, exit status 2."""
     import lightning as L
 
     from univg.modules.base import GroundingModule
