@@ -368,3 +368,20 @@ def test_predict_on_an_undecodable_image_is_one_line(tmp_path, capsys):
     (line,) = [x for x in err.splitlines() if x.startswith("univg.predict: error:")]
     assert err.strip().splitlines()[-1] == line and "Traceback" not in err
     assert "images[1] cannot be decoded" in line and str(broken) in line, line
+
+
+# ------------------------------------------------------------------ running on nothing
+def test_an_empty_training_file_is_refused_naming_it(tmp_path, capsys):
+    path, root = stage2_records(tmp_path, [])
+    line = one_error_line(capsys, stage2_run(path, root))
+    assert f"data.init_args.train_file {path}: no train samples" in line, line
+
+
+def test_an_evaluation_file_whose_records_are_all_skipped_is_refused(tmp_path, capsys):
+    path, root = stage2_records(tmp_path, [[100, 200, "x", 400]] * 2)
+    run = [
+        "test", "--config", DEBUG, "--data", "univg.data.Stage2RLDataModule", "--data.test_file", str(path),
+        "--data.image_root", str(root), "--data.skip_invalid", "true",
+    ]  # fmt: skip
+    line = one_error_line(capsys, run)
+    assert f"data.init_args.test_file {path}: no test samples" in line, line

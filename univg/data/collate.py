@@ -17,7 +17,7 @@ import torch
 
 from univg.boxes import Frame, get_frame
 from univg.data.images import load_image
-from univg.data.schema import GroundingSample
+from univg.data.schema import GroundingSample, SampleError
 from univg.prompts import (
     TARGET_FORMATS,
     answer_coords,
@@ -95,7 +95,7 @@ class GroundingCollator:
             first = cursor
             prompt, cursor = self.processor.expand_image_tokens(prompt, grid, cursor)
             if cursor - first != len(s.images):
-                raise ValueError(
+                raise SampleError(
                     f"{s.where()}: the prompt holds {cursor - first} images, the sample {len(s.images)}"
                 )
             size = self._resized_size(grid[first + s.target_index])
@@ -109,7 +109,7 @@ class GroundingCollator:
                 ids = ids + target
             if self.max_length is not None and len(ids) > self.max_length:
                 n_image = sum(int(g.prod()) for g in grid[first:cursor]) // self.processor.merge_size**2
-                raise ValueError(
+                raise SampleError(
                     f"{s.where()}: {len(ids)} tokens ({n_image} of them image tokens) exceed max_length "
                     f"{self.max_length}; image tokens are never cut: raise max_length or lower max_pixels"
                 )

@@ -30,7 +30,7 @@ from univg.data.collate import MODES, GroundingCollator
 from univg.data.loader import ResumableDataLoader
 from univg.data.readers import read_samples
 from univg.data.release_resize import TwoStepResizeProcessor
-from univg.data.schema import GroundingSample
+from univg.data.schema import GroundingSample, SampleError
 from univg.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
 
 SPLITS = ("train", "val", "test")
@@ -196,6 +196,14 @@ class GroundingDataModule(L.LightningDataModule):
                     samples = self.draw_val(samples)
                 if samples is not None and self.limit is not None:
                     samples = samples[: self.limit]
+                if samples is not None and len(samples) == 0:
+                    # an empty split trains nothing (Lightning stops at once, saving nothing) or
+                    # evaluates nothing (a table of dashes): refused, naming the file
+                    where = self.files.get(split) or f"the {split} split"
+                    raise SampleError(
+                        f"data.init_args.{split}_file {where}: no {split} samples"
+                        + (f" (limit {self.limit})" if self.limit is not None else "")
+                    )
                 self.samples[split] = samples
 
     def draw_val(self, samples: Sequence[GroundingSample]) -> list[GroundingSample]:
