@@ -225,3 +225,14 @@ def test_training_module_swaps_by_default_and_evaluation_keeps(tmp_path, capsys)
     assert [s.index for s in skip.train_samples] == [0]
     with pytest.raises(ValueError, match="degenerate_boxes must be"):
         Stage2RLDataModule(degenerate_boxes="keep")
+
+
+def test_an_unknown_mig_bench_task_is_refused_by_name_not_made_a_column(tmp_path):
+    """A misspelt task used to become a column of its own, and of AVG."""
+    make, _, _ = RECORDS["mig_bench"]
+    good = make(GOOD_Q, [100, 200, 300, 400])
+    path = write(tmp_path, "mig_bench", [good, {**good, "task": "refer_grondin"}])
+    with pytest.raises(SampleError, match=r"mig_bench.json:record 1 .*field 'task'.*refer_grondin"):
+        read_samples(path, "mig_bench")
+    kept = read_samples(path, "mig_bench", skip_invalid=True)
+    assert len(kept) == 1 and [s[0] for s in kept.report.skipped] == [1]

@@ -168,6 +168,10 @@ def _parse(
             rec.raw.get("answer"),
         )
     task = rec.get("task", expected="a task name", types=str)
+    if task not in PAPER_COLUMNS:  # a misspelt task would become a column of its own in AVG
+        raise rec.error(
+            "task", f"one of MIG-Bench's {len(PAPER_COLUMNS)} tasks {sorted(PAPER_COLUMNS)}", task
+        )
     images = rec.str_list("images")
     question = rec.get("question", expected="the question text", types=str)
     additional_info = rec.get("additional_info", expected="a string", types=str, default="")
@@ -191,7 +195,7 @@ def _parse(
     meta.update(
         need_format=rec.get("need_format", expected="a bool", types=bool, default=None),
         additional_info=additional_info,
-        paper_column=PAPER_COLUMNS.get(task, task),
+        paper_column=PAPER_COLUMNS[task],
     )
     return question_sample(rec, images, image_root, task, target, rule, question, box, meta)
 
