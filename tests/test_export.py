@@ -297,3 +297,44 @@ def test_lora_run_on_a_base_checkpoint_exports_as_a_peft_adapter(tmp_path_factor
     _, theirs = project_logits(model)
     _, ours = project_logits(project_model(ckpt, run))
     torch.testing.assert_close(theirs, ours, atol=0, rtol=0)
+
+
+def test_without_torchvision_the_export_says_in_one_line_what_autoprocessor_needs(
+    full_run, tmp_path, capsys, monkeypatch
+):
+    import univg.export as export
+
+    ckpt, _ = full_run
+    monkeypatch.setattr(export, "torchvision_available", lambda: False)
+    assert export.main([str(ckpt), "--out", str(tmp_path / "a")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == f"wrote {tmp_path / 'a'}"
+    (note,) = [line for line in captured.err.splitlines() if line.startswith("univg export:")]
+    assert note.startswith(
+        f"univg export: note: AutoProcessor.from_pretrained({tmp_path / 'a'}) needs torchvision"
+    )
+    assert "pip install torchvision" in note and "AutoTokenizer and AutoImageProcessor" in note
+    # what the note and the model card offer instead loads in plain transformers without torchvision
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    card = (tmp_path / "a" / "README.md").read_text()
+    assert 'AutoImageProcessor.from_pretrained("THIS_FOLDER")' in card and "pip install torchvision" in card
+    assert AutoTokenizer.from_pretrained(tmp_path / "a").chat_template
+    assert AutoImageProcessor.from_pretrained(tmp_path / "a").merge_size == 2
+
+    monkeypatch.setattr(export, "torchvision_available", lambda: True)
+    assert export.main([str(ckpt), "--out", str(tmp_path / "b")]) == 0
+    assert "univg export:" not in capsys.readouterr().err  # AutoProcessor loads it there: no note
+
+
+def test_torchvision_available_matches_what_autoprocessor_finds(full_run, tmp_path):
+    from transformers import AutoProcessor
+
+    from univg.export import export_checkpoint, torchvision_available
+
+    out = export_checkpoint(full_run[0], tmp_path / "hf")
+    if torchvision_available():
+        assert AutoProcessor.from_pretrained(out).image_processor is not None
+    else:  # the project's CPU environment: the note's reason is the real one
+        with pytest.raises(ImportError, match="Torchvision"):
+            AutoProcessor.from_pretrained(out)

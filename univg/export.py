@@ -21,6 +21,7 @@ the run's directory (found beside or above the checkpoint), or from ``--config``
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import json
 import os
@@ -190,13 +191,15 @@ def model_card(
         "## Use",
         "",
         "```python",
-        "from transformers import AutoTokenizer, Qwen2VLForConditionalGeneration",
+        "from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration",
         "",
         'model = Qwen2VLForConditionalGeneration.from_pretrained("THIS_FOLDER")',
         'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")  # chat template included',
+        'image_processor = AutoImageProcessor.from_pretrained("THIS_FOLDER")',
         "```",
         "",
-        "With torchvision installed, `AutoProcessor.from_pretrained` gives the Qwen2-VL processor;"
+        "`AutoProcessor.from_pretrained` gives both as one Qwen2-VL processor where torchvision is"
+        " installed (transformers 5 builds the processor's video part with it: `pip install torchvision`);"
         " `vllm serve THIS_FOLDER` serves it.",
         "",
         "## Decoding",
@@ -231,6 +234,26 @@ def write_generation_config(out: Path, tokenizer: Any, decoding: dict[str, Any])
         "pad_token_id": tokenizer.convert_tokens_to_ids(PAD_TOKEN),
     }
     (out / "generation_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+#: What a user without torchvision needs to know about an exported folder, in one line.
+NO_TORCHVISION = (
+    "AutoProcessor.from_pretrained({folder}) needs torchvision, which is not installed here "
+    "(transformers 5 builds Qwen2-VL's video processor with it): pip install torchvision (the build "
+    "matching your torch), or load AutoTokenizer and AutoImageProcessor from {folder} separately "
+    "(its README.md shows how)"
+)
+
+
+def torchvision_available() -> bool:
+    """Whether ``torchvision`` can be imported (``AutoProcessor`` needs it for Qwen2-VL)."""
+    return importlib.util.find_spec("torchvision") is not None
+
+
+def processor_note(folder: str | os.PathLike) -> str | None:
+    """The one line to print after an export where ``AutoProcessor`` cannot load the folder (no
+    torchvision); None where it can."""
+    return None if torchvision_available() else NO_TORCHVISION.format(folder=folder)
 
 
 def write_processor(out: Path, spec: BackboneSpec) -> Any:
@@ -403,10 +426,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"univg export: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
+    note = processor_note(out)
+    if note is not None:
+        print(f"univg export: note: {note}", file=sys.stderr)
     return 0
 
 
-__all__ = ["evaluation_decoding", "export_checkpoint", "load_state_dict", "main", "push_folder"]
+__all__ = [
+    "NO_TORCHVISION",
+    "evaluation_decoding",
+    "export_checkpoint",
+    "load_state_dict",
+    "main",
+    "processor_note",
+    "push_folder",
+    "torchvision_available",
+]
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())

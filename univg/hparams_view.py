@@ -24,9 +24,9 @@ DEFAULT_COLUMNS = ("1 phi", "2 stage", "3 data size", "4 preset", "test/avg", "t
 
 def read_sessions(root: str | Path, skipped: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Every HParams session under ``root``: run folder (relative) -> its hyper-parameters and the
-    last value of each of its registered metrics (NaN where only the placeholder was written).
-    Folders of events without a session (runs made without the HParams callback) are appended to
-    ``skipped``."""
+    last value of each of its registered metrics (None where the run has none: a run without
+    validation has no ``val/*``; a NaN placeholder of older runs counts as none). Folders of
+    events without a session are appended to ``skipped``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
@@ -55,7 +55,8 @@ def read_sessions(root: str | Path, skipped: list[str] | None = None) -> dict[st
         else:
             registered = list(tags)
         for tag in registered:
-            row[tag] = acc.Scalars(tag)[-1].value if tag in tags else math.nan
+            value = acc.Scalars(tag)[-1].value if tag in tags else None
+            row[tag] = None if value is None or math.isnan(value) else value
         sessions[str(folder.relative_to(root))] = row
     return sessions
 

@@ -45,6 +45,24 @@ PAPER_TABLE_TITLES: dict[str, str] = {
     "table6": "Table 6: 2B model (MIG-Bench, Acc@0.5 %)",
 }
 
+#: The paper's table number -> its layout (``python -m univg.reports paper --table N``).
+PAPER_TABLE_LAYOUTS: dict[int, str] = {
+    int(title.split(":")[0].removeprefix("Table ")): layout for layout, title in PAPER_TABLE_TITLES.items()
+}
+
+
+def layout_of_table(number: int) -> str:
+    """The layout of the paper's Table ``number`` (1-6); a ``ValueError`` names the tables there are.
+
+    >>> [layout_of_table(n) for n in range(1, 7)]
+    ['mig', 'zeroshot', 'refcoco', 'table4', 'table5', 'table6']
+    """
+    if number not in PAPER_TABLE_LAYOUTS:
+        raise ValueError(
+            f"the paper has Tables {min(PAPER_TABLE_LAYOUTS)}-{max(PAPER_TABLE_LAYOUTS)}, not {number}"
+        )
+    return PAPER_TABLE_LAYOUTS[number]
+
 
 def load_paper_tables(path: str | os.PathLike = PAPER_TABLES_FILE) -> dict[str, dict[str, dict[str, float]]]:
     """The paper's rows by layout (``mig``, ``zeroshot``, ``refcoco``, ``table4``-``table6``).

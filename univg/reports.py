@@ -17,10 +17,13 @@ merged into one table by :func:`merge_results` (``python -m univg.reports merge`
   (:mod:`univg.run_config`), Tables 4 and 6 by the row id in the run name (docs/design.md section 5).
 
 Each table also shows the paper's rows in full (all models of Tables 1-3, every ablation row of
-Tables 4-6), from :mod:`univg.paper_tables`. Runs on the synthetic benchmark (the grid's ``debug``
-and ``mini`` scales) get their own task columns and the paper's AVG beside them, labelled as a
-different task and model size, instead of the paper's rows. ``--seeds`` merges runs of the same
-name from several seeds into one row of mean ± standard deviation.
+Tables 4-6, every column whatever our runs cover), from :mod:`univg.paper_tables`. In the ablation
+tables, runs on the synthetic benchmark (the grid's ``debug`` and ``mini`` scales) get their own
+task columns and the paper's AVG beside them, labelled as a different task and model size, instead
+of the paper's rows; in Table 1 they stand beside the paper's rows. Either way the title, and a
+synthetic row beside other rows, say "(synthetic data)". ``--seeds`` merges runs of the same name
+from several seeds into one row of mean ± standard deviation. ``python -m univg.reports paper
+--table N`` prints the paper's Table N alone.
 
 All numbers are percentages with two decimals, as in the paper. A cell we have no number for is "–".
 """
@@ -28,8 +31,6 @@ All numbers are percentages with two decimals, as in the paper. A cell we have n
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import statistics
@@ -38,16 +39,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from univg.metrics import MIG_COLUMNS, PARSES
+from univg.metrics import MIG_COLUMNS
 from univg.paper_tables import (  # re-exported: the reports' public names before the split
     PAPER_ABLATION_ROWS,
     PAPER_ABLATIONS,
     PAPER_RESULTS,
+    PAPER_TABLE_LAYOUTS,
     PAPER_TABLE_TITLES,
     PAPER_TABLES_FILE,
     REFCOCO_SPLITS,
     REFERENCE_LAYOUTS,
     ZEROSHOT,
+    layout_of_table,
     load_paper_tables,
     load_reference,
     paper_ablation,
@@ -55,103 +58,39 @@ from univg.paper_tables import (  # re-exported: the reports' public names befor
     reference_columns,
     reference_rows,
 )
+from univg.report_cells import (  # re-exported: names of this module's public interface
+    ABLATIONS,
+    BENCHMARKS,
+    LAYOUTS,
+    MIG_BENCHMARKS,
+    csv_table,
+    layout_of,
+    markdown_table,
+    mean,
+    paper_cell,
+    pct,
+    run_cells,
+    task_columns,
+)
 from univg.results_files import find_results, read_results
 
-MIG_BENCHMARKS = ("mig_bench", "mig_bench_revised", "synthetic")
-
-#: Benchmark key -> title; the keys are what ``GroundingModule(benchmark=...)`` and results use.
-BENCHMARKS: dict[str, str] = {
-    "mig_bench": "MIG-Bench",
-    "mig_bench_revised": "MIG-Bench (revised)",
-    "synthetic": "Synthetic MIG-style benchmark",
-    **dict(REFCOCO_SPLITS),
-    **dict(ZEROSHOT),
-}
-
-ABLATIONS = ("table4", "table5", "table6")
-LAYOUTS = ("mig", "refcoco", "zeroshot", *ABLATIONS)
-
-
-# ----------------------------------------------------------------------------- cells
-def pct(value: float | None) -> str:
-    """A fraction as the paper prints it (percent, two decimals); ``None`` -> "–".
-
-    >>> pct(0.72641), pct(None), pct(1.0)
-    ('72.64', '–', '100.00')
-    """
-    return "–" if value is None else f"{100.0 * value:.2f}"
-
-
-def _paper(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
-
-
-def mean(values: Sequence[float | None]) -> float | None:
-    """Unweighted mean of the cells that have a value (``None`` if none do).
-
-    >>> mean([0.5, None, 1.0]), mean([None])
-    (0.75, None)
-    """
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
-
-
-def layout_of(benchmark: str) -> str:
-    """The paper table a benchmark belongs to.
-
-    >>> layout_of("mig_bench_revised"), layout_of("refcoco+/testA"), layout_of("lisa/val")
-    ('mig', 'refcoco', 'zeroshot')
-    """
-    if benchmark in MIG_BENCHMARKS:
-        return "mig"
-    if benchmark.startswith("refcoco"):
-        return "refcoco"
-    return "zeroshot"
-
-
-def task_columns(metrics: dict[str, float]) -> list[tuple[str, str]]:
-    """MIG-Bench's 10 columns, then any other task of ``metrics`` (a synthetic ``single`` task)."""
-    known = {t for t, _ in MIG_COLUMNS}
-    parses = {f"acc@0.5/{p}" for p in PARSES}  # each parse's overall Acc@0.5, not a task
-    extra = sorted(k.split("/", 1)[1] for k in metrics if k.startswith("acc@0.5/") and k not in parses)
-    return list(MIG_COLUMNS) + [(t, t) for t in extra if t not in known]
-
-
-def run_cells(result: dict[str, Any], layout: str) -> dict[str, float | None]:
-    """The cells one result fills in ``layout`` (fractions): task accuracies or its split's Acc@0.5."""
-    m = result.get("metrics", {})
-    if layout in ("mig", "table4", "table5", "table6"):
-        return {t: m.get(f"acc@0.5/{t}") for t, _ in task_columns(m)}
-    return {result["benchmark"]: m.get("acc@0.5")}
-
-
-# ----------------------------------------------------------------------------- tables
-def _markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _csv(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    for r in rows:
-        writer.writerow(["" if c == "–" else c for c in r])
-    return buf.getvalue()
+#: What marks our rows (and a table's title) when their numbers come from the synthetic benchmark.
+SYNTHETIC_MARK = "(synthetic data)"
 
 
 def _columns(
-    layout: str, results: Sequence[dict[str, Any]], synthetic: bool = False
+    layout: str, results: Sequence[dict[str, Any]], present_only: bool = False
 ) -> list[tuple[str, str]]:
+    """The table's columns: the layout's own (MIG-Bench's ten), then other tasks of the results;
+    ``present_only``: only the tasks the results have (synthetic runs without the paper's rows)."""
     if layout == "refcoco":
         return list(REFCOCO_SPLITS)
     if layout == "zeroshot":
         return list(ZEROSHOT)
-    cols: list[tuple[str, str]] = [] if synthetic else list(MIG_COLUMNS)
+    cols: list[tuple[str, str]] = [] if present_only else list(MIG_COLUMNS)
     for r in results:
         m = r.get("metrics", {})
-        present = [c for c in task_columns(m) if not synthetic or f"acc@0.5/{c[0]}" in m]
+        present = [c for c in task_columns(m) if not present_only or f"acc@0.5/{c[0]}" in m]
         cols += [c for c in present if c not in cols]
     return cols
 
@@ -178,15 +117,19 @@ def build_table(
     """(header, rows, footnotes) of ``layout`` over ``results`` (one row per run name).
 
     AVG is the unweighted mean of the row's filled columns; "*" marks an AVG over fewer columns
-    than the table has. ``reference`` (see :func:`load_reference`) adds or completes the paper rows.
+    than the table has, and a column a run has no number for shows "–" (the paper's rows keep all
+    their columns). ``reference`` (see :func:`load_reference`) adds or completes the paper rows.
     ``seeds``: the results of one run name are seeds of it (one result each); every cell shows the
-    mean ± standard deviation over them, AVG that of the per-seed AVGs.
+    mean ± standard deviation over them, AVG that of the per-seed AVGs. Runs on the synthetic
+    benchmark beside other rows are marked :data:`SYNTHETIC_MARK`.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    synthetic_runs = {r["run"] for r in results if r.get("benchmark") == "synthetic"}
     synthetic = bool(results) and all(r.get("benchmark") == "synthetic" for r in results)
     ablation = layout.startswith("table")
-    cols = _columns(layout, results, synthetic)
+    paper_rows_shown = paper and not (synthetic and ablation)
+    cols = _columns(layout, results, present_only=synthetic and not paper_rows_shown)
     by_run: dict[str, list[dict[str, float | None]]] = {}
     rows_of: dict[str, dict[str, Any]] = {}
     for r in results:
@@ -201,15 +144,19 @@ def build_table(
     if ablation:
         header += ["Paper AVG (MIG-Bench)"] if synthetic else ["Paper AVG", "Δ"]
     rows, notes = [], []
-    n_main = len(cols) if synthetic or layout not in ("mig", *ABLATIONS) else len(MIG_COLUMNS)
+    own_columns = layout not in ("mig", *ABLATIONS) or (synthetic and not paper_rows_shown)
+    n_main = len(cols) if own_columns else len(MIG_COLUMNS)
+    # beside the paper's rows or real runs, a synthetic run's row says so
+    mark_synthetic = bool(synthetic_runs) and (paper_rows_shown or len(synthetic_runs) < len(by_run))
     for run, samples in by_run.items():
         phi = rows_of[run].get("phi")
         values = [[s.get(k) for k, _ in cols] for s in samples]
         avgs = [mean(v) for v in values]
-        filled = max(sum(x is not None for x in v) for v in values)
+        filled = max(sum(x is not None for x in v[:n_main]) for v in values)
         mark = "*" if avgs[0] is not None and filled < n_main else ""
         cells = [_spread([v[i] for v in values]) for i in range(len(cols))]
-        row = [run, *([phi or "–"] if with_phi else []), *cells, _spread(avgs) + mark]
+        label = f"{run} {SYNTHETIC_MARK}" if mark_synthetic and run in synthetic_runs else run
+        row = [label, *([phi or "–"] if with_phi else []), *cells, _spread(avgs) + mark]
         row += [str(len(samples))] if seeds else []
         if mark:
             notes.append(f"* {run}: AVG over {filled} of {n_main} columns.")
@@ -217,7 +164,9 @@ def build_table(
             paper_avg = paper_ablation(layout, run, phi=phi)
             avg = mean(avgs)
             delta = None if paper_avg is None or avg is None else 100.0 * avg - paper_avg
-            row += [_paper(paper_avg)] + ([] if synthetic else ["–" if delta is None else f"{delta:+.2f}"])
+            row += [paper_cell(paper_avg)] + (
+                [] if synthetic else ["–" if delta is None else f"{delta:+.2f}"]
+            )
         rows.append(row)
     if synthetic and ablation:
         size = "Qwen2-VL-2B" if layout == "table6" else "Qwen2-VL-7B"
@@ -236,9 +185,9 @@ def build_table(
             row = [
                 name,
                 *([name.removesuffix(" (paper)")] if with_phi else []),
-                *[_paper(values.get(k)) for k in keys],
+                *[paper_cell(values.get(k)) for k in keys],
             ]
-            row += [_paper(values.get("avg"))] + (["–"] if seeds else [])
+            row += [paper_cell(values.get("avg"))] + (["–"] if seeds else [])
             rows.append(row + ["–", "–"] if ablation else row)
         notes += paper_notes(layout, paper_rows)
     return header, rows, notes
@@ -304,18 +253,18 @@ def render_run(result: dict[str, Any]) -> tuple[str, str]:
     md = [
         f"## {title}: {result['run']} ({result.get('stage', 'test')}, step {result.get('step', 0)})",
         "",
-        _markdown(header, rows),
+        markdown_table(header, rows),
         "",
         f"Acc@0.5 (%), {parser} parser. AVG: unweighted mean of the columns.",
         *notes,
         "",
-        _markdown(*metrics_table(result)),
+        markdown_table(*metrics_table(result)),
         "",
         *footer([result]),
     ]
     if result.get("predictions"):
         md.append(f"Predictions: {result['predictions']}")
-    return "\n".join(md) + "\n", _csv(header, rows)
+    return "\n".join(md) + "\n", csv_table(header, rows)
 
 
 def write_run_results(result: dict[str, Any], out_dir: str | os.PathLike) -> Path:
@@ -349,16 +298,24 @@ def merge_tables(
     if not results:
         raise ValueError(f"no results for layout {layout!r} in {list(map(str, paths_or_dirs))}")
     header, rows, notes = build_table(results, layout, reference=reference, seeds=seeds)
-    titles = PAPER_TABLE_TITLES
-    md = [f"## {titles[layout]}", "", _markdown(header, rows), "", "AVG: unweighted mean of the columns."]
+    title = PAPER_TABLE_TITLES[layout]
+    if any(r.get("benchmark") == "synthetic" for r in results):
+        title += f"; our rows {SYNTHETIC_MARK}"
+    md = [
+        f"## {title}",
+        "",
+        markdown_table(header, rows),
+        "",
+        "AVG: unweighted mean of the columns.",
+    ]
     md += notes + ["", *footer(results)]
-    return "\n".join(md) + "\n", _csv(header, rows)
+    return "\n".join(md) + "\n", csv_table(header, rows)
 
 
 def paper_table(layout: str) -> str:
     """The paper's rows of ``layout`` alone, as Markdown (what ``merge`` shows beside one's runs)."""
     header, rows, notes = build_table([], layout)
-    md = [f"## {PAPER_TABLE_TITLES[layout]} (the paper's numbers)", "", _markdown(header, rows), ""]
+    md = [f"## {PAPER_TABLE_TITLES[layout]} (the paper's numbers)", "", markdown_table(header, rows), ""]
     return "\n".join(md + notes) + "\n"
 
 
@@ -370,7 +327,7 @@ def merge_results(paths_or_dirs: Sequence[Any], layout: str, stage: str | None =
 # ----------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m univg.reports merge --runs DIR... --layout L --out FILE`` | ``show RESULTS.json`` |
-    ``paper --layout L``."""
+    ``paper --table N`` (or ``--layout L``)."""
     parser = argparse.ArgumentParser(prog="python -m univg.reports", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     merge = sub.add_parser("merge", help="merge runs' results into one paper-style table")
@@ -389,9 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     show = sub.add_parser("show", help="print one run's table")
     show.add_argument("results", help="a results_<stage>.json file")
     paper = sub.add_parser(
-        "paper", help="print the paper's own table in a layout (no results of yours needed)"
+        "paper", help="print one of the paper's Tables 1-6 alone (no results of yours needed)"
     )
-    paper.add_argument("--layout", required=True, choices=LAYOUTS)
+    which = paper.add_mutually_exclusive_group(required=True)
+    which.add_argument(
+        "--table", type=int, choices=sorted(PAPER_TABLE_LAYOUTS), help="the paper's table number"
+    )
+    which.add_argument("--layout", choices=LAYOUTS, help="the table by layout name")
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -416,7 +377,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {out} and {out.with_suffix('.csv')}")
         return 0
     if args.command == "paper":
-        sys.stdout.write(paper_table(args.layout))
+        sys.stdout.write(paper_table(args.layout or layout_of_table(args.table)))
         return 0
     md, _ = render_run(read_results(args.results))
     sys.stdout.write(md)
@@ -426,28 +387,36 @@ def _run(args: argparse.Namespace) -> int:
 __all__ = [
     "BENCHMARKS",
     "LAYOUTS",
+    "MIG_BENCHMARKS",
     "PAPER_ABLATIONS",
     "PAPER_ABLATION_ROWS",
     "PAPER_RESULTS",
     "PAPER_TABLES_FILE",
+    "PAPER_TABLE_LAYOUTS",
     "PAPER_TABLE_TITLES",
+    "SYNTHETIC_MARK",
     "REFCOCO_SPLITS",
     "REFERENCE_LAYOUTS",
     "ZEROSHOT",
     "build_table",
     "find_results",
     "layout_of",
+    "layout_of_table",
     "load_paper_tables",
+    "mean",
     "load_reference",
     "merge_results",
     "merge_tables",
     "paper_ablation",
     "paper_table",
     "paper_notes",
+    "pct",
     "read_results",
     "reference_columns",
     "reference_rows",
     "render_run",
+    "run_cells",
+    "task_columns",
     "write_run_results",
 ]
 

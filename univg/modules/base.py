@@ -11,7 +11,8 @@ import torch
 
 from univg.backbone import BackboneSpec, count_parameters
 from univg.boxes import parse_answer
-from univg.checkpoints import load_model_weights  # noqa: F401  (its import path before issue 19)
+from univg.callbacks import plain_hparams
+from univg.checkpoints import load_model_weights
 from univg.decoding import DECODING_MODES, Decoding, checkpoint_decoding, greedy_decoding
 from univg.evaluation import EvaluationWriter, decode_prompts, extract_reasoning, model_frame_gt
 from univg.metrics import PARSE_KEYS, PARSES, GroundingMetrics
@@ -117,6 +118,11 @@ class GroundingModule(L.LightningModule):
         fresh: bool = False,
     ) -> None:
         super().__init__()
+        # Every run's hparams.yaml and checkpoint hold the module's arguments (a subclass's too), as
+        # plain data: a checkpoint still loads with torch.load(weights_only=True). A rollout engine
+        # holds a model; the run's config.yaml names it.
+        self.save_hyperparameters(ignore=["engine"])
+        self.save_hyperparameters(plain_hparams(dict(self.hparams)))
         if max_new_tokens < 1:  # nothing generated: every sample would score 0 and the run "pass"
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if schedule not in SCHEDULES:
@@ -182,6 +188,13 @@ class GroundingModule(L.LightningModule):
     @property
     def frame(self) -> Any:
         return self.backbone.frame
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """The trainer's progress bar counts optimiser steps (:mod:`univg.progress`); no callbacks added."""
+        from univg.progress import use_step_progress_bar
+
+        use_step_progress_bar(self.trainer)
+        return []
 
     def on_fit_start(self) -> None:
         n, t = count_parameters(self.model), count_parameters(self.model, trainable_only=True)
