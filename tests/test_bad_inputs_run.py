@@ -385,3 +385,17 @@ def test_an_evaluation_file_whose_records_are_all_skipped_is_refused(tmp_path, c
     ]  # fmt: skip
     line = one_error_line(capsys, run)
     assert f"data.init_args.test_file {path}: no test samples" in line, line
+
+
+def test_resuming_from_a_checkpoint_of_another_module_is_one_line(tmp_path, capsys):
+    """An SFT run's checkpoint given to a GRPO fit (which also holds a reference model)."""
+    sft = tmp_path / "sft.ckpt"
+    cli = main(["--config", DEBUG], run=False)
+    import lightning as L
+
+    cli.model.configure_model()  # builds the weights
+    state = {"state_dict": cli.model.state_dict(), "global_step": 0, "epoch": 0}
+    torch.save({**state, "pytorch-lightning_version": L.__version__}, sft)
+    line = one_error_line(capsys, ["fit", "--config", GRPO, "--ckpt_path", str(sft)])
+    assert f"--ckpt_path {sft}: not a checkpoint of this GRPOModule and backbone" in line, line
+    assert "missing keys (e.g. ref_model." in line, line

@@ -109,9 +109,9 @@ def _weights(path: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
 def test_a_signal_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeats_nothing(tmp_path, signame):
-    """Ctrl+C (SIGINT) or a scheduler's SIGTERM mid-run: last.ckpt holds every step done (before: no
-    save, so the resumed run redid them from the previous checkpoint; SIGTERM even exited 0), and
-    resuming ends bit-identical to a run never interrupted, taking only the missing steps."""
+    """Ctrl+C (SIGINT) or a scheduler's SIGTERM mid-run: last.ckpt holds every step done, and
+    rerunning the same command (what a requeued cluster job does) resumes it, ending bit-identical
+    to a run never interrupted and taking only the missing steps."""
     import signal
     import time
 
@@ -133,16 +133,22 @@ def test_a_signal_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeat
     assert 3 <= saved < 20 and saved == len(done) == done[-1] + 1  # every finished step, no more
     assert f"saved {last} at step {saved}" in err
 
-    resumed = subprocess.run(
-        _fit_args(tmp_path / "a", "--ckpt_path", str(last)), cwd=ROOT, env=env, capture_output=True, text=True
-    )
+    # the same command again: it finds the interrupted run and resumes it, into the same folder
+    resumed = subprocess.run(_fit_args(tmp_path / "a"), cwd=ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    # the resumed run logs only the steps that were missing
-    assert _steps_logged(tmp_path / "a" / "run" / "version_1" / "metrics.csv") == list(range(saved, 20))
+    assert (
+        f"resuming the interrupted run {last.parent.parent} from last.ckpt (step {saved})" in resumed.stderr
+    )
+    assert not (tmp_path / "a" / "run" / "version_1").exists()
+    # the resumed run logs only the steps that were missing; the earlier ones are kept beside
+    kept = csv.with_name(f"metrics_before_step_{saved}.csv")
+    assert f"stay in {kept}" in resumed.stderr
+    assert _steps_logged(kept) + _steps_logged(csv) == list(range(20))
+    assert not (last.parent / "interrupted.json").exists()  # completed: a third run starts afresh
 
     reference = subprocess.run(_fit_args(tmp_path / "b"), cwd=ROOT, env=env, capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-3000:]
-    ours = _weights(next((tmp_path / "a" / "run" / "version_1" / "checkpoints").glob("epoch=*.ckpt")))
+    ours = _weights(next((tmp_path / "a" / "run" / "version_0" / "checkpoints").glob("epoch=*.ckpt")))
     theirs = _weights(next((tmp_path / "b" / "run" / "version_0" / "checkpoints").glob("epoch=*.ckpt")))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)

@@ -4,10 +4,13 @@
 rows of the paper's tables: method, phi, lr, data counts, backbone, ...) as hyper-parameters of
 every logger of the run, the row's distinguishing keys first (``1 phi``, ``2 stage``, ``3 data
 size``, ``4 preset``: :func:`univg.run_config.row_keys`); TensorBoard also gets the evaluation
-metrics registered as HParams columns (AVG, Acc@0.5, mean IoU, Acc@0.5 per task), and an
-evaluation of a trained run writes its test metrics into that training run's folder too, so in
-the HParams view each row's training run carries its test numbers. Add it to a run with
+metrics registered as HParams columns (AVG, Acc@0.5, mean IoU, Acc@0.5 per task), with no value
+until a run has one. An evaluation of a trained run writes its test metrics into that training
+run's folder instead of opening a session of its own, so the HParams view has one session per
+trained run (per grid row), carrying its test numbers. Add it to a run with
 ``--trainer.callbacks+=univg.callbacks.HParamsLogger`` (the Make grid does this for every row).
+Without it, a run's TensorBoard folder and ``hparams.yaml`` hold the module's own arguments
+(:func:`plain_hparams`, saved by every univg module).
 
 :class:`CheckpointOnInterrupt` (added to every ``python -m univg fit`` by the CLI) turns Ctrl+C
 into "finish this optimiser step, write ``last.ckpt``, stop", so a resumed run repeats nothing.
@@ -15,8 +18,9 @@ into "finish this optimiser step, write ``last.ckpt``, stop", so a resumed run r
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
-import math
+import os
 import signal
 import sys
 import threading
@@ -27,6 +31,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from univg.resume import clear_interrupted, mark_interrupted
 from univg.run_config import ROW_KEYS, row_keys, training_config, training_config_path
 
 #: Metric tags shown as HParams columns (logged later by the modules under the same tags).
@@ -65,6 +70,31 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix] = str(value)
     return out
+
+
+def plain_hparams(value: Any) -> Any:
+    """A module's arguments as plain data (what ``hparams.yaml`` and a checkpoint hold): dataclasses
+    as mappings, tuples as lists, paths as strings, any other object as its class's import path.
+
+    >>> from univg.backbone import BackboneSpec
+    >>> plain_hparams({"backbone": BackboneSpec(preset="tiny"), "betas": (0.9, 0.99), "f": print})["betas"]
+    [0.9, 0.99]
+    >>> plain_hparams({"backbone": BackboneSpec(preset="tiny"), "f": print})["backbone"]["preset"]
+    'tiny'
+    >>> plain_hparams(print)
+    'builtins.builtin_function_or_method'
+    """
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain_hparams(dataclasses.asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): plain_hparams(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_hparams(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return f"{type(value).__module__}.{type(value).__qualname__}"
 
 
 def run_hparams(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -133,11 +163,24 @@ def takes_metrics(logger: Any) -> bool:
     return "metrics" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
+def register_session(logger: Any, params: Mapping[str, Any], metrics: Sequence[str]) -> None:
+    """A TensorBoard HParams session in ``logger``'s folder: ``params`` and ``metrics`` as its
+    columns, without writing any metric value (a run shows a value once it has logged one)."""
+    from torch.utils.tensorboard.summary import hparams
+
+    values = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in params.items()}
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams(values, dict.fromkeys(metrics, 0.0)):
+        writer.add_summary(summary)
+    writer.flush()
+
+
 class HParamsLogger(Callback):
     """Log the resolved config as hyper-parameters (rank 0) with :data:`HPARAM_METRICS` as columns.
 
     The config comes from LightningCLI's ``SaveConfigCallback`` (the same values as the saved
-    ``config.yaml``); without a CLI (plain ``Trainer``) the module's ``hparams`` are used.
+    ``config.yaml``); without a CLI (plain ``Trainer``) the module's ``hparams`` are used. The
+    module's own hyper-parameters are then not logged a second time (one session per run).
     """
 
     def __init__(self, metrics: list[str] | None = None) -> None:
@@ -146,6 +189,9 @@ class HParamsLogger(Callback):
         self._config: dict[str, Any] = {}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        pl_module._log_hyperparams = False  # these are logged here, with the row keys
         first = next(cb for cb in trainer.callbacks if isinstance(cb, HParamsLogger))
         if self._done or first is not self or trainer.logger is None or not trainer.is_global_zero:
             return  # one logger per run even when the callback was added twice
@@ -154,11 +200,18 @@ class HParamsLogger(Callback):
         params.update(run_hparams(config))
         params.update(training_hparams(config))
         params["run"] = str(getattr(trainer.logger, "name", "") or "")
-        params["stage"] = str(getattr(stage, "value", stage))  # "fit", not the enum (CSV writes its name)
+        stage = str(getattr(stage, "value", stage))  # "fit", not the enum (CSV writes its name)
+        params["stage"] = stage
         metrics = self.metrics if self.metrics is not None else metric_tags()
+        # an evaluation of a trained run puts its numbers in that run's session (on_test_end)
+        own_session = not (stage == "test" and training_config_path(config) is not None)
         for logger in trainer.loggers:
-            if takes_metrics(logger):
-                logger.log_hyperparams(params, metrics={m: math.nan for m in metrics})
+            if isinstance(logger, TensorBoardLogger):
+                logger.log_hyperparams(params, metrics={})  # hparams.yaml only: no placeholder values
+                if own_session:
+                    register_session(logger, params, metrics)
+            elif takes_metrics(logger):
+                logger.log_hyperparams(params, metrics={})
             else:  # CSV, W&B, MLflow: plain hyper-parameters (they have no HParams columns to register)
                 logger.log_hyperparams(params)
         self._done = True
@@ -184,7 +237,9 @@ class HParamsLogger(Callback):
             if isinstance(cb, SaveConfigCallback):
                 cfg = cb.config
                 return cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg)
-        return {"model": {"init_args": dict(pl_module.hparams)}}
+        hparams = {k: v for k, v in pl_module.hparams.items() if not k.startswith("_")}
+        cls = type(pl_module)
+        return {"model": {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": hparams}}
 
 
 def write_scalars(log_dir: str | Path, values: Mapping[str, float], step: int = 1) -> None:
@@ -221,6 +276,7 @@ class CheckpointOnInterrupt(Callback):
         self._installed = False
         self._saved = False
         self._step_before = 0
+        self._signal_name = ""
 
     # -------------------------------------------------------------------------------- signal
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -235,7 +291,7 @@ class CheckpointOnInterrupt(Callback):
             self._restore()
             raise KeyboardInterrupt
         self._requested = True
-        name = signal.Signals(signum).name
+        name = self._signal_name = signal.Signals(signum).name
         print(
             f"\nunivg: {name}: finishing the current step, then saving last.ckpt (again to stop now)",
             file=sys.stderr,
@@ -250,6 +306,9 @@ class CheckpointOnInterrupt(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
+        path = last_checkpoint_path(trainer)
+        if path is not None and trainer.is_global_zero:  # completed: nothing left to resume
+            clear_interrupted(path.parent)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -294,6 +353,7 @@ class CheckpointOnInterrupt(Callback):
         if path is not None:
             trainer.save_checkpoint(path)
             if trainer.is_global_zero:
+                mark_interrupted(path, trainer.global_step, self._signal_name)
                 print(
                     f"univg: interrupt: saved {path} at step {trainer.global_step}",
                     file=sys.stderr,
@@ -322,6 +382,8 @@ __all__ = [
     "flatten",
     "last_checkpoint_path",
     "metric_tags",
+    "plain_hparams",
+    "register_session",
     "row_hparams",
     "run_hparams",
     "takes_metrics",

@@ -11,6 +11,7 @@ that is not a checkpoint at all. Every member also carries a CRC, checked by rea
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -135,6 +136,33 @@ def check_model_folder(path: str | os.PathLike[str], option: str) -> Path:
     return path
 
 
+def mismatch(path: str | os.PathLike[str], option: str, module: object, err: RuntimeError) -> CheckpointError:
+    """One line for torch's "Error(s) in loading state_dict" (a checkpoint of another module, size or
+    family): how many keys are missing or unexpected, how many shapes differ, one example of each."""
+    text = str(err)
+    parts = []
+    for label, pattern in (
+        ("missing", r"Missing key\(s\) in state_dict: (.*?)\.\s*$"),
+        ("unexpected", r"Unexpected key\(s\) in state_dict: (.*?)\.\s*$"),
+    ):
+        match = re.search(pattern, text, re.M)
+        if match:
+            keys = re.findall(r'"([^"]+)"', match.group(1))
+            parts.append(f"{len(keys)} {label} keys (e.g. {keys[0]})" if keys else f"{label} keys")
+    sizes = re.findall(
+        r"size mismatch for ([^:]+): copying a param with shape (\S+) from checkpoint, "
+        r"the shape in current model is (\S+?)\.",
+        text,
+    )
+    if sizes:
+        key, theirs, ours = sizes[0]
+        parts.append(f"{len(sizes)} shapes differ (e.g. {key}: {theirs} in the file, {ours} here)")
+    detail = "; ".join(parts) or " ".join(text.split())[:300]
+    return CheckpointError(
+        f"{option} {path}: not a checkpoint of this {type(module).__name__} and backbone ({detail})"
+    )
+
+
 def unreadable(path: str | os.PathLike[str], option: str, err: BaseException) -> CheckpointError:
     """The one-line error for a checkpoint that passed :func:`check_checkpoint` but failed to load."""
     first = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -200,6 +228,7 @@ __all__ = [
     "check_model_folder",
     "check_sharded_folder",
     "load_model_weights",
+    "mismatch",
     "read_model_weights",
     "unreadable",
 ]

@@ -9,7 +9,6 @@ as ``--config grpo.yaml --config <this file>`` would (:func:`expand_config_bases
 from __future__ import annotations
 
 import os
-import pickle
 import re
 import sys
 from argparse import ArgumentError
@@ -25,9 +24,10 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from univg.callbacks import CheckpointOnInterrupt
 from univg.checkpoint_io import AtomicCheckpointIO
-from univg.checkpoints import CheckpointError, check_checkpoint, unreadable
+from univg.checkpoints import CheckpointError, check_checkpoint, mismatch
 from univg.errors import EXIT_USAGE, UsageError, reported
 from univg.modules.base import GroundingModule
+from univg.resume import config_differences, find_interrupted, keep_csv_metrics
 
 # Where runs go unless a config says otherwise: runs/<name>/version_N/.
 TRAINER_DEFAULTS = {
@@ -85,14 +85,62 @@ class UniVGCLI(LightningCLI):
         # Lightning reads --ckpt_path here (the whole file, for its hyper-parameters), right after
         # parsing: the inputs are checked first, so a bad file or path costs nothing and says so.
         config = self._subcommand_config()
+        if self.config.get("subcommand") == "fit":
+            self._resume_interrupted(config)
         if self.config.get("subcommand"):  # run=False only builds: configs may name absent files
             check_inputs(config)
         if self.config.get("subcommand") == "fit":
             check_training(config)
+        # Lightning's own step here would parse the checkpoint's saved hyper-parameters over the
+        # config (even its model class): the config given is the run, and the checkpoint is checked
+        # against the model it builds (_check_resume_matches).
+
+    def _resume_interrupted(self, config: Any) -> None:
+        """A fit without ``--ckpt_path`` whose previous run (same logger folder, same config) was
+        stopped by a signal resumes it, into the same version folder (:mod:`univg.resume`)."""
+        if config.get("ckpt_path") is not None or config.get("model.init_args.fresh"):
+            return
+        logger = config.get("trainer.logger")
+        init = logger.get("init_args") if hasattr(logger, "get") else None
+        if init is None or init.get("save_dir") is None or init.get("version") is not None:
+            return
+        found = find_interrupted(Path(init.get("save_dir")) / str(init.get("name") or "lightning_logs"))
+        if found is None:
+            return
+        saved_config = found.version_dir / "config.yaml"
+        parser = self._parser("fit")
+        current = yaml.safe_load(parser.dump(config, skip_none=False))
+        saved = yaml.safe_load(saved_config.read_text(encoding="utf-8")) if saved_config.is_file() else {}
+        differences = config_differences(saved, current)
+        if differences:
+            shown = "; ".join(differences[:3]) + (
+                f" (+{len(differences) - 3} more)" if len(differences) > 3 else ""
+            )
+            print(
+                f"univg: {found.version_dir} was interrupted at step {found.step} but its config differs "
+                f"({shown}): starting a new run (--ckpt_path {found.checkpoint} resumes it)",
+                file=sys.stderr,
+            )
+            return
+        config["ckpt_path"] = str(found.checkpoint)
+        config["trainer.logger.init_args.version"] = found.version
+        kept = keep_csv_metrics(found)
+        if kept is not None:  # Lightning's CSVLogger empties metrics.csv of a folder it reuses
+            print(f"univg: the steps logged before the interruption stay in {kept}", file=sys.stderr)
+        print(
+            f"univg: resuming the interrupted run {found.version_dir} from {found.checkpoint.name} "
+            f"(step {found.step}); --fresh starts a new run instead",
+            file=sys.stderr,
+        )
+
+    def _run_subcommand(self, subcommand: str) -> None:
         try:
-            super()._parse_ckpt_path()
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            raise unreadable(config.get("ckpt_path"), "--ckpt_path", err) from err
+            super()._run_subcommand(subcommand)
+        except RuntimeError as err:  # torch's strict load of --ckpt_path into the built module
+            if "Error(s) in loading state_dict" not in str(err):
+                raise
+            path = self._subcommand_config().get("ckpt_path")
+            raise mismatch(path, "--ckpt_path", self.model, err) from err
 
     def instantiate_classes(self) -> None:
         try:
@@ -110,6 +158,28 @@ class UniVGCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _prepare_subcommand_parser(
+        self, klass: type, subcommand: str, **kwargs: Any
+    ) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):  # a short summary instead of Lightning's metric table
+            parser.set_defaults(verbose=False)  # --verbose true prints that table as well
+        return parser
+
+    def after_validate(self) -> None:
+        self._print_evaluation_summary("val")
+
+    def after_test(self) -> None:
+        self._print_evaluation_summary("test")
+
+    def _print_evaluation_summary(self, stage: str) -> None:
+        """AVG, Acc@0.5 per task and where the full table was written (:func:`evaluation_summary`)."""
+        from univg.report_cells import evaluation_summary
+
+        result = getattr(self.model, "last_results", {}).get(stage)
+        if result is not None and self.trainer.is_global_zero:
+            print(evaluation_summary(result))
 
     def _subcommand_config(self) -> Any:
         subcommand = self.config.get("subcommand")
