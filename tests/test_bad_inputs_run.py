@@ -399,3 +399,34 @@ def test_resuming_from_a_checkpoint_of_another_module_is_one_line(tmp_path, caps
     line = one_error_line(capsys, ["fit", "--config", GRPO, "--ckpt_path", str(sft)])
     assert f"--ckpt_path {sft}: not a checkpoint of this GRPOModule and backbone" in line, line
     assert "missing keys (e.g. ref_model." in line, line
+
+
+def test_results_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A full disk while an evaluation writes its results keeps the previous results whole."""
+    import univg.checkpoint_io as checkpoint_io
+    from univg.reports import write_run_results
+
+    result = {
+        "run": "a",
+        "benchmark": "mig_bench",
+        "stage": "test",
+        "metrics": {"count": 1.0, "acc@0.5": 0.5},
+    }
+    path = write_run_results(result, tmp_path)
+    before = {p.name: p.read_text() for p in tmp_path.iterdir()}
+
+    class Full(io.StringIO):
+        def __init__(self, *args, **kwargs):  # noqa: ANN002, ANN003
+            super().__init__()
+
+        def write(self, text):  # noqa: ANN001, ANN201
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def fileno(self):  # noqa: ANN201
+            return 0
+
+    monkeypatch.setattr(checkpoint_io, "open", Full, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        write_run_results({**result, "metrics": {"count": 2.0, "acc@0.5": 1.0}}, tmp_path)
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # no partial file either
+    assert json.loads(path.read_text())["metrics"]["count"] == 1.0

@@ -338,3 +338,27 @@ def test_torchvision_available_matches_what_autoprocessor_finds(full_run, tmp_pa
     else:  # the project's CPU environment: the note's reason is the real one
         with pytest.raises(ImportError, match="Torchvision"):
             AutoProcessor.from_pretrained(out)
+
+
+def test_a_failed_push_to_hub_is_one_line_and_keeps_the_written_folder(
+    full_run, tmp_path, capsys, monkeypatch
+):
+    """Offline (or no token): one line, exit 2, the folder written and the command to push it later."""
+    from huggingface_hub import HfApi
+
+    import univg.export as export
+
+    def offline(self, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        raise ConnectionError("Max retries exceeded with url: /api/repos/create\n(and 70 more lines)")
+
+    monkeypatch.setattr(HfApi, "create_repo", offline)
+    monkeypatch.delenv("UNIVG_DEBUG", raising=False)
+    ckpt, _ = full_run
+    out = tmp_path / "a"
+    assert export.main([str(ckpt), "--out", str(out), "--push-to-hub", "me/model"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("univg export")]
+    assert err == [
+        f"univg export: error: --push-to-hub me/model: ConnectionError: Max retries exceeded with url: "
+        f"/api/repos/create ({out} is written; push it later with: hf upload me/model {out})"
+    ]
+    assert (out / "config.json").is_file()

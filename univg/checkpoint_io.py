@@ -1,4 +1,4 @@
-"""Checkpoint files written beside their destination and renamed into place.
+"""Checkpoint and results files written beside their destination and renamed into place.
 
 Lightning's own writer serialises the whole checkpoint into memory, writes it to a temporary file
 in the system's temp folder and moves it; when the run folder is on another file system (the usual
@@ -87,6 +87,23 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` as :func:`atomic_torch_save` writes a checkpoint: beside it, flushed,
+    renamed into place (results files a reader must never see half-written)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO`` writing through :func:`atomic_torch_save` (local paths;
     remote URLs keep Lightning's writer)."""
@@ -98,4 +115,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
-__all__ = ["AtomicCheckpointIO", "CheckpointWriteError", "atomic_torch_save", "tensor_bytes"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointWriteError",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "tensor_bytes",
+]

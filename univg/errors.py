@@ -91,6 +91,15 @@ def reported(prog: str) -> Iterator[None]:
         raise SystemExit(EXIT_USAGE) from None
 
 
+def usage_status(prog: str, err: BaseException) -> int:
+    """For a ``main`` that returns its exit status: an expected failure is printed as one line and
+    gives :data:`EXIT_USAGE`; anything else (or ``UNIVG_DEBUG=1``) is raised again."""
+    if os.environ.get("UNIVG_DEBUG") or not is_expected(err):
+        raise err
+    print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 F = TypeVar("F", bound=Callable[..., object])
 
 
@@ -118,4 +127,5 @@ __all__ = [
     "is_expected",
     "one_line",
     "reported",
+    "usage_status",
 ]

@@ -36,8 +36,14 @@ import torch
 from torch import nn
 
 from univg.backbone import DTYPES, BackboneSpec, apply_lora, preset_config
+from univg.errors import UsageError, usage_status
 from univg.run_config import backbone_of, read_config, run_directory
 from univg.tokenizer import EOS_TOKEN, PAD_TOKEN, load_processor
+
+
+class ExportError(UsageError, ValueError):
+    """An export that cannot be done as asked (checkpoint, config, --out, --dtype); one line."""
+
 
 PAPER = "UniVG-R1 (arXiv 2505.14231)"
 
@@ -73,7 +79,7 @@ def load_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     """
     if ckpt.is_dir():
         if not (ckpt / ".metadata").is_file():
-            raise ValueError(
+            raise ExportError(
                 f"{ckpt}: a folder but not a sharded checkpoint (no .metadata of torch.distributed.checkpoint)"
             )
         from univg.sharded_checkpoint import consolidate_checkpoint
@@ -86,10 +92,10 @@ def load_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (a .ckpt file or a sharded folder)")
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
-        raise ValueError(f"{ckpt}: not a Lightning checkpoint (no state_dict)")
+        raise ExportError(f"{ckpt}: not a Lightning checkpoint (no state_dict)")
     weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
     if not weights:
-        raise ValueError(f"{ckpt}: holds no 'model.*' weights (keys: {list(state)[:5]} ...)")
+        raise ExportError(f"{ckpt}: holds no 'model.*' weights (keys: {list(state)[:5]} ...)")
     return weights
 
 
@@ -124,7 +130,7 @@ def build_model(spec: BackboneSpec, weights: dict[str, torch.Tensor], source: Pa
     missing = [k for k in missing if not (tied and k.endswith("lm_head.weight"))]
     if missing or unexpected:
         lora = "with" if spec.lora is not None else "without"
-        raise ValueError(
+        raise ExportError(
             f"{source}: the weights do not match the run's backbone ({spec.preset}, {lora} LoRA): "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
@@ -143,7 +149,7 @@ def find_results(run_dir: Path | None, extra: Sequence[str | os.PathLike] = ()) 
         try:
             out.append(json.loads(Path(f).read_text()))
         except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{f}: cannot read evaluation results ({err})") from err
+            raise ExportError(f"{f}: cannot read evaluation results ({err})") from err
     return out
 
 
@@ -299,9 +305,7 @@ def export_checkpoint(
     """
     ckpt, out = Path(ckpt), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(
-            f"--out {out} is not empty: choose another folder, or --overwrite to replace it"
-        )
+        raise ExportError(f"--out {out} is not empty: choose another folder, or --overwrite to replace it")
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint {ckpt} does not exist (a .ckpt file or a sharded folder)")
     run_dir = run_directory(ckpt)
@@ -317,16 +321,16 @@ def export_checkpoint(
     spec = backbone_of(read_config(config_path), config_path)
     if dtype is not None:
         if dtype not in DTYPES:
-            raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+            raise ExportError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         spec.dtype = dtype  # type: ignore[assignment]
     if spec.quantization is not None:
-        raise ValueError(
+        raise ExportError(
             f"{config_path}: a {spec.quantization}-quantised run cannot be exported (its base weights are "
             "stored quantised); train without quantization to export"
         )
     is_lora = spec.lora is not None
     if is_lora and not merge_lora and spec.checkpoint is None:
-        raise ValueError(
+        raise ExportError(
             f"{ckpt}: a LoRA run on the random-init preset {spec.preset!r}: its base weights exist only in "
             "this checkpoint, so export it with --merge-lora"
         )
@@ -379,13 +383,20 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) 
     from huggingface_hub import HfApi
 
     api = HfApi()
-    url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(
-        folder_path=str(folder),
-        repo_id=repo_id,
-        repo_type="model",
-        commit_message="Upload model exported with univg",
-    )
+    try:
+        url = api.create_repo(repo_id=repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="Upload model exported with univg",
+        )
+    except Exception as err:  # offline, no token, no rights: the folder is written, say so in one line
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UsageError(
+            f"--push-to-hub {repo_id}: {type(err).__name__}: {first} ({folder} is written; "
+            f"push it later with: hf upload {repo_id} {folder})"
+        ) from err
     return str(url)
 
 
@@ -422,9 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             private=args.private,
             overwrite=args.overwrite,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"univg export: error: {err}", file=sys.stderr)
-        return 2
+    except Exception as err:  # bad input, an unwritable --out, a failed push: one line, status 2
+        return usage_status("univg export", err)
     print(f"wrote {out}" + (f" and pushed it to {args.push_to_hub}" if args.push_to_hub else ""))
     note = processor_note(out)
     if note is not None:

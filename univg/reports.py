@@ -39,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from univg.checkpoint_io import atomic_write_text
 from univg.metrics import MIG_COLUMNS
 from univg.paper_tables import (  # re-exported: the reports' public names before the split
     PAPER_ABLATION_ROWS,
@@ -273,10 +274,10 @@ def write_run_results(result: dict[str, Any], out_dir: str | os.PathLike) -> Pat
     out.mkdir(parents=True, exist_ok=True)
     stage = result.get("stage", "test")
     path = out / f"results_{stage}.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     md, table = render_run(result)
-    (out / f"results_{stage}.md").write_text(md)
-    (out / f"results_{stage}.csv").write_text(table)
+    atomic_write_text(out / f"results_{stage}.md", md)
+    atomic_write_text(out / f"results_{stage}.csv", table)
+    atomic_write_text(path, json.dumps(result, indent=2, default=str) + "\n")  # last: the run's record
     return path
 
 
