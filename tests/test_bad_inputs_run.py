@@ -430,3 +430,21 @@ def test_results_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         write_run_results({**result, "metrics": {"count": 2.0, "acc@0.5": 1.0}}, tmp_path)
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before  # no partial file either
     assert json.loads(path.read_text())["metrics"]["count"] == 1.0
+
+
+@pytest.mark.parametrize("command", ["validate", "fit"])
+def test_a_prompt_over_the_models_context_is_refused_by_record(tmp_path, capsys, command):
+    """The debug prompts are 62 tokens; with 24 new tokens they need 86 positions of the 80 given."""
+    short = json.dumps(
+        {
+            "model": {
+                "init_args": {"backbone": {"overrides": {"text_config": {"max_position_embeddings": 80}}}}
+            }
+        }
+    )
+    config = DEBUG if command == "validate" else GRPO
+    line = one_error_line(
+        capsys, [command, "--config", config, "--config", short, "--trainer.max_steps", "1"]
+    )
+    assert "a prompt of 62 tokens and 24 new tokens exceed the model's context of 80 tokens" in line, line
+    assert "synthetic:record" in line, line

@@ -20,6 +20,7 @@ from univg.predict import format_prediction
 from univg.release_parse import release_fields, release_scorer
 from univg.rewards import iou_reward
 from univg.rollout import generate, model_inputs
+from univg.sample_types import SampleError
 from univg.sharded_build import return_freed_memory_if_large
 from univg.tokenizer import load_tokenizer
 
@@ -264,9 +265,29 @@ class GroundingModule(L.LightningModule):
                 self._decoding = greedy_decoding(self.max_new_tokens)
         return self._decoding
 
+    def check_context(self, batch: dict[str, Any], new_tokens: int) -> None:
+        """Refuse a batch whose longest prompt plus ``new_tokens`` would run past the model's context
+        (``max_position_embeddings``): generated past it, the answer is garbage that scores 0."""
+        config = getattr(self.model, "config", None)
+        limit = getattr(getattr(config, "text_config", config), "max_position_embeddings", None)
+        lengths = batch.get("prompt_lengths")
+        if not isinstance(limit, int) or lengths is None:
+            return
+        over = [i for i, n in enumerate(lengths.tolist()) if int(n) + new_tokens > limit]
+        if over:
+            i = over[0]
+            samples = batch.get("samples")
+            where = samples[i].where() if samples is not None else f"sample {batch['ids'][i]}"
+            raise SampleError(
+                f"{where}: a prompt of {int(lengths[i])} tokens and {new_tokens} new tokens exceed the "
+                f"model's context of {limit} tokens ({len(over)} of the batch's {len(lengths)} samples); "
+                "lower max_pixels or the generation length"
+            )
+
     def generate_completions(self, batch: dict[str, Any]) -> tuple[list[str], list[bool]]:
         """Completions of a generate-mode batch by :meth:`decoding_settings`: (B texts, B truncated flags)."""
         kw = self.decoding_settings().generate_kwargs()
+        self.check_context(batch, int(kw.get("max_new_tokens", self.max_new_tokens)))
         roll = generate(self.model, model_inputs(batch), self.tokenizer, **kw)
         return roll.texts, [bool(t) for t in roll.truncated.tolist()]
 

@@ -279,6 +279,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
     def rollout(self, batch: dict[str, Any]) -> Rollout:
         """G completions per prompt from the rollout engine (an engine holding its own copy of the
         policy gets the policy's weights before its first rollout)."""
+        self.check_context(batch, self.max_completion_length)
         if self.engine.holds_weights and not self._engine_synced:
             self.engine.sync_weights(self.model)  # the policy is not the checkpoint the engine loaded
             self._engine_synced = True
