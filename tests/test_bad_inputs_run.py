@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -448,3 +449,37 @@ def test_a_prompt_over_the_models_context_is_refused_by_record(tmp_path, capsys,
     )
     assert "a prompt of 62 tokens and 24 new tokens exceed the model's context of 80 tokens" in line, line
     assert "synthetic:record" in line, line
+
+
+def test_replace_folder_keeps_one_whole_copy_at_every_moment(tmp_path, monkeypatch):
+    """A kill between the two renames leaves the previous folder whole under its aside name."""
+    from univg.checkpoint_io import replace_folder
+
+    out, new = tmp_path / "last.ckpt", tmp_path / ".last.ckpt.partial"
+    out.mkdir()
+    (out / "shard").write_text("old")
+    new.mkdir()
+    (new / "shard").write_text("new")
+    real = os.replace
+    calls = []
+
+    def killed_after_first(src, dst):  # noqa: ANN001, ANN202
+        calls.append((Path(src).name, Path(dst).name))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        replace_folder(new, out)
+    aside = tmp_path / calls[0][1]
+    assert (aside / "shard").read_text() == "old" and (new / "shard").read_text() == "new"
+    monkeypatch.setattr(os, "replace", real)
+    for child in tmp_path.iterdir():
+        shutil.rmtree(child)
+    out.mkdir()
+    (out / "shard").write_text("old")
+    new.mkdir()
+    (new / "shard").write_text("new")
+    replace_folder(new, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"] and (out / "shard").read_text() == "new"

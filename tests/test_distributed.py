@@ -344,6 +344,8 @@ def test_fsdp_sharded_checkpoint_resumes(runs):
     ckpt = runs["out"] / "ckpt" / "last.ckpt"
     assert ckpt.is_dir()  # one shard file per rank plus metadata
     assert len(list(ckpt.glob("*.distcp"))) == 2 and (ckpt / "meta.pt").is_file()
+    # written as .last.ckpt.partial and put in place whole: nothing of the write is left beside it
+    assert sorted(p.name for p in ckpt.parent.iterdir() if p.name.startswith(".")) == []
     resume = runs["resume"]
     for r in resume:
         assert r["start_step"] == STEPS

@@ -104,6 +104,22 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     return path
 
 
+def replace_folder(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` at ``out`` (same file system). A folder cannot be renamed over
+    a non-empty one, so an old ``out`` is first renamed aside (``.<name>.old-<pid>``) and removed only
+    once ``new`` is in place: at every moment one complete copy exists under one of the two names."""
+    old = None
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(new, out)
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        else:
+            old.unlink()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's ``TorchCheckpointIO`` writing through :func:`atomic_torch_save` (local paths;
     remote URLs keep Lightning's writer)."""
@@ -120,5 +136,6 @@ __all__ = [
     "CheckpointWriteError",
     "atomic_torch_save",
     "atomic_write_text",
+    "replace_folder",
     "tensor_bytes",
 ]

@@ -39,8 +39,10 @@ sets); a checkpoint is read row-sliced from its files.
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -48,6 +50,7 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 
 from univg.backbone import DTYPES, fsdp_units
+from univg.checkpoint_io import replace_folder
 
 #: Attribute ``transformers.distributed.fsdp.is_fsdp_managed_module`` reads (generate -> synced_gpus).
 HF_FSDP_FLAG = "_is_fsdp_managed_module"
@@ -147,6 +150,24 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.fsdp = FSDPSettings(
             param_dtype, reduce_dtype, reshard_after_forward, cpu_offload, meta_init, replicate_frozen_root
         )
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
+        """A sharded checkpoint is written into ``.<name>.partial`` beside its destination and put in
+        place once every rank has written its shard (:func:`univg.checkpoint_io.replace_folder`), so
+        a kill during the save leaves the previous folder whole."""
+        if not self._save_distributed_checkpoint or storage_options is not None:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        path = Path(self.broadcast(str(filepath)))
+        partial = path.with_name(f".{path.name}.partial")
+        if self.global_rank == 0 and (partial.exists() or partial.is_symlink()):
+            shutil.rmtree(partial) if partial.is_dir() else partial.unlink()
+        self.barrier("univg_checkpoint_partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("univg_checkpoint_written")
+        if self.global_rank == 0:
+            replace_folder(partial, path)
+        self.barrier("univg_checkpoint_in_place")
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from univg.backbone import DTYPES, BackboneSpec, apply_lora, preset_config
+from univg.checkpoint_io import replace_folder
 from univg.errors import UsageError, usage_status
 from univg.run_config import backbone_of, read_config, run_directory
 from univg.tokenizer import EOS_TOKEN, PAD_TOKEN, load_processor
@@ -352,27 +353,12 @@ def export_checkpoint(
             spec, run_config, find_results(run_dir, results), ckpt, is_lora and merge_lora, decoding
         )
         (partial / "README.md").write_text(card)
-        _replace_folder(partial, out)
+        replace_folder(partial, out)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     if push_to_hub:
         push_folder(out, push_to_hub, private=private)
     return out
-
-
-def _replace_folder(new: Path, out: Path) -> None:
-    """Put the complete folder ``new`` at ``out`` (same file system): an old ``out`` is moved aside
-    first and removed only once ``new`` is in place."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(new, out)
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old)
-        else:
-            old.unlink()
 
 
 def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
