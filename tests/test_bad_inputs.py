@@ -208,6 +208,16 @@ def univg_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
             ["model.init_args.backbone.preset:", "qwen9"],
         ),
         "unknown_key": (["fit", "--config", DEBUG, "--model.init_args.lrr", "2"], ["model.init_args.lrr:"]),
+        "bad_preset_override": (
+            [
+                "test",
+                "--config",
+                DEBUG,
+                "--model.init_args.backbone.overrides",
+                "{text_config: {hidden_size: 128}}",
+            ],
+            ["model (univg.modules.SFTModule):", "mrope_section [2, 3, 3] must sum to head_dim / 2 = 16"],
+        ),
         "wrong_type": (
             ["fit", "--config", DEBUG, "--data.init_args.batch_size", "four"],
             ["data.init_args.batch_size:", "four"],
@@ -295,7 +305,7 @@ def univg_cases(tmp: Path) -> dict[str, tuple[list[str], list[str]]]:
 
 
 CASES = [
-    "group_size_1", "unknown_phi", "unknown_preset", "unknown_key", "wrong_type", "batch_size_0",
+    "group_size_1", "unknown_phi", "unknown_preset", "unknown_key", "bad_preset_override", "wrong_type", "batch_size_0",
     "eval_batch_size_0", "max_new_tokens_0", "missing_config", "missing_stage1_checkpoint",
     "missing_stage2_data", "max_steps_0", "lr_0", "lr_negative", "missing_train_file", "missing_image_root",
     "garbage_ckpt_path", "truncated_ckpt_path", "missing_ckpt_path", "truncated_init_checkpoint",

@@ -123,6 +123,8 @@ class BackboneSpec:
             raise ValueError(f"quantization must be null, '4bit' or '8bit', got {self.quantization!r}")
         if isinstance(self.lora, dict):
             self.lora = LoRASpec(**self.lora)
+        if self.checkpoint is None and self.overrides:
+            preset_config(self.preset, self.overrides)  # a bad override fails here, not in the fit
 
     @property
     def frame(self) -> Any:
