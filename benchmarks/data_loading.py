@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from univg.data import GroundingCollator, read_mig_bench, resolve_image_path
-from univg.tokenizer import load_processor
+from univg.model.tokenizer import load_processor
 
 DEFAULT_MIG = Path(__file__).resolve().parents[2] / "shared" / "data" / "mig_bench" / "MIG_data.json"
 

@@ -40,12 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     import univg.modules.base as base
-    from univg.backbone import BackboneSpec
     from univg.data import GroundingCollator
     from univg.data.synthetic import generate_samples
+    from univg.model.backbone import BackboneSpec
+    from univg.model.tokenizer import load_processor
     from univg.modules import SFTModule
-    from univg.rollout import generate
-    from univg.tokenizer import load_processor
+    from univg.rl.rollout import generate
 
     processor = load_processor()
     collate = GroundingCollator(processor, mode="generate")

@@ -56,9 +56,9 @@ def worker(args: argparse.Namespace) -> None:  # pragma: no cover - runs in the 
     import torch
     from lightning.pytorch.callbacks import Callback
 
-    from univg.backbone import BackboneSpec, LoRASpec
     from univg.data import SyntheticDataModule
     from univg.distributed import FSDP2Strategy, rank_state_bytes
+    from univg.model.backbone import BackboneSpec, LoRASpec
     from univg.modules import GRPOModule, SFTModule
 
     torch.set_num_threads(args.threads)

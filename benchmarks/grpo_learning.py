@@ -208,7 +208,7 @@ def run_ours(args: argparse.Namespace, seed: int, logdir: Path) -> dict[str, Any
 def trl_rows(data: Any, samples: list[Any]) -> list[dict[str, Any]]:
     """TRL dataset rows of the stage-2 prompts: the chat messages and images our collator encodes,
     and what our rewards score against (box in the model frame, answer format, resized size)."""
-    from univg.prompts import build_messages
+    from univg.core.prompts import build_messages
 
     collate = data.collator("generate")
     rows = []
@@ -228,7 +228,7 @@ def trl_rows(data: Any, samples: list[Any]) -> list[dict[str, Any]]:
 
 def trl_rewards(frame: Any) -> list[Any]:
     """univg's accuracy (IoU) and format rewards as TRL reward functions (weight 1 each, as ours)."""
-    from univg.rewards import compute_rewards
+    from univg.rl.rewards import compute_rewards
 
     def score(
         name: str, completions: list[Any], box: Any, answer_format: Any, frame_size: Any
@@ -258,7 +258,7 @@ def run_trl(args: argparse.Namespace, seed: int, logdir: Path) -> dict[str, Any]
     from trl import GRPOConfig, GRPOTrainer
 
     from univg.demo.stages import _evaluate
-    from univg.rollout import EOS_IDS, SUPPRESS_IDS
+    from univg.rl.rollout import EOS_IDS, SUPPRESS_IDS
 
     # completion-only scoring: TRL takes its compact path only with Triton (benchmarks/grpo_step.py)
     trl_utils._use_triton = lambda device: True

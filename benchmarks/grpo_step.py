@@ -19,7 +19,7 @@ frozen reference copy of the initial policy, num_iterations 1 (no old-policy pas
 frozen, lr 1e-6 constant, weight decay 0, grad-norm clip 1.0, AdamW, temperature 1 / top-p 1 /
 top-k off, the image token suppressed, completions forced to exactly ``--completion-length`` tokens
 (end tokens suppressed before that), the same prompts (chat template, 4 synthetic 112 x 112 images
-each) and the same rewards (accuracy + format from :mod:`univg.rewards`).
+each) and the same rewards (accuracy + format from :mod:`univg.rl.rewards`).
 
 Usage::
 
@@ -79,7 +79,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
 def _model(args: argparse.Namespace) -> Any:
     import torch
 
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     torch.manual_seed(0)
     spec = BackboneSpec(preset=args.preset, overrides={"tie_word_embeddings": args.tied})
@@ -130,9 +130,9 @@ def run_ours(args: argparse.Namespace, shared: bool = True) -> dict[str, Any]:
     import univg.modules.grpo as grpo_mod
     from univg.data import GroundingCollator
     from univg.engines import RolloutEngine
+    from univg.model.tokenizer import load_processor
     from univg.modules import GRPOModule
-    from univg.rollout import generate
-    from univg.tokenizer import load_processor
+    from univg.rl.rollout import generate
 
     spec, model = _model(args)
     processor = load_processor()
@@ -273,12 +273,12 @@ def run_trl(args: argparse.Namespace, completion_only: bool) -> dict[str, Any]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from univg.boxes import get_frame
+    from univg.core.boxes import get_frame
+    from univg.core.prompts import build_messages
     from univg.data import GroundingCollator
-    from univg.presets import PRESET_FRAMES
-    from univg.prompts import build_messages
-    from univg.rewards import compute_rewards
-    from univg.tokenizer import load_processor
+    from univg.model.presets import PRESET_FRAMES
+    from univg.model.tokenizer import load_processor
+    from univg.rl.rewards import compute_rewards
 
     if completion_only:
         # TRL scores only the completion positions on its compact path, which it takes only with Triton

@@ -8,7 +8,7 @@ no-gradient passes over two 448 x 448 images (2 x 1,024 patches) and prints the 
 each, against before the passes. Nothing is kept between passes, so what stays is the C heap:
 with glibc's default the mmap threshold rises to 32 MB after the first large free and the
 blocks' 5-21 MB tensors then come from the heap and stay resident; a fixed 1 MiB threshold
-(``univg.sharded_build.return_freed_memory_to_os``) returns them. GB = 1e9 bytes.
+(``univg.distributed.sharded_build.return_freed_memory_to_os``) returns them. GB = 1e9 bytes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main() -> None:
     args = p.parse_args()
     from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
 
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     torch.set_num_threads(1)
     cfg = BackboneSpec(preset="qwen2-vl-2b").config().vision_config

@@ -41,7 +41,7 @@ class Shape:
     layers: int
     vocab: int
     largest: int = 0  # the largest single parameter (the embedding): the meta build's scratch
-    lora: int = 0  # LoRA r 8 on q/v (univg.backbone.LoRASpec defaults)
+    lora: int = 0  # LoRA r 8 on q/v (univg.model.backbone.LoRASpec defaults)
     root_vision: int = 0  # the root's vision part (patch embedding, merger): frozen with the tower
 
     def frozen_root(self, lora: bool) -> int:
@@ -52,8 +52,14 @@ class Shape:
 
 def shape_of(preset: str) -> Shape:
     """Parameter counts of a preset from a meta-device build."""
-    from univg.backbone import BackboneSpec, build_from_config, count_parameters, fsdp_units, vision_tower
     from univg.distributed import frozen_root_params
+    from univg.model.backbone import (
+        BackboneSpec,
+        build_from_config,
+        count_parameters,
+        fsdp_units,
+        vision_tower,
+    )
 
     spec = BackboneSpec(preset=preset)
     cfg = spec.config()
@@ -114,10 +120,10 @@ def transient(
     """Bytes per rank that are not sharded: gathered bf16 units, activations, logits (estimates).
 
     ``tiled``: the head scores tokens in tiles (GRPO's log-prob passes,
-    :func:`univg.rollout.logprobs.log_prob_head`), so at most one tile of logits and one of their
+    :func:`univg.rl.rollout.logprobs.log_prob_head`), so at most one tile of logits and one of their
     gradient exist at a time; otherwise (SFT's cross-entropy) every logit token's row does.
     """
-    from univg.rollout.logprobs import HEAD_TOKENS_PER_TILE
+    from univg.rl.rollout.logprobs import HEAD_TOKENS_PER_TILE
 
     gathered = gathered_bytes(s, root=s.root - s.frozen_root(lora=False))
     grad_unsharded = 4 * 2 * s.layer  # a layer's fp32 gradients before reduce-scatter (x2 overlap)
@@ -346,9 +352,9 @@ def measure_worker(out: str) -> None:  # pragma: no cover - runs under torchrun
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
-    from univg.backbone import BackboneSpec
     from univg.data import SyntheticDataModule
     from univg.distributed import FSDP2Strategy, rank_state_bytes
+    from univg.model.backbone import BackboneSpec
     from univg.modules import SFTModule
 
     torch.set_num_threads(1)

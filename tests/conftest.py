@@ -13,7 +13,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def processor():
-    from univg.tokenizer import load_processor
+    from univg.model.tokenizer import load_processor
 
     return load_processor()
 
@@ -25,7 +25,7 @@ def tokenizer(processor):
 
 @pytest.fixture()
 def tiny_model():
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     torch.manual_seed(0)
     return BackboneSpec(preset="tiny").build()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from univg.engines import RolloutEngine
-from univg.rollout import Rollout, completion_mask
+from univg.rl.rollout import Rollout, completion_mask
 
 IM_END, PAD = 151645, 151643
 

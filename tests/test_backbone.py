@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from univg.backbone import (
+from univg.model.backbone import (
     BackboneSpec,
     LoRASpec,
     build_from_config,
@@ -15,7 +15,7 @@ from univg.backbone import (
     preset_config,
     vision_tower,
 )
-from univg.presets import HUB_IDS
+from univg.model.presets import HUB_IDS
 
 
 @pytest.mark.parametrize(

@@ -357,7 +357,7 @@ def test_univg_cli_one_line_from_the_shell_and_traceback_on_request(tmp_path):
 
 
 def test_load_model_weights_names_a_truncated_file(tmp_path, tiny_model):
-    from univg.checkpoints import CheckpointError, load_model_weights
+    from univg.model.checkpoints import CheckpointError, load_model_weights
 
     truncated = write_checkpoint(tmp_path / "t.ckpt", truncate=True)
     with pytest.raises(CheckpointError, match=f"init_checkpoint {truncated}: not a readable checkpoint"):

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from univg.boxes import Box
 from univg.cli import main
-from univg.data import READERS, SampleError, read_samples
-from univg.prompts import REASONING_SUFFIX
+from univg.core.boxes import Box
+from univg.core.prompts import REASONING_SUFFIX
+from univg.core.sample_types import SampleError
+from univg.data import READERS, read_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 SIX = [f"v/{i}.jpg" for i in range(6)]

@@ -23,9 +23,14 @@ import pytest
 import torch
 from PIL import Image
 
-from univg.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
-from univg.checkpoints import CheckpointError, check_checkpoint, check_model_folder, check_sharded_folder
 from univg.cli import main
+from univg.model.checkpoint_io import AtomicCheckpointIO, CheckpointWriteError, atomic_torch_save
+from univg.model.checkpoints import (
+    CheckpointError,
+    check_checkpoint,
+    check_model_folder,
+    check_sharded_folder,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEBUG = str(ROOT / "configs/debug.yaml")
@@ -131,7 +136,7 @@ def full_disk_after(room: int):  # noqa: ANN201
 
 
 def test_atomic_save_on_a_full_disk_keeps_the_previous_file_and_leaves_nothing_partial(tmp_path, monkeypatch):
-    import univg.checkpoint_io as checkpoint_io
+    import univg.model.checkpoint_io as checkpoint_io
 
     path = tmp_path / "last.ckpt"
     atomic_torch_save({"step": 1, "w": torch.ones(10)}, path)
@@ -149,7 +154,7 @@ def test_a_full_disk_during_a_fit_is_one_line_and_the_run_keeps_its_last_good_ch
 ):
     """The second checkpoint of the fit hits a full disk: one line naming the file and the space;
     the first checkpoint is still there and loads."""
-    import univg.checkpoint_io as checkpoint_io
+    import univg.model.checkpoint_io as checkpoint_io
 
     calls = {"n": 0}
     real_open = open
@@ -179,7 +184,7 @@ def test_a_full_disk_during_a_fit_is_one_line_and_the_run_keeps_its_last_good_ch
 
 WRITER = """
 import sys, time, torch
-import univg.checkpoint_io as io_
+import univg.model.checkpoint_io as io_
 path = sys.argv[1]
 io_.atomic_torch_save({"version": 1, "w": torch.zeros(1000)}, path)
 real_open = open
@@ -291,7 +296,7 @@ def test_a_truncated_or_incomplete_model_folder_is_refused(tmp_path, tiny_model,
 # ------------------------------------------------------------------ rerunning an interrupted fit
 def interrupted_run(tmp_path: Path, args: list[str], version: int = 0) -> Path:
     """A run folder as an interrupted fit of ``args`` leaves it: config.yaml, last.ckpt, the marker."""
-    from univg.resume import mark_interrupted
+    from univg.callbacks.resume import mark_interrupted
 
     cli = main(args[1:], run=False)  # the same config, built without running
     folder = tmp_path / "runs" / "run" / f"version_{version}"
@@ -404,8 +409,8 @@ def test_resuming_from_a_checkpoint_of_another_module_is_one_line(tmp_path, caps
 
 def test_results_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     """A full disk while an evaluation writes its results keeps the previous results whole."""
-    import univg.checkpoint_io as checkpoint_io
-    from univg.reports import write_run_results
+    import univg.model.checkpoint_io as checkpoint_io
+    from univg.evaluation.tables import write_run_results
 
     result = {
         "run": "a",
@@ -453,7 +458,7 @@ def test_a_prompt_over_the_models_context_is_refused_by_record(tmp_path, capsys,
 
 def test_replace_folder_keeps_one_whole_copy_at_every_moment(tmp_path, monkeypatch):
     """A kill between the two renames leaves the previous folder whole under its aside name."""
-    from univg.checkpoint_io import replace_folder
+    from univg.model.checkpoint_io import replace_folder
 
     out, new = tmp_path / "last.ckpt", tmp_path / ".last.ckpt.partial"
     out.mkdir()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from univg.boxes import (
+from univg.core.boxes import (
     FRAMES,
     Box,
     BoxFixes,

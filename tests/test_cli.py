@@ -64,9 +64,9 @@ def test_debug_fit_writes_events_config_and_predictions(tmp_path):
 
 
 def test_data_processor_is_linked_to_the_model_checkpoint(tmp_path):
-    from univg.backbone import BackboneSpec
     from univg.cli import main
-    from univg.tokenizer import load_processor
+    from univg.model.backbone import BackboneSpec
+    from univg.model.tokenizer import load_processor
 
     BackboneSpec().build().save_pretrained(tmp_path)
     load_processor().save_pretrained(tmp_path)
@@ -257,7 +257,6 @@ def test_help_lists_every_command_of_the_suite(capsys):
         for p in package.glob("*/*.py")
         if p.name != "__main__.py" and '__name__ == "__main__"' in p.read_text()
     }
-    # not user commands: the CLI's own module, the grid's overlay writer (make SCALE=mini), and the
-    # consolidation command's other spelling
-    internal = {"univg.__main__", "univg.cli", "univg.mini", "univg.distributed"}
+    # not user commands: the CLI's own module and the grid's overlay writer (make SCALE=mini)
+    internal = {"univg.__main__", "univg.cli", "univg.mini"}
     assert entry - internal == listed

@@ -30,12 +30,12 @@ def test_trainer_logs_no_advertisement_but_keeps_its_other_lines(tmp_path, caplo
 def test_a_lora_build_does_not_warn_about_peft_reading_a_deprecated_property():
     import warnings
 
-    from univg.backbone import BackboneSpec, LoRASpec
+    from univg.model.backbone import BackboneSpec, LoRASpec
 
     # pytest's own filters ignore FutureWarning (pyproject.toml): show every warning, then add ours
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        univg.console.quiet_console()
+        univg.core.console.quiet_console()
         BackboneSpec(preset="tiny", lora=LoRASpec()).build(device="meta")
         warnings.warn("another FutureWarning", FutureWarning, stacklevel=1)
     messages = [str(w.message) for w in caught]

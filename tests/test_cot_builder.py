@@ -15,11 +15,12 @@ from fake_openai_server import (
 )
 from PIL import Image
 
-from univg.boxes import Box
+from univg.core.boxes import Box
+from univg.core.sample_types import GroundingSample
 from univg.cot import BuildConfig, ChatClient, CotBuilder, ResponseCache, check_chain, write_output
 from univg.cot.__main__ import main
 from univg.cot.prompts import JUDGE_SYSTEM
-from univg.data import GroundingSample, read_cot_sft
+from univg.data import read_cot_sft
 
 GT = Box(0.1, 0.2, 0.5, 0.6)  # (100, 200), (500, 600) in the 0-1000 frame
 GT_TEXT = "(100, 200), (500, 600)"

@@ -11,7 +11,8 @@ import pytest
 from fake_openai_server import FakeOpenAIServer, Reply, ScriptedTeacher, write_mig_bench
 from PIL import Image
 
-from univg.boxes import Box
+from univg.core.boxes import Box
+from univg.core.sample_types import GroundingSample
 from univg.cot import (
     BuildConfig,
     ChatClient,
@@ -23,7 +24,7 @@ from univg.cot import (
 )
 from univg.cot.__main__ import main
 from univg.cot.prompts import JUDGE_SYSTEM
-from univg.data import GroundingSample, read_cot_sft
+from univg.data import read_cot_sft
 
 GT = Box(0.2, 0.2, 0.6, 0.6)  # (200, 200), (600, 600)
 

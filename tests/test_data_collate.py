@@ -6,9 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from univg.boxes import Box
-from univg.data import GroundingCollator, GroundingSample, ImageNotFoundError
-from univg.tokenizer import IMAGE_TOKEN_ID
+from univg.core.boxes import Box
+from univg.core.sample_types import GroundingSample
+from univg.data import GroundingCollator, ImageNotFoundError
+from univg.model.tokenizer import IMAGE_TOKEN_ID
 
 SUFFIX = (
     " First output the thinking process in <think> </think> tags and then output the bounding box in "

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from univg.boxes import Box, box_iou, normalise_coords
-from univg.data import MIG_TASKS, SampleError, read_mig_bench, read_samples
+from univg.core.boxes import Box, box_iou, normalise_coords
+from univg.core.sample_types import SampleError
+from univg.data import MIG_TASKS, read_mig_bench, read_samples
 
 MIG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mig_bench" / "MIG_data.json"
 if not MIG.is_file():  # the shared data folder sits beside the repository

@@ -8,12 +8,12 @@ import re
 import pytest
 from PIL import Image
 
-from univg.boxes import Box
+from univg.core.boxes import Box
+from univg.core.prompts import render_prompt
+from univg.core.sample_types import GroundingSample, SampleError
 from univg.data import (
     READERS,
-    GroundingSample,
     ImageNotFoundError,
-    SampleError,
     load_image,
     read_cot_sft,
     read_lisa,
@@ -26,7 +26,6 @@ from univg.data import (
     validate_sample,
     write_cot_sft,
 )
-from univg.prompts import render_prompt
 
 
 def write(path, records, jsonl=False):
@@ -409,7 +408,7 @@ def test_validate_sample_names_field():
 
 
 def test_cot_sft_targets_are_the_files_text_verbatim(tmp_path):
-    from univg.prompts import target_text
+    from univg.core.prompts import target_text
 
     spaced = "<think>\n  The cup is left of the plate.\n</think>\n\n<answer>(120, 340), (560, 780)</answer>"
     tight = "<think>a</think><answer>(120,340),(560,780)</answer>"
@@ -457,9 +456,9 @@ def test_stage2_writer_round_trip_detects_coco_by_path(tmp_path):
     boxes; single-image samples saved under coco/train2014 are detected as COCO records."""
     from dataclasses import replace
 
+    from univg.core.prompts import answer_coords
     from univg.data import write_stage2_rl
     from univg.data.synthetic import generate_samples
-    from univg.prompts import answer_coords
 
     multi = generate_samples(3, tasks=["diff", "common_object"], image_size=56, seed=1)
     single = [

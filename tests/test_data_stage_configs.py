@@ -23,8 +23,8 @@ from jsonargparse import ArgumentParser
 from PIL import Image
 
 from univg.cli import main
-from univg.prompts import REASONING_SUFFIX
-from univg.tokenizer import EOS_TOKEN
+from univg.core.prompts import REASONING_SUFFIX
+from univg.model.tokenizer import EOS_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 SINGLE = "This is a single image grounding task with simple reference. "

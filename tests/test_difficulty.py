@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from univg.difficulty import (
+from univg.rl.difficulty import (
     PHI_NAMES,
     difficulty_shares,
     difficulty_weights,
@@ -145,8 +145,8 @@ def test_step_weights_normalise_over_the_whole_step_and_every_process() -> None:
 
 
 def test_group_statistics_live_in_difficulty_without_the_loss_module() -> None:
-    # difficulty does not import the loss module (univg.grpo)
-    code = "import sys, univg.difficulty; print('univg.grpo' in sys.modules)"
+    # difficulty does not import the loss module (univg.rl.loss)
+    code = "import sys, univg.rl.difficulty; print('univg.rl.loss' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
     torch.testing.assert_close(group_miou(torch.tensor([0.2, 0.4, 1.0, 0.0]), 2), torch.tensor([0.3, 0.5]))

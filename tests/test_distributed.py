@@ -37,8 +37,8 @@ def _tiled_vs_full(module, data) -> dict:  # pragma: no cover - runs in torchrun
     """Log-probs on the repeated-prompt path (the one FSDP takes) with the tiled head and with full
     logits, on the sharded model: the largest differences of the values and of this rank's gradient
     shards, and how many tokens went through the tiled function."""
-    import univg.rollout.logprobs as lp_module
-    from univg.rollout import completion_logprobs, model_inputs
+    import univg.rl.rollout.logprobs as lp_module
+    from univg.rl.rollout import completion_logprobs, model_inputs
 
     prompt = model_inputs(data.collator("generate")(data.samples["val"][:1]))
     ids = torch.randint(0, 1000, (2, 5), generator=torch.Generator().manual_seed(0))
@@ -84,11 +84,11 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
     from lightning.pytorch.callbacks import Callback, ModelCheckpoint
     from lightning.pytorch.strategies import DDPStrategy
 
-    from univg.backbone import BackboneSpec, LoRASpec
     from univg.data import SyntheticDataModule
     from univg.distributed import FSDP2Strategy, is_sharded, rank_state_bytes, shard_report
+    from univg.model.backbone import BackboneSpec, LoRASpec
     from univg.modules import GRPOModule, SFTModule
-    from univg.rollout import generate, model_inputs
+    from univg.rl.rollout import generate, model_inputs
 
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])
@@ -310,7 +310,7 @@ def test_fsdp_ranks_materialise_only_their_shard_of_the_single_process_weights(r
     builds with the same seed (the random draws replayed in the same order), bit for bit."""
     import lightning as L
 
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     fsdp = runs["fsdp"]
     total = sum(full for _, full in fsdp[0]["shards"].values()) * 4  # fp32 bytes of the whole model
@@ -356,8 +356,8 @@ def test_fsdp_sharded_checkpoint_resumes(runs):
 
 @pytest.mark.slow
 def test_sharded_checkpoint_consolidates_for_init_checkpoint(runs, tmp_path):
-    from univg.backbone import BackboneSpec
-    from univg.checkpoints import load_model_weights
+    from univg.model.backbone import BackboneSpec
+    from univg.model.checkpoints import load_model_weights
 
     # the command make/grid.mk runs on a sharded run's last checkpoint
     out = tmp_path / "weights.ckpt"
@@ -400,8 +400,8 @@ def test_fsdp_reads_each_rank_rows_of_a_hf_checkpoint(tmp_path):
     model ``from_pretrained`` loads in one process (released key names, tied head stored once)."""
     import lightning as L
 
-    from univg.backbone import BackboneSpec, load_pretrained
-    from univg.tokenizer import load_tokenizer
+    from univg.model.backbone import BackboneSpec, load_pretrained
+    from univg.model.tokenizer import load_tokenizer
 
     L.seed_everything(1)  # other weights than the seed-0 random init the worker would draw
     BackboneSpec(preset="tiny").build().save_pretrained(tmp_path / "hf")
@@ -418,7 +418,7 @@ def test_fsdp_init_checkpoint_and_full_finetuning_reference(tmp_path):
     its weights, the reference sharded like the policy and built without a full copy."""
     import lightning as L
 
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     L.seed_everything(2)
     model = BackboneSpec(preset="tiny").build()
@@ -441,7 +441,7 @@ def test_fsdp_lora_holds_the_frozen_root_whole_in_bf16(tmp_path):
     (the probe build that finds the root draws no random numbers)."""
     import lightning as L
 
-    from univg.backbone import BackboneSpec, LoRASpec
+    from univg.model.backbone import BackboneSpec, LoRASpec
 
     ranks = _run("lora", tmp_path)
     names = set(ranks[0]["root"])
@@ -472,8 +472,8 @@ if __name__ == "__main__":  # torchrun worker
 def test_make_reference_is_a_frozen_copy_of_the_policy():
     """One rule for the reference, single-process and FSDP alike (the sharded branch runs in
     test_grpo_under_fsdp_shards_reference_and_generates_in_sync)."""
-    from univg.backbone import BackboneSpec
     from univg.distributed import make_reference
+    from univg.model.backbone import BackboneSpec
     from univg.modules import GRPOModule
 
     policy = BackboneSpec(preset="tiny").build().train()

@@ -16,10 +16,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
-from univg.backbone import BackboneSpec
-from univg.boxes import Box
+from univg.core.boxes import Box
+from univg.core.sample_types import GroundingSample
 from univg.data import SyntheticDataModule
-from univg.data.schema import GroundingSample
+from univg.model.backbone import BackboneSpec
 from univg.modules import GroundingModule
 
 # 7 samples: tasks cycle diff, region, reasoning -> diff 3, region 2, reasoning 2.

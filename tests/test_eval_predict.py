@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from univg.evaluation.visualize import PRED_COLOR
 from univg.modules.base import GroundingModule
 from univg.predict import target_index_for, user_sample
 from univg.predict.__main__ import main
-from univg.visualize import PRED_COLOR
 
 
 def test_prints_reasoning_and_pixel_box_of_the_target_image_and_saves_the_picture(
@@ -57,7 +57,7 @@ def _run_folder(tmp_path, backbone: dict) -> tuple:
     import torch
     import yaml
 
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     run = tmp_path / "run" / "version_0"
     (run / "checkpoints").mkdir(parents=True)

@@ -12,14 +12,14 @@ import json
 import pytest
 
 from univg.data.readers import read_mig_bench, read_vos
-from univg.decoding import checkpoint_decoding, greedy_decoding
-from univg.release_parse import (
+from univg.evaluation.release_parse import (
     release_mig_iou,
     release_mig_parse,
     release_scorer,
     release_zero_shot_iou,
     release_zero_shot_parse,
 )
+from univg.model.decoding import checkpoint_decoding, greedy_decoding
 
 # (completion, what the release's extract_bbox scores; None = its [0, 0, 0, 0] fallback)
 MIG_CASES = [
@@ -152,7 +152,7 @@ def test_greedy_decoding_is_explicit():
 def test_repetition_penalty_reaches_transformers_generate(tiny_model, processor, monkeypatch):
     """rollout.generate passes the checkpoint's repetition penalty to HF generate (and picks "hf")."""
     from univg.data import SyntheticDataModule
-    from univg.rollout import generate, model_inputs
+    from univg.rl.rollout import generate, model_inputs
 
     dm = SyntheticDataModule(num_train=0, num_val=0, num_test=1, image_size=56, eval_batch_size=1)
     dm._processor = processor
@@ -275,10 +275,10 @@ def test_checkpoint_decoding_is_used_and_recorded(tmp_path, tiny_model, processo
     import lightning as L
     import torch
 
-    from univg.backbone import BackboneSpec
     from univg.data import SyntheticDataModule
+    from univg.model.backbone import BackboneSpec
     from univg.modules import GroundingModule
-    from univg.rollout import Rollout
+    from univg.rl.rollout import Rollout
 
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -353,8 +353,8 @@ def _run(tmp_path, processor, answers, edit=None, **kw):
     returns (samples, results, prediction rows by id)."""
     import lightning as L
 
-    from univg.backbone import BackboneSpec
     from univg.data import SyntheticDataModule
+    from univg.model.backbone import BackboneSpec
     from univg.modules import GroundingModule
 
     dm = SyntheticDataModule(

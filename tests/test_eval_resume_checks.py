@@ -19,11 +19,11 @@ import lightning as L
 import pytest
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from univg.backbone import BackboneSpec
-from univg.boxes import Box
+from univg.core.boxes import Box
+from univg.core.sample_types import GroundingSample
 from univg.data import SyntheticDataModule
-from univg.data.schema import GroundingSample
 from univg.evaluation import LOCK_NAME, PredictionsLockedError, load_resumed, record_fingerprint
+from univg.model.backbone import BackboneSpec
 from univg.modules import GroundingModule
 
 ANSWER = "<think>there</think><answer>(100, 100), (500, 500)</answer>"

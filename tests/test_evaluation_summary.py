@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from univg.data.readers.mig_bench import MIG_COLUMNS
 from univg.data.synthetic import TASKS
-from univg.metrics import MIG_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 

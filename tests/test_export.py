@@ -12,8 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from univg.metrics import MIG_TASKS
-from univg.reports import write_run_results
+from univg.data.readers.mig_bench import MIG_TASKS
+from univg.evaluation.tables import write_run_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,8 +62,8 @@ def lora_run(tmp_path_factory):
 
 def project_model(ckpt: Path, run: Path) -> torch.nn.Module:
     """The model as the suite itself loads a checkpoint (init_checkpoint), LoRA adapters active."""
+    from univg.model.run_config import backbone_of, read_config
     from univg.modules import SFTModule
-    from univg.run_config import backbone_of, read_config
 
     spec = backbone_of(read_config(run / "config.yaml"), run / "config.yaml")
     module = SFTModule(backbone=spec, init_checkpoint=str(ckpt))
@@ -89,7 +89,7 @@ MESSAGES = [
 
 
 def project_logits(model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    from univg.tokenizer import load_processor
+    from univg.model.tokenizer import load_processor
 
     processor = load_processor()
     text = processor.apply_chat_template(MESSAGES, add_generation_prompt=True)
@@ -276,9 +276,9 @@ def test_lora_run_on_a_base_checkpoint_exports_as_a_peft_adapter(tmp_path_factor
     from peft import PeftModel
     from transformers import Qwen2VLForConditionalGeneration
 
-    from univg.backbone import BackboneSpec
     from univg.export import export_checkpoint
-    from univg.tokenizer import load_processor
+    from univg.model.backbone import BackboneSpec
+    from univg.model.tokenizer import load_processor
 
     base = tmp_path / "base"  # a local "Hub" checkpoint the LoRA run starts from
     torch.manual_seed(0)

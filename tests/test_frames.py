@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from univg.backbone import BackboneSpec
-from univg.boxes import Box, box_iou, format_answer, get_frame
+from univg.core.boxes import Box, box_iou, format_answer, get_frame
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
-from univg.rewards import iou_reward
+from univg.model.backbone import BackboneSpec
+from univg.rl.rewards import iou_reward
 
 
 def answer(coords) -> str:

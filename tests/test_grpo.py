@@ -12,8 +12,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from univg.difficulty import difficulty_weights, group_miou
-from univg.grpo import (
+from univg.rl.difficulty import difficulty_weights, group_miou
+from univg.rl.loss import (
     IMPORTANCE_LEVELS,
     LOSS_TYPES,
     GRPOLossTerms,

@@ -55,11 +55,11 @@ head cannot be the lever either: ``"lm_head"`` in ``LoRASpec.target_modules`` ad
 
 Faults these tests catch (each injected in a working copy, the tests run, the copy discarded):
 
-(a) sign error in the policy-gradient term, univg/grpo.py ``grpo_loss_terms``: ``pg = (w *
+(a) sign error in the policy-gradient term, univg/rl/loss.py ``grpo_loss_terms``: ``pg = (w *
     torch.min(ratio * adv, clipped * adv)).expand_as(logp)`` (``-w`` made ``w``). Run on the base,
     phi exp, two-micro-batch and negated tests: each learning test fails (stop share 0.242 -> 0.000,
     the policy learns never to stop at once) and the negated control fails (0.242 -> 0.938).
-(b) completion mask off by one, univg/rollout/batch.py ``completion_mask``: ``before =
+(b) completion mask off by one, univg/rl/rollout/batch.py ``completion_mask``: ``before =
     torch.cumsum(is_end.long(), dim=1)`` (the end token itself left out of the mask, so it is never
     scored and every completion reads as truncated). Run on the same four: the learning tests fail
     (0.242 -> 0.008, 0.000, 0.000); the negated control passes, as it must (it needs no end token).
@@ -147,7 +147,7 @@ def stop_reward(cls: str = "StopAtOnce", weight: float = 1.0, **init_args: Any) 
 def prompts(processor: Any, n: int, seed: int) -> dict[str, torch.Tensor]:
     from univg.data import GroundingCollator
     from univg.data.synthetic import generate_samples
-    from univg.rollout import model_inputs
+    from univg.rl.rollout import model_inputs
 
     samples = generate_samples(n, tasks=["single"], image_size=56, seed=seed)
     return model_inputs(GroundingCollator(processor, mode="generate")(samples))
@@ -160,8 +160,8 @@ def make_peaked_checkpoint(path: Path, processor: Any, stop_prob: float = 0.25, 
     by bisection so that the end token's mean probability there is ``stop_prob``."""
     import lightning as L
 
-    from univg.backbone import BackboneSpec
-    from univg.rollout import generate
+    from univg.model.backbone import BackboneSpec
+    from univg.rl.rollout import generate
 
     L.seed_everything(seed)
     model = BackboneSpec(preset="tiny").build()
@@ -206,7 +206,7 @@ def end_inclusive_mask(ids: torch.Tensor) -> torch.Tensor:
 
 
 def sample(model: torch.nn.Module, inputs: dict, tokenizer: Any, seed: int = 123, group: int = 16) -> Any:
-    from univg.rollout import generate
+    from univg.rl.rollout import generate
 
     return generate(
         model, inputs, tokenizer, group_size=group, max_new_tokens=MAX_TOKENS, do_sample=True,
@@ -225,7 +225,7 @@ def held_out_stops(model: torch.nn.Module, inputs: dict, tokenizer: Any) -> tupl
 def kl_to(model: torch.nn.Module, reference: torch.nn.Module, inputs: dict, tokenizer: Any) -> float:
     """KL(model || reference) per completion, estimated on completions sampled from ``model``: the
     mean over completions of the summed log-ratio of their tokens (up to the first end token)."""
-    from univg.rollout import completion_logprobs
+    from univg.rl.rollout import completion_logprobs
 
     r = sample(model, inputs, tokenizer, seed=321)
     mask = end_inclusive_mask(r.completion_ids)
@@ -268,8 +268,8 @@ def train(
     the peaked checkpoint; returns the trained module and the module's per-step logs."""
     import lightning as L
 
-    from univg.backbone import BackboneSpec
     from univg.data import SyntheticDataModule
+    from univg.model.backbone import BackboneSpec
     from univg.modules import GRPOModule
 
     L.seed_everything(seed)
@@ -311,7 +311,7 @@ def held_out(processor) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def initial(checkpoint) -> torch.nn.Module:
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     return BackboneSpec(preset="tiny", checkpoint=str(checkpoint)).build().eval()
 
@@ -430,9 +430,9 @@ def _worker(mode: str, out: Path, checkpoint: Path) -> None:  # pragma: no cover
     import lightning as L
     from lightning.pytorch.strategies import DDPStrategy
 
-    from univg.backbone import BackboneSpec
     from univg.distributed import FSDP2Strategy
-    from univg.tokenizer import load_processor
+    from univg.model.backbone import BackboneSpec
+    from univg.model.tokenizer import load_processor
 
     torch.set_num_threads(1)
     rank = int(os.environ["RANK"])

@@ -8,12 +8,12 @@ import pytest
 import torch
 from scripted_engine import Scripted, ScriptedCalls
 
-from univg.backbone import BackboneSpec, LoRASpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
-from univg.grpo import group_advantages, grpo_loss
+from univg.model.backbone import BackboneSpec, LoRASpec
 from univg.modules import GRPOModule
-from univg.rollout import completion_logprobs
+from univg.rl.loss import group_advantages, grpo_loss
+from univg.rl.rollout import completion_logprobs
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +188,7 @@ def test_module_losses_follow_the_knobs(prompt_batch, tokenizer):
     s = m.score(prompt_batch)
     logp = s.old_logp + 0.3 * torch.randn_like(s.old_logp)  # a later iteration: ratios off 1
     ours = m.loss_terms(s, logp=logp)
-    from univg.grpo import grpo_loss_terms
+    from univg.rl.loss import grpo_loss_terms
 
     hand = grpo_loss_terms(
         logp, s.old_logp, None, s.advantages, s.weights, s.rollout.completion_mask, beta=0.0,
@@ -249,7 +249,7 @@ def test_short_grpo_run_raises_mean_reward():
     import lightning as L
 
     from univg.data import SyntheticDataModule
-    from univg.rewards import REWARDS, register_reward
+    from univg.rl.rewards import REWARDS, register_reward
 
     if "toy_ascii_letters" not in REWARDS:
 

@@ -37,9 +37,9 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
     sys.path.insert(0, str(HERE.parent))
     from scripted_engine import Scripted
 
-    from univg.backbone import BackboneSpec
     from univg.data import SyntheticDataModule
     from univg.distributed import FSDP2Strategy
+    from univg.model.backbone import BackboneSpec
     from univg.modules import GRPOModule
 
     torch.set_num_threads(1)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from scripted_engine import Scripted
 
-from univg.backbone import BackboneSpec
 from univg.data import SyntheticDataModule
+from univg.model.backbone import BackboneSpec
 from univg.modules import GRPOModule
 
 PEAK, FLOOR = 1e-3, 0.1  # linear decay from PEAK to FLOOR x PEAK, no warm-up

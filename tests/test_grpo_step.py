@@ -13,12 +13,12 @@ import pytest
 import torch
 from scripted_engine import Scripted
 
-from univg.backbone import BackboneSpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
+from univg.model.backbone import BackboneSpec
 from univg.modules import GroundingModule, GRPOModule
-from univg.rewards import compute_rewards, iou_reward
-from univg.rollout import generate, model_inputs
+from univg.rl.rewards import compute_rewards, iou_reward
+from univg.rl.rollout import generate, model_inputs
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_grpo_schedule_counts_optimiser_steps_not_micro_batches():
 def test_schedules_match_transformers_after_the_warm_up():
     from transformers import get_cosine_with_min_lr_schedule_with_warmup, get_linear_schedule_with_warmup
 
-    from univg.modules.base import warmup_cosine
+    from univg.modules.schedule import warmup_cosine
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     total, warm = 20, 3
@@ -276,7 +276,7 @@ def test_normalize_phi_and_batch_scale_span_the_whole_step(four_prompts, tokeniz
 def test_num_iterations_two_takes_two_steps_and_the_ratio_moves(four_prompts, tokenizer, monkeypatch):
     gt = four_prompts["boxes"].tolist()
     texts = [[_answer(gt[b]), "no", "nah", _answer(gt[b])] for b in range(4)]
-    import univg.modules.grpo as mod
+    import univg.modules.grpo_step as mod
 
     m = _module(beta=0.0, num_iterations=2, lr=1e-1, check_invariants=True, engine=Scripted(texts, tokenizer))
     opt = _drive(m, lr=1e-1)
@@ -300,8 +300,8 @@ def test_num_iterations_two_takes_two_steps_and_the_ratio_moves(four_prompts, to
 
 # --------------------------------------------------------------------------------- per-source format
 def test_refcoco_prompts_are_scored_by_the_bare_box_rule(processor):
-    from univg.boxes import Box
-    from univg.data.schema import GroundingSample
+    from univg.core.boxes import Box
+    from univg.core.sample_types import GroundingSample
 
     samples = [
         GroundingSample(
@@ -335,7 +335,7 @@ def test_init_checkpoint_reads_a_sharded_fsdp_folder(tmp_path):
     ``init_checkpoint`` must take it as it is (before: "does not exist (expected a .ckpt file)")."""
     import torch.distributed.checkpoint as dcp
 
-    from univg.checkpoints import load_model_weights
+    from univg.model.checkpoints import load_model_weights
 
     torch.manual_seed(1)
     trained = BackboneSpec(preset="tiny").build()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from univg.rollout import head_logprobs
+from univg.rl.rollout import head_logprobs
 
 
 def _peaked(v: int = 300, hdim: int = 16, tokens: int = 20, seed: int = 0):

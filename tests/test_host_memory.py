@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import univg.sharded_build as sb
-from univg.backbone import BackboneSpec
+import univg.distributed.sharded_build as sb
+from univg.model.backbone import BackboneSpec
 from univg.modules import SFTModule
 
 

@@ -14,8 +14,8 @@ import yaml
 from scripted_engine import Scripted
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from univg.backbone import BackboneSpec
 from univg.hparams_view import read_sessions, render
+from univg.model.backbone import BackboneSpec
 from univg.modules import GRPOModule, SFTModule
 from univg.modules.dynamic_sampling import DynamicSampling
 

@@ -1,4 +1,4 @@
-"""The import graph of ``univg/`` has no circles.
+"""The import graph of ``univg/`` has no circles, and no import runs up the layers.
 
 Every ``import``/``from`` statement in every module counts: at module level, inside functions
 (a function-level import that closes a circle only hides it) and under ``if TYPE_CHECKING:`` (a
@@ -104,6 +104,71 @@ def test_no_import_cycles():
     assert not found, f"import cycles among univg's modules:\n{detail}"
 
 
+#: Each top-level part of univg and its layer: a module imports only from its own layer or lower
+#: ones. ``univg`` itself is the package's ``__init__`` (it quiets the console, :mod:`univg.core.console`).
+LAYERS: dict[str, int] = {
+    # the base everything may import
+    "univg": 0,
+    "core": 0,
+    # the model: backbone families, tokenizer, checkpoints, decoding
+    "model": 1,
+    # what trains and is trained on
+    "data": 2,
+    "rl": 2,
+    "engines": 2,
+    "distributed": 2,
+    # scoring and results; the trainer's callbacks
+    "evaluation": 3,
+    "callbacks": 3,
+    # the LightningModules
+    "modules": 4,
+    # entry points and recipes
+    "__main__": 5,
+    "cli": 5,
+    "export": 5,
+    "predict": 5,
+    "reports": 5,
+    "hparams_view": 5,
+    "sharded_checkpoint": 5,
+    "cot": 5,
+    "demo": 5,
+    "rehearsal": 5,
+    "mini": 5,
+}
+
+
+def part(module: str) -> str:
+    """The top-level part of univg a module belongs to (``univg.rl.rollout.batch`` -> ``rl``)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) pairs where the imported module sits in a higher layer."""
+    return sorted(
+        (name, target)
+        for name, targets in graph.items()
+        for target in targets
+        if LAYERS[part(target)] > LAYERS[part(name)]
+    )
+
+
+def test_every_part_has_a_layer():
+    graph = import_graph()
+    missing = sorted({part(name) for name in graph} - set(LAYERS))
+    assert not missing, f"top-level parts of univg without a layer in LAYERS: {missing}"
+
+
+def test_no_import_runs_up_the_layers():
+    graph = import_graph()
+    found = upward_imports(graph)
+    detail = "\n".join(f"{a} (layer {LAYERS[part(a)]}) -> {b} (layer {LAYERS[part(b)]})" for a, b in found)
+    assert not found, f"imports from a higher layer:\n{detail}"
+
+
 if __name__ == "__main__":
-    for component in cycles(import_graph()):
+    graph = import_graph()
+    for component in cycles(graph):
         print(" <-> ".join(component))
+    for a, b in upward_imports(graph):
+        print(f"{a} -> {b} (up)")

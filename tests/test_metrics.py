@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from univg.metrics import MIG_TASKS, GroundingMetrics, dedupe_records, metrics_from_records, mig_avg
+from univg.data.readers.mig_bench import MIG_TASKS
+from univg.evaluation.metrics import GroundingMetrics, dedupe_records, metrics_from_records, mig_avg
 
 
 def rec(

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
+from univg.core.sample_types import SampleError
 from univg.data.readers import read_mig_bench
-from univg.data.schema import SampleError
 
 BASE = {
     "task": "region",

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from univg.metrics import MIG_COLUMNS, MIG_TASKS
-from univg.reports import main, merge_tables, write_run_results
+from univg.data.readers.mig_bench import MIG_COLUMNS, MIG_TASKS
+from univg.evaluation.tables import merge_tables, write_run_results
+from univg.reports import main
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = json.loads((ROOT / "univg" / "paper_results.json").read_text())
+PAPER = json.loads((ROOT / "univg" / "evaluation" / "tables" / "paper_results.json").read_text())
 TITLES = [title for _, title in MIG_COLUMNS]
 
 

@@ -11,10 +11,10 @@ import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from scripted_engine import Scripted
 
-from univg.backbone import BackboneSpec
+from univg.callbacks.progress import StepRichProgressBar, StepTQDMProgressBar
 from univg.data import SyntheticDataModule
+from univg.model.backbone import BackboneSpec
 from univg.modules import GRPOModule, SFTModule
-from univg.progress import StepRichProgressBar, StepTQDMProgressBar
 
 MIXED = ["<think>a</think><answer>(10, 10), (500, 500)</answer>", "junk"]
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from univg.boxes import Box
-from univg.data import GroundingSample, SampleError
-from univg.prompts import PROMPTS, build_messages, render_prompt, split_prompt, split_target, target_text
+from univg.core.boxes import Box
+from univg.core.prompts import PROMPTS, build_messages, render_prompt, split_prompt, split_target, target_text
+from univg.core.sample_types import GroundingSample, SampleError
 
 SUFFIX = (
     " First output the thinking process in <think> </think> tags and then output the bounding box in "
@@ -95,18 +95,14 @@ def test_split_target():
 
 
 def test_prompts_sit_below_the_data_package():
-    """No back-edge: ``univg.data.collate`` imports ``univg.prompts``, so ``prompts`` (and the sample
-    types it renders) import nothing from ``univg.data``; ``univg.data.schema`` re-exports them."""
+    """No back-edge: ``univg.data.collate`` imports ``univg.core.prompts``, so ``prompts`` (and the sample
+    types it renders) import nothing from ``univg.data``."""
     import ast
     from pathlib import Path
 
-    import univg.data.schema as schema
-    import univg.sample_types as types
-
-    root = Path(__file__).resolve().parents[1] / "univg"
+    root = Path(__file__).resolve().parents[1] / "univg" / "core"
     for name in ("prompts.py", "sample_types.py"):
         tree = ast.parse((root / name).read_text())
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
         imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
         assert not [m for m in imported if m.startswith("univg.data")], (name, imported)
-    assert schema.GroundingSample is types.GroundingSample and schema.SampleError is types.SampleError

@@ -16,7 +16,7 @@ from univg.rehearsal.run import main
 def test_released_layout_checkpoint_loads_as_the_preset(tmp_path):
     """The rehearsal's stand-in for Qwen2-VL-7B-Instruct: a transformers-4.x folder (flat config,
     legacy weight names, the Instruct generation config) that ``from_pretrained`` reads back."""
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     folder = write_checkpoint(tmp_path / "ckpt")
     config = json.loads((folder / "config.json").read_text())

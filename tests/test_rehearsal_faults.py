@@ -12,12 +12,12 @@ import math
 import pytest
 import torch
 
-from univg.backbone import BackboneSpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
+from univg.model.backbone import BackboneSpec
 from univg.rehearsal.checks import check_measurements
 from univg.rehearsal.probe import configured_logits
-from univg.rollout import generate, model_inputs
+from univg.rl.rollout import generate, model_inputs
 
 E = math.e
 
@@ -359,7 +359,7 @@ def test_the_recorded_log_prob_is_after_a_processor_transformers_adds(prompts, t
 
 
 def test_the_recorded_log_prob_is_after_a_leaked_instruct_generation_config(prompts, tokenizer, monkeypatch):
-    import univg.rollout.hf as hf
+    import univg.rl.rollout.hf as hf
 
     explicit = hf.explicit_generation_config
 
@@ -416,7 +416,7 @@ def test_the_recorder_agrees_with_the_configured_distribution_when_nothing_slips
 def test_a_recorder_left_out_of_generation_is_an_error(prompts, tokenizer, monkeypatch):
     import contextlib
 
-    import univg.rollout.hf as hf
+    import univg.rl.rollout.hf as hf
 
     monkeypatch.setattr(hf, "_recording_last", lambda model, recorder: contextlib.nullcontext())
     model, _ = _bias_model()

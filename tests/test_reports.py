@@ -8,17 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from univg.metrics import MIG_TASKS
-from univg.reports import (
+from univg.data.readers.mig_bench import MIG_TASKS
+from univg.evaluation.tables import (
     build_table,
     find_results,
     load_reference,
-    main,
     merge_results,
     merge_tables,
     paper_ablation,
     write_run_results,
 )
+from univg.reports import main
 
 
 def mig_result(run: str, accs: dict[str, float], skipped: dict | None = None) -> dict:
@@ -234,7 +234,7 @@ SHARED_KEYS = {
 
 @pytest.mark.skipif(not SHARED_TABLES.is_file(), reason=f"no transcription of the paper at {SHARED_TABLES}")
 def test_every_paper_number_matches_the_transcription():
-    from univg.reports import load_paper_tables
+    from univg.evaluation.tables import load_paper_tables
 
     shared = json.loads(SHARED_TABLES.read_text())
     ours = load_paper_tables()
@@ -250,7 +250,7 @@ def test_every_paper_number_matches_the_transcription():
 
 def test_hand_copied_paper_numbers():
     # copied by hand from the paper's Tables 1-6 (Acc@0.5 %), independently of the JSON file
-    from univg.reports import PAPER_ABLATION_ROWS, PAPER_RESULTS
+    from univg.evaluation.tables import PAPER_ABLATION_ROWS, PAPER_RESULTS
 
     assert PAPER_RESULTS["mig"]["Migician (paper)"]["object_tracking"] == 67.82
     assert PAPER_RESULTS["mig"]["Qwen2-VL-72B (paper)"]["correspondence"] == 17.94
@@ -370,7 +370,11 @@ def test_paper_tables_print_without_results_of_ones_own(capsys):
 
     from univg.reports import main
 
-    paper = json.loads((Path(__file__).resolve().parent.parent / "univg" / "paper_results.json").read_text())
+    paper = json.loads(
+        (
+            Path(__file__).resolve().parent.parent / "univg" / "evaluation" / "tables" / "paper_results.json"
+        ).read_text()
+    )
     for layout in ("mig", "refcoco", "zeroshot", "table4", "table5", "table6"):
         assert main(["paper", "--layout", layout]) == 0
         out = capsys.readouterr().out

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from univg.reward_plugins import RewardPlugin, resolve_rewards
-from univg.rewards import compute_rewards
+from univg.rl.reward_plugins import RewardPlugin, resolve_rewards
+from univg.rl.rewards import compute_rewards
 
 PLUGIN = textwrap.dedent(
     """
@@ -81,6 +81,8 @@ def test_plugin_errors_name_the_reward(plugin_file: Path, tmp_path: Path) -> Non
 
 def test_plugin_by_module_path() -> None:
     # a module path, as an installed package's reward would be named: here one of univg's own
-    weights, functions = resolve_rewards({"iou": {"class_path": "univg.rewards.iou_reward", "weight": 2.0}})
+    weights, functions = resolve_rewards(
+        {"iou": {"class_path": "univg.rl.rewards.iou_reward", "weight": 2.0}}
+    )
     out = compute_rewards(weights, [GOOD], [(0, 0, 100, 200)], functions=functions)
     assert out["iou"].tolist() == [0.5] and out["total"].tolist() == [1.0]

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from univg.boxes import BoxFixes
-from univg.rewards import (
+from univg.core.boxes import BoxFixes
+from univg.rl.rewards import (
     REWARDS,
     compute_rewards,
     format_reward,
@@ -247,7 +247,7 @@ def test_well_formed_answers_score_format_one_and_self_iou(boxes: list[tuple], t
 def test_release_rewards_differ_from_ours_only_where_documented():
     """The release's format reward searches (text before <think> passes), its accuracy reward reads
     the first <answer> block and no space after '('; a box-only prompt is scored alike by both."""
-    from univg.rewards import compute_rewards
+    from univg.rl.rewards import compute_rewards
 
     gt = [(0, 0, 100, 100)] * 5
     texts = [

@@ -8,7 +8,7 @@ block, a right-to-left check for the format, the IoU in the release's own terms 
 ``max(x1)``, ``min(x2 - 1)``, counted when ``left < right``, ``+ 1`` back on each side). Python's
 ``\\d`` and ``\\s`` are ``str.isdecimal`` and ``str.isspace``, so the scanner uses those.
 
-Each check was seen to fail with a fault injected in ``univg/rewards_release.py`` (the fuzz
+Each check was seen to fail with a fault injected in ``univg/rl/rewards_release.py`` (the fuzz
 tripped on every seed for each fault):
 
 - overlap counted when longer than 0 units instead of 1: ``test_accuracy_hand_values`` (the
@@ -31,8 +31,8 @@ import random
 import pytest
 import torch
 
-from univg.difficulty import difficulty_weights, phi
-from univg.rewards_release import accuracy_release, as_decoded_by_release, format_release, release_iou
+from univg.rl.difficulty import difficulty_weights, phi
+from univg.rl.rewards_release import accuracy_release, as_decoded_by_release, format_release, release_iou
 
 SPECIALS = (
     "<|endoftext|>",

@@ -19,11 +19,11 @@ import pytest
 import torch
 from torch import nn
 
-from univg.backbone import BackboneSpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
-from univg.grpo import grpo_loss_terms
-from univg.rollout import (
+from univg.model.backbone import BackboneSpec
+from univg.rl.loss import grpo_loss_terms
+from univg.rl.rollout import (
     EOS_IDS,
     PAD_ID,
     completion_logprobs,
@@ -275,7 +275,7 @@ def test_tiled_head_on_the_repeated_prompt_matches_full_logits(prompts, monkeypa
     with torch.no_grad():
         ref = completion_logprobs(ckpt, prompts, ids, mask, 4, shared_prefix=False, tiled_head=False) - 0.02
     loss_a, grads_a = _loss_and_grads(ckpt, prompts, ids, mask, adv, ref, shared=False, tiled_head=False)
-    import univg.rollout.logprobs as lp_module
+    import univg.rl.rollout.logprobs as lp_module
 
     # the head really went through the tiled function, once, on the real tokens only: lengths
     # 6, 1, 3, 4, 2, 5, 6, 1 (see _completions)
@@ -414,7 +414,7 @@ def test_benchmark_quick_mode_runs(tmp_path: Path) -> None:
 
 
 def test_lora_policy_and_reference_on_the_shared_prefix(prompts) -> None:
-    from univg.backbone import LoRASpec
+    from univg.model.backbone import LoRASpec
 
     torch.manual_seed(0)
     lora = BackboneSpec(preset="tiny", lora=LoRASpec(r=4, dropout=0.0)).build().train()

@@ -6,9 +6,9 @@ import lightning as L
 import pytest
 import torch
 
-from univg.backbone import BackboneSpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
+from univg.model.backbone import BackboneSpec
 from univg.modules import SFTModule
 from univg.modules.sft import answer_loss
 
@@ -90,7 +90,7 @@ def test_evaluation_step_scores_and_records(processor, samples, monkeypatch):
         "garbage )(,",
         f"<answer>({gt[3][2]}, {gt[3][3]}), ({gt[3][0]}, {gt[3][1]})</answer>",
     ]
-    from univg.rollout import Rollout
+    from univg.rl.rollout import Rollout
 
     def fake_generate(model, inputs, tokenizer, **kw):
         n = len(texts)

@@ -9,7 +9,7 @@ import tiktoken
 import torch
 from PIL import Image
 
-from univg.tokenizer import (
+from univg.model.tokenizer import (
     IMAGE_TOKEN_ID,
     PAT_STR,
     SPECIAL_TOKENS,
@@ -166,7 +166,7 @@ def test_a_hub_ids_image_processor_config_is_read(monkeypatch):
     normalisation and patching), the pixel budget from the run; nothing here reaches the network."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from univg.tokenizer import load_image_processor
+    from univg.model.tokenizer import load_image_processor
 
     asked = []
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from univg.boxes import Box, get_frame
-from univg.visualize import (
+from univg.core.boxes import Box, get_frame
+from univg.evaluation.visualize import (
     COMPAT_COLOR,
     GT_COLOR,
     PRED_COLOR,

@@ -16,13 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-from univg.backbone import BackboneSpec, LoRASpec
 from univg.data import GroundingCollator
 from univg.data.synthetic import generate_samples
 from univg.engines import RolloutEngine, VLLMEngine
 from univg.engines.vllm_io import pixels_to_images, prompt_token_rows
+from univg.model.backbone import BackboneSpec, LoRASpec
 from univg.modules import GRPOModule
-from univg.rollout import MODEL_KEYS, PAD_ID, SUPPRESS_IDS, Rollout, SamplingSpec, completion_mask
+from univg.rl.rollout import MODEL_KEYS, PAD_ID, SUPPRESS_IDS, Rollout, SamplingSpec, completion_mask
 
 IM_END, END_TEXT = 151645, 151643
 G = 3

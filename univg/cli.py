@@ -23,11 +23,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from univg.callbacks import CheckpointOnInterrupt
-from univg.checkpoint_io import AtomicCheckpointIO
-from univg.checkpoints import CheckpointError, check_checkpoint, mismatch
-from univg.errors import EXIT_USAGE, UsageError, reported
+from univg.callbacks.resume import config_differences, find_interrupted, keep_csv_metrics
+from univg.core.errors import EXIT_USAGE, UsageError, reported
+from univg.model.checkpoint_io import AtomicCheckpointIO
+from univg.model.checkpoints import CheckpointError, check_checkpoint, mismatch
 from univg.modules.base import GroundingModule
-from univg.resume import config_differences, find_interrupted, keep_csv_metrics
 
 # Where runs go unless a config says otherwise: runs/<name>/version_N/.
 TRAINER_DEFAULTS = {
@@ -97,7 +97,7 @@ class UniVGCLI(LightningCLI):
 
     def _resume_interrupted(self, config: Any) -> None:
         """A fit without ``--ckpt_path`` whose previous run (same logger folder, same config) was
-        stopped by a signal resumes it, into the same version folder (:mod:`univg.resume`)."""
+        stopped by a signal resumes it, into the same version folder (:mod:`univg.callbacks.resume`)."""
         if config.get("ckpt_path") is not None or config.get("model.init_args.fresh"):
             return
         logger = config.get("trainer.logger")
@@ -154,7 +154,7 @@ class UniVGCLI(LightningCLI):
         if not any(isinstance(cb, CheckpointOnInterrupt) for cb in trainer.callbacks):
             trainer.callbacks.append(CheckpointOnInterrupt())
         # Checkpoints are written beside their destination and renamed into place (see
-        # univg.checkpoint_io); a CheckpointIO the config chose itself is left alone.
+        # univg.model.checkpoint_io); a CheckpointIO the config chose itself is left alone.
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
@@ -175,7 +175,7 @@ class UniVGCLI(LightningCLI):
 
     def _print_evaluation_summary(self, stage: str) -> None:
         """AVG, Acc@0.5 per task and where the full table was written (:func:`evaluation_summary`)."""
-        from univg.report_cells import evaluation_summary
+        from univg.evaluation.tables.cells import evaluation_summary
 
         result = getattr(self.model, "last_results", {}).get(stage)
         if result is not None and self.trainer.is_global_zero:
@@ -295,7 +295,7 @@ def main(args: list[str] | None = None, run: bool = True) -> UniVGCLI:
 
     Bad input, found while parsing, building or running (a config value, a data record, an image,
     a checkpoint, a reward plug-in, a full disk), ends as one ``univg: error: ...`` line with exit
-    status 2 (:mod:`univg.errors`; ``UNIVG_DEBUG=1`` raises the original error instead).
+    status 2 (:mod:`univg.core.errors`; ``UNIVG_DEBUG=1`` raises the original error instead).
     """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with reported("univg"):
@@ -341,7 +341,7 @@ def condense_parse_error(message: str) -> str:
     ...     - Problem with given class_path 'univg.modules.SFTModule':
     ...         Parser key "backbone":
     ...           Errors:
-    ...             - Problem with given class_path 'univg.backbone.BackboneSpec':
+    ...             - Problem with given class_path 'univg.model.backbone.BackboneSpec':
     ...                 Parser key "preset":
     ...                   Expected a Literal['tiny']. Got value: qwen9
     ...     - Expected a <class 'NoneType'>

@@ -35,11 +35,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from univg.backbone import DTYPES, BackboneSpec, apply_lora, preset_config
-from univg.checkpoint_io import replace_folder
-from univg.errors import UsageError, usage_status
-from univg.run_config import backbone_of, read_config, run_directory
-from univg.tokenizer import EOS_TOKEN, PAD_TOKEN, load_processor
+from univg.core.errors import UsageError, usage_status
+from univg.model.backbone import DTYPES, BackboneSpec, apply_lora, preset_config
+from univg.model.checkpoint_io import replace_folder
+from univg.model.run_config import backbone_of, read_config, run_directory
+from univg.model.tokenizer import EOS_TOKEN, PAD_TOKEN, load_processor
 
 
 class ExportError(UsageError, ValueError):
@@ -83,7 +83,7 @@ def load_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
             raise ExportError(
                 f"{ckpt}: a folder but not a sharded checkpoint (no .metadata of torch.distributed.checkpoint)"
             )
-        from univg.sharded_checkpoint import consolidate_checkpoint
+        from univg.model.consolidate import consolidate_checkpoint
 
         with tempfile.TemporaryDirectory() as tmp:
             state = torch.load(consolidate_checkpoint(ckpt, Path(tmp) / "full.ckpt"), map_location="cpu")
@@ -106,7 +106,7 @@ def hf_config(spec: BackboneSpec) -> Any:
         return preset_config(spec.preset, spec.overrides)
     from transformers import AutoConfig
 
-    from univg.tokenizer import resolve_checkpoint
+    from univg.model.tokenizer import resolve_checkpoint
 
     return AutoConfig.from_pretrained(resolve_checkpoint(spec.checkpoint))
 
@@ -156,7 +156,7 @@ def find_results(run_dir: Path | None, extra: Sequence[str | os.PathLike] = ()) 
 
 def results_markdown(results: list[dict[str, Any]]) -> str:
     """The results in the paper's layouts (one table per layout), beside the paper's rows."""
-    from univg.reports import layout_of, merge_tables
+    from univg.evaluation.tables import layout_of, merge_tables
 
     parts = []
     for layout in ("mig", "zeroshot", "refcoco"):

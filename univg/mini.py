@@ -233,7 +233,7 @@ def write_baseline(cfg: DemoSettings, out: str | Path) -> Path:
     on the grid's stage-1 training set and held-out set, in the results format of every row."""
     from univg.data.synthetic import generate_samples
     from univg.demo import constant_box_metrics
-    from univg.reports import write_run_results
+    from univg.evaluation.tables import write_run_results
 
     sft, ev = sft_overlay(cfg)["data"]["init_args"], eval_overlay(cfg)["data"]["init_args"]
     kw = {"tasks": sft["tasks"], "image_size": sft["image_size"], **sft["synthetic"]}

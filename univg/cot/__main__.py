@@ -19,11 +19,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from univg.core.errors import UsageError
 from univg.cot.builder import BuildConfig, CotBuilder, pick_review, relative_images, write_output
 from univg.cot.cache import ResponseCache
 from univg.cot.client import ChatClient
 from univg.cot.report import DEFAULT_MAX_FAILURE_SHARE
-from univg.errors import UsageError
 
 #: Exit statuses: a failed run (nothing accepted, too many failed calls), bad input, interrupted.
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130

@@ -28,14 +28,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from univg.boxes import Qwen2VLFrame, format_answer
+from univg.core.boxes import Qwen2VLFrame, format_answer
+from univg.core.sample_types import GroundingSample
 from univg.cot.cache import ResponseCache, cache_key
 from univg.cot.checks import check_chain
 from univg.cot.client import ChatClient, TeacherRequestError
 from univg.cot.prompts import ChatPrompt, judge_prompt, parse_judge_choice, sample_images, teacher_prompt
 from univg.cot.report import BuildReport, tally
 from univg.cot.results import ChainOutcome, SampleResult
-from univg.data import GroundingSample, write_cot_sft
+from univg.data import write_cot_sft
 
 _FRAME = Qwen2VLFrame()
 
@@ -253,7 +254,7 @@ def pick_review(results: Sequence[SampleResult], fraction: float, seed: int = 0)
     """A seeded random ``fraction`` of the accepted results (at least one when any were accepted and
     ``fraction > 0``), in input order.
 
-    >>> from univg.boxes import Box
+    >>> from univg.core.boxes import Box
     >>> s = [GroundingSample(str(i), "t", [], 0, "q", Box(0, 0, 1, 1)) for i in range(20)]
     >>> rs = [SampleResult(x, (0, 0, 999, 999), chosen=0) for x in s]
     >>> len(pick_review(rs, 0.1)), len(pick_review(rs, 0.01)), len(pick_review(rs, 0.0))
@@ -285,7 +286,7 @@ def relative_images(sample: GroundingSample, image_root: str | os.PathLike[str] 
     training) and keeps cache keys valid when the image folder moves. Paths outside the root and
     in-memory images are left as they are.
 
-    >>> from univg.boxes import Box
+    >>> from univg.core.boxes import Box
     >>> s = GroundingSample("a", "t", ["/data/imgs/x.jpg", "/elsewhere/y.jpg"], 0, "q", Box(0, 0, 1, 1))
     >>> relative_images(s, "/data").images
     ['imgs/x.jpg', '/elsewhere/y.jpg']

@@ -16,8 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from univg.boxes import IntBox, box_iou, parse_answer
-from univg.rewards import format_reward
+from univg.core.boxes import IntBox, box_iou, parse_answer
+from univg.rl.rewards import format_reward
 
 #: Chain-level rejection reasons, in the order they are checked.
 CHAIN_REASONS = ("format", "iou", "shallow_reasoning", "leaks_answer")

@@ -20,8 +20,8 @@ from typing import Any
 
 from PIL import Image
 
+from univg.core.sample_types import GroundingSample, ImageRef
 from univg.data.images import resolve_image_path
-from univg.data.schema import GroundingSample, ImageRef
 
 TEACHER_SYSTEM = (
     "You are an expert annotator who writes step-by-step visual reasoning for training a visual "

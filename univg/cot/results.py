@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from univg.boxes import IntBox
+from univg.core.boxes import IntBox
+from univg.core.sample_types import GroundingSample
 from univg.cot.checks import ChainCheck
-from univg.data.schema import GroundingSample
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from univg.boxes import IntBox, format_answer
+from univg.core.boxes import IntBox, format_answer
 from univg.cot.results import SampleResult
 from univg.data.images import load_image
 

@@ -29,7 +29,7 @@ from univg.data.readers import (
     write_cot_sft,
     write_stage2_rl,
 )
-from univg.data.schema import GroundingSample, ReadReport, SampleError, SampleList, validate_sample
+from univg.data.schema import ReadReport, SampleList, validate_sample
 
 _LAZY = {
     "GroundingCollator": "univg.data.collate",
@@ -55,13 +55,11 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "GroundingSample",
     "ImageNotFoundError",
     "MIG_TASKS",
     "PAPER_COLUMNS",
     "READERS",
     "ReadReport",
-    "SampleError",
     "SampleList",
     "cot_record",
     "image_size",

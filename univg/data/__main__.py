@@ -7,8 +7,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from univg.core.errors import entry_point
 from univg.data.prepare import DATASETS, list_datasets, prepare
-from univg.errors import entry_point
 
 
 @entry_point("univg.data")

@@ -15,10 +15,8 @@ from typing import Any
 
 import torch
 
-from univg.boxes import Frame, get_frame
-from univg.data.images import load_image
-from univg.data.schema import GroundingSample, SampleError
-from univg.prompts import (
+from univg.core.boxes import Frame, get_frame
+from univg.core.prompts import (
     TARGET_FORMATS,
     answer_coords,
     answer_format,
@@ -26,7 +24,9 @@ from univg.prompts import (
     sample_template,
     target_text,
 )
-from univg.tokenizer import EOS_TOKEN, QwenVLProcessor, load_processor, mm_token_type_ids
+from univg.core.sample_types import GroundingSample, SampleError
+from univg.data.images import load_image
+from univg.model.tokenizer import EOS_TOKEN, QwenVLProcessor, load_processor, mm_token_type_ids
 
 IGNORE_INDEX = -100
 MODES = ("train", "generate")
@@ -135,7 +135,7 @@ class GroundingCollator:
 class SampleBatch:
     """The batch's samples, list-like (len, index, iterate, compare to a list) but opaque to
     Lightning's batch transfer: ``apply_to_collection`` recurses into lists and dataclasses and fails
-    on the frozen :class:`~univg.boxes.Box`, so the samples travel in a type it leaves alone.
+    on the frozen :class:`~univg.core.boxes.Box`, so the samples travel in a type it leaves alone.
 
     >>> b = SampleBatch(["s0", "s1"])
     >>> len(b), b[1], list(b) == ["s0", "s1"], b == ["s0", "s1"]

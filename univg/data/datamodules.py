@@ -26,12 +26,12 @@ from typing import Any, ClassVar, Literal
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
+from univg.core.sample_types import GroundingSample, SampleError
 from univg.data.collate import MODES, GroundingCollator
 from univg.data.loader import ResumableDataLoader
 from univg.data.readers import read_samples
 from univg.data.release_resize import TwoStepResizeProcessor
-from univg.data.schema import GroundingSample, SampleError
-from univg.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
+from univg.model.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
 
 SPLITS = ("train", "val", "test")
 

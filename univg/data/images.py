@@ -7,8 +7,8 @@ from functools import lru_cache
 
 from PIL import Image
 
-from univg.data.schema import GroundingSample, ImageRef
-from univg.errors import UsageError
+from univg.core.errors import UsageError
+from univg.core.sample_types import GroundingSample, ImageRef
 
 
 class ImageNotFoundError(FileNotFoundError):

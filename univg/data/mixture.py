@@ -26,11 +26,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from univg.core.sample_types import GroundingSample
 from univg.data.datamodules import GroundingDataModule, TrainDegeneratePolicy
 from univg.data.readers import read_samples
 from univg.data.readers.sources import SOURCE_KINDS
-from univg.data.schema import GroundingSample
-from univg.tokenizer import MIN_PIXELS
+from univg.model.tokenizer import MIN_PIXELS
 
 _SOURCE_KEYS = {
     "format",

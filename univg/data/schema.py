@@ -1,5 +1,5 @@
-"""The one sample type every dataset reader maps to (defined in :mod:`univg.sample_types`, re-exported
-here), its validator and the reader's report."""
+"""The validator of the one sample type every dataset reader maps to
+(:class:`~univg.core.sample_types.GroundingSample`) and the reader's report."""
 
 from __future__ import annotations
 
@@ -9,23 +9,15 @@ from typing import Any
 
 from PIL import Image
 
-from univg.boxes import Box
-from univg.sample_types import GroundingSample, ImageRef, SampleError, sample_error
+from univg.core.boxes import Box
+from univg.core.sample_types import GroundingSample, sample_error
 
-__all__ = [
-    "GroundingSample",
-    "ImageRef",
-    "ReadReport",
-    "SampleError",
-    "SampleList",
-    "sample_error",
-    "validate_sample",
-]
+__all__ = ["ReadReport", "SampleList", "validate_sample"]
 
 
 def _check_box(where: str, name: str, box: Any, allow_degenerate: bool) -> None:
     if not isinstance(box, Box):
-        raise sample_error(where, name, "a univg.boxes.Box (normalised xyxy)", type(box).__name__)
+        raise sample_error(where, name, "a univg.core.boxes.Box (normalised xyxy)", type(box).__name__)
     coords = box.as_tuple()
     if not all(isinstance(c, int | float) and math.isfinite(c) for c in coords):
         raise sample_error(where, name, "finite float coordinates", coords)
@@ -49,7 +41,7 @@ def validate_sample(sample: GroundingSample) -> None:
     >>> validate_sample(s)
     Traceback (most recent call last):
     ...
-    univg.sample_types.SampleError: <memory>:record -1 (id a): field 'target_index': expected an int in [0, 1), got 1
+    univg.core.sample_types.SampleError: <memory>:record -1 (id a): field 'target_index': expected an int in [0, 1), got 1
     """
     where = sample.where()
     if not isinstance(sample.id, str) or not sample.id:

@@ -7,8 +7,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from univg.rewards import compute_rewards
-from univg.rollout import generate, model_inputs
+from univg.rl.rewards import compute_rewards
+from univg.rl.rollout import generate, model_inputs
 
 
 class LossRecorder(L.Callback):

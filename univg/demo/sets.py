@@ -6,7 +6,7 @@ held-out ``10_000 + s``, probe prompts ``20_000 + s``, validation ``30_000 + s``
 
 from __future__ import annotations
 
-from univg.data.schema import GroundingSample
+from univg.core.sample_types import GroundingSample
 from univg.data.synthetic import generate_samples
 from univg.demo.settings import DemoSettings
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from univg.backbone import BackboneSpec
-from univg.grpo import LossType, ScaleRewards
+from univg.model.backbone import BackboneSpec
+from univg.rl.loss import LossType, ScaleRewards
 
 EvalSplit = Literal["held_out", "validation"]
 

@@ -14,15 +14,15 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from univg.boxes import Qwen2VLFrame, box_iou
+from univg.core.boxes import Qwen2VLFrame, box_iou
+from univg.core.sample_types import GroundingSample
 from univg.data.datamodules import GroundingDataModule
-from univg.data.schema import GroundingSample
 from univg.demo.probe import LossRecorder, RewardProbe, StepRecorder
 from univg.demo.sets import probe_set, stage2_prompts
 from univg.demo.settings import DemoSettings, stage1_settings
-from univg.metrics import metrics_from_records
+from univg.evaluation.metrics import metrics_from_records
+from univg.model.run_config import write_model_config
 from univg.modules import GRPOModule, SFTModule
-from univg.run_config import write_model_config
 
 FRAME = Qwen2VLFrame()
 #: Row names of the stage-2 runs (GRPO rows per phi; other phis get "GRPO-Difficulty (<phi>)").

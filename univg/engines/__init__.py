@@ -2,7 +2,7 @@
 
 ``model.init_args.engine`` of :class:`univg.modules.GRPOModule` takes one of
 
-- :class:`SharedPrefill` (the default; CPU and GPU): our KV-cached decoder in :mod:`univg.rollout`;
+- :class:`SharedPrefill` (the default; CPU and GPU): our KV-cached decoder in :mod:`univg.rl.rollout`;
 - :class:`HFGenerate`: transformers' ``generate``;
 - :class:`VLLMEngine` (GPU only): vLLM, colocated or as a server, weights pushed after each step.
 

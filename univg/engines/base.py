@@ -2,7 +2,7 @@
 
 An engine is a component chosen in YAML by ``class_path`` (``model.init_args.engine``); the module
 calls the same three methods whichever it is, and rewards, advantages and the log-prob passes do
-not know which engine sampled (every engine returns the same :class:`~univg.rollout.Rollout`
+not know which engine sampled (every engine returns the same :class:`~univg.rl.rollout.Rollout`
 layout). The engines: :class:`~univg.engines.SharedPrefill` (ours, the default),
 :class:`~univg.engines.HFGenerate` (transformers' ``generate``) and
 :class:`~univg.engines.VLLMEngine` (vLLM, GPU only).
@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from univg.rollout import Rollout, SamplingSpec
+from univg.rl.rollout import Rollout, SamplingSpec
 
 
 class RolloutEngine(ABC):
@@ -31,7 +31,7 @@ class RolloutEngine(ABC):
     holds_weights: ClassVar[bool] = False
 
     def attach(self, backbone: Any) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Called once by the module with its :class:`~univg.backbone.BackboneSpec` (an engine that
+        """Called once by the module with its :class:`~univg.model.backbone.BackboneSpec` (an engine that
         loads its own copy of the model takes the checkpoint from it)."""
 
     @abstractmethod

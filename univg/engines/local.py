@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from univg.engines.base import RolloutEngine
-from univg.rollout import Decoder, Rollout, SamplingSpec, generate
+from univg.rl.rollout import Decoder, Rollout, SamplingSpec, generate
 
 
 class _Local(RolloutEngine):
@@ -37,7 +37,7 @@ class _Local(RolloutEngine):
 class SharedPrefill(_Local):
     """Our decoder (the default): each prompt's images are encoded and the prompt prefilled once,
     its KV cache repeated G times and the G continuations decoded by our own loop, finished rows
-    dropped (:func:`univg.rollout.generate`, ``engine="auto"``). Under FSDP across processes it
+    dropped (:func:`univg.rl.rollout.generate`, ``engine="auto"``). Under FSDP across processes it
     runs transformers' ``generate`` instead: every rank must take part in every sharded forward,
     which transformers' loop ensures (``synced_gpus``) and ours, which exits early, does not.
     """

@@ -1,6 +1,6 @@
 """vLLM as GRPO's rollout engine (GPU only): ``engine: {class_path: univg.engines.VLLMEngine}``.
 
-:meth:`VLLMEngine.generate` returns the same :class:`~univg.rollout.Rollout` as our own decoder
+:meth:`VLLMEngine.generate` returns the same :class:`~univg.rl.rollout.Rollout` as our own decoder
 ([prompt0 x G, prompt1 x G, ...], PAD after the end, mask up to and including the first end token),
 so rewards, advantages and the log-prob passes do not know which engine sampled.
 :meth:`VLLMEngine.sync_weights` pushes the policy into vLLM after each optimiser step. Two modes,
@@ -50,7 +50,7 @@ from univg.engines.vllm_io import (
     prompt_token_rows,
     pushed_weights,
 )
-from univg.rollout import EOS_IDS, MODEL_KEYS, SUPPRESS_IDS, Rollout, SamplingSpec, check_left_padded
+from univg.rl.rollout import EOS_IDS, MODEL_KEYS, SUPPRESS_IDS, Rollout, SamplingSpec, check_left_padded
 
 #: Where vLLM runs: in this process, or as a ``vllm serve`` server (a typed knob).
 VLLMMode = Literal["colocate", "server"]
@@ -71,7 +71,7 @@ _DTYPES = {
 _MISSING = (
     "the vLLM rollout engine needs vLLM: `pip install vllm` on a GPU machine (it brings its own "
     "CUDA build of torch). Without vLLM (e.g. on CPU) leave the module's `engine` unset: rollouts "
-    "then use univg.engines.SharedPrefill (univg.rollout.generate, engine='shared')."
+    "then use univg.engines.SharedPrefill (univg.rl.rollout.generate, engine='shared')."
 )
 
 
@@ -279,7 +279,7 @@ class VLLMEngine(RolloutEngine):
         record_logprobs: bool = False,
         images: Sequence[Sequence[Image.Image]] | None = None,
     ) -> Rollout:
-        """``group_size`` completions per prompt from vLLM, laid out as :func:`univg.rollout.generate`'s.
+        """``group_size`` completions per prompt from vLLM, laid out as :func:`univg.rl.rollout.generate`'s.
 
         Args:
             model: the policy (unused: vLLM samples its own copy, kept current by :meth:`sync_weights`).
@@ -290,7 +290,7 @@ class VLLMEngine(RolloutEngine):
                 (:func:`prompt_images`), which keeps vLLM on the pixels the policy is scored on.
 
         Returns:
-            a :class:`~univg.rollout.Rollout` of B*G completions, [prompt0 x G, prompt1 x G, ...],
+            a :class:`~univg.rl.rollout.Rollout` of B*G completions, [prompt0 x G, prompt1 x G, ...],
             ``completion_ids`` [B*G, C] with C <= ``max_new_tokens``.
         """
         inputs = {k: v for k, v in inputs.items() if k in MODEL_KEYS}

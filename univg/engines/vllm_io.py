@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from univg.rollout import EOS_IDS, PAD_ID, SUPPRESS_IDS, Rollout, finish_rollout, images_per_prompt
-from univg.tokenizer import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, load_image_processor
+from univg.model.tokenizer import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, load_image_processor
+from univg.rl.rollout import EOS_IDS, PAD_ID, SUPPRESS_IDS, Rollout, finish_rollout, images_per_prompt
 
 
 # --------------------------------------------------------------------------------- prompts
@@ -153,7 +153,7 @@ def assemble_rollout(
 ) -> Rollout:
     """A :class:`Rollout` from N ragged completions (token ids, [prompt0 x G, prompt1 x G, ...]).
 
-    Each row is cut after its first end token (as :func:`univg.rollout.generate` does); a row that
+    Each row is cut after its first end token (as :func:`univg.rl.rollout.generate` does); a row that
     stops short without one (vLLM's ``max_model_len``) is truncated, masked after its last token.
     Tensors [N, C] with C the longest completion, on the device of ``inputs``.
     """

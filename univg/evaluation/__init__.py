@@ -1,6 +1,12 @@
-"""Evaluation as a component of :class:`~univg.modules.base.GroundingModule`.
+"""Evaluation: scoring predictions, keeping the books of an evaluation run, and the results tables.
 
-The module generates and scores; :class:`EvaluationWriter` (``module.evaluation``) keeps the books:
+Scoring: :mod:`~univg.evaluation.metrics` (Acc@0.5 per task, mean IoU, parse rates) and
+:mod:`~univg.evaluation.release_parse` (the release's own scorers, the ``release`` parse column).
+Results: :mod:`~univg.evaluation.tables` (results files and tables in the paper's layouts, the
+paper's numbers beside ours) and :mod:`~univg.evaluation.visualize` (pictures of predictions).
+
+A :class:`~univg.modules.base.GroundingModule` generates and scores; :class:`EvaluationWriter`
+(``module.evaluation``) keeps the books:
 
 - :mod:`~univg.evaluation.screening`: samples that cannot be evaluated (missing image, broken box,
   record the reader skipped) are taken out *and counted by reason*, so a table's footer can say
@@ -10,7 +16,7 @@ The module generates and scores; :class:`EvaluationWriter` (``module.evaluation`
   resume from (an unfinished run of the same name in an earlier ``version_N`` folder), whether the
   output folder is writable;
 - :mod:`~univg.evaluation.records`: parts of a prediction row (reasoning, float ground truth, the
-  fingerprint of its record that a resumed run checks);
+  fingerprint of its record that a resumed run checks) and a row as ``predict`` prints it;
 - :mod:`~univg.evaluation.lock`: one run at a time in a predictions folder (a lock naming its holder);
 - :mod:`~univg.evaluation.benchmark`: naming the benchmark of a data module;
 - :mod:`~univg.evaluation.writer`: the writer itself (set-up, epochs, gathering across processes,
@@ -30,7 +36,13 @@ from univg.evaluation.files import (
     write_jsonl,
 )
 from univg.evaluation.lock import LOCK_NAME, PredictionsLock, PredictionsLockedError
-from univg.evaluation.records import decode_prompts, extract_reasoning, model_frame_gt, record_fingerprint
+from univg.evaluation.records import (
+    decode_prompts,
+    extract_reasoning,
+    format_prediction,
+    model_frame_gt,
+    record_fingerprint,
+)
 from univg.evaluation.screening import (
     BAD_RECORD,
     BROKEN_BOX,
@@ -61,6 +73,7 @@ __all__ = [
     "count_reasons",
     "decode_prompts",
     "extract_reasoning",
+    "format_prediction",
     "gather_objects",
     "infer_benchmark",
     "load_resumed",

@@ -1,4 +1,4 @@
-"""The benchmark a data module evaluates, named as in ``univg.reports.BENCHMARKS``."""
+"""The benchmark a data module evaluates, named as in ``univg.evaluation.tables.BENCHMARKS``."""
 
 from __future__ import annotations
 

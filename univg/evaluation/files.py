@@ -14,9 +14,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from univg.data.schema import GroundingSample
+from univg.core.sample_types import GroundingSample
+from univg.evaluation.metrics import dedupe_records
 from univg.evaluation.records import record_fingerprint
-from univg.metrics import dedupe_records
 
 
 def run_key(**parts: Any) -> str:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from univg.errors import UsageError
+from univg.core.errors import UsageError
 
 #: The lock file's name inside the predictions folder.
 LOCK_NAME = "predictions.lock"

@@ -14,8 +14,9 @@ from typing import Any
 
 from PIL import Image
 
+from univg.core.sample_types import GroundingSample, SampleError
 from univg.data.images import resolve_image_path
-from univg.data.schema import GroundingSample, SampleError, validate_sample
+from univg.data.schema import validate_sample
 
 #: Reasons a record is not evaluated (keys of ``results["skipped"]``).
 MISSING_IMAGE = "missing image"

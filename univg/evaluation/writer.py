@@ -47,7 +47,9 @@ from univg.evaluation.files import (
     write_jsonl,
 )
 from univg.evaluation.lock import PredictionsLock
+from univg.evaluation.metrics import dedupe_records, metrics_from_records
 from univg.evaluation.records import record_fingerprint
+from univg.evaluation.release_parse import release_scorer
 from univg.evaluation.screening import (
     count_reasons,
     reader_skips,
@@ -55,8 +57,6 @@ from univg.evaluation.screening import (
     screen_decodable,
     screen_samples,
 )
-from univg.metrics import dedupe_records, metrics_from_records
-from univg.release_parse import release_scorer
 
 STAGES = ("val", "test", "predict")
 
@@ -338,8 +338,8 @@ class EvaluationWriter:
         }
         self.results[stage] = result
         if run.path is not None and (not attached or module.trainer.is_global_zero):
-            from univg.reports import write_run_results
-            from univg.visualize import log_pictures
+            from univg.evaluation.tables import write_run_results
+            from univg.evaluation.visualize import log_pictures
 
             write_jsonl(run.path, records)
             write_run_results(result, Path(run.path).parent)
@@ -372,7 +372,7 @@ class EvaluationWriter:
         ):
             return
         from univg.data.images import load_image
-        from univg.visualize import safe_name, save_prediction_picture
+        from univg.evaluation.visualize import safe_name, save_prediction_picture
 
         run = self.runs.get(stage, EvalRun())
         if module.pictures_dir is not None:

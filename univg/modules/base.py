@@ -9,51 +9,26 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from univg.backbone import BackboneSpec, count_parameters
-from univg.boxes import parse_answer
 from univg.callbacks import plain_hparams
-from univg.checkpoints import load_model_weights
-from univg.decoding import DECODING_MODES, Decoding, checkpoint_decoding, greedy_decoding
-from univg.evaluation import EvaluationWriter, decode_prompts, extract_reasoning, model_frame_gt
-from univg.metrics import PARSE_KEYS, PARSES, GroundingMetrics
-from univg.predict import format_prediction
-from univg.release_parse import release_fields, release_scorer
-from univg.rewards import iou_reward
-from univg.rollout import generate, model_inputs
-from univg.sample_types import SampleError
-from univg.sharded_build import return_freed_memory_if_large
-from univg.tokenizer import load_tokenizer
-
-#: Learning-rate schedules after the warm-up.
-SCHEDULES = ("cosine", "linear", "constant")
-
-
-def warmup_cosine(
-    step: int, total: int, warmup: int, schedule: str = "cosine", min_ratio: float = 0.0
-) -> float:
-    """LR multiplier at optimiser step ``step`` (0-based) of ``total``: linear warm-up over ``warmup``
-    steps, then cosine or linear decay to ``min_ratio`` at step ``total``, or constant.
-
-    After the warm-up these are transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` and
-    ``get_linear_schedule_with_warmup`` (what the release's HF Trainer ran; ``linear`` with no
-    warm-up is its default); during the warm-up step 0 already trains at ``1 / warmup`` of the peak,
-    where transformers starts at 0 (a step that changes nothing).
-
-    >>> [round(warmup_cosine(s, 10, 2), 3) for s in (0, 1, 2, 6, 10)]
-    [0.5, 1.0, 1.0, 0.5, 0.0]
-    >>> round(warmup_cosine(10, 10, 2, min_ratio=0.1), 3)
-    0.1
-    >>> [warmup_cosine(s, 4, 0, "linear") for s in range(5)]
-    [1.0, 0.75, 0.5, 0.25, 0.0]
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return min_ratio + (1.0 - min_ratio) * (1.0 - progress)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+from univg.core.boxes import parse_answer
+from univg.core.sample_types import SampleError
+from univg.distributed.sharded_build import return_freed_memory_if_large
+from univg.evaluation import (
+    EvaluationWriter,
+    decode_prompts,
+    extract_reasoning,
+    format_prediction,
+    model_frame_gt,
+)
+from univg.evaluation.metrics import PARSE_KEYS, PARSES, GroundingMetrics
+from univg.evaluation.release_parse import release_fields, release_scorer
+from univg.model.backbone import BackboneSpec, count_parameters
+from univg.model.checkpoints import load_model_weights
+from univg.model.decoding import DECODING_MODES, Decoding, checkpoint_decoding, greedy_decoding
+from univg.model.tokenizer import load_tokenizer
+from univg.modules.schedule import SCHEDULES, warmup_cosine
+from univg.rl.rewards import iou_reward
+from univg.rl.rollout import generate, model_inputs
 
 
 class GroundingModule(L.LightningModule):
@@ -76,7 +51,7 @@ class GroundingModule(L.LightningModule):
             run's ``last.ckpt``); optimiser state and step counters start fresh. For Hugging Face
             directories use ``backbone.checkpoint`` instead.
         benchmark: name of the evaluated benchmark in results and tables (a key of
-            ``univg.reports.BENCHMARKS``, e.g. "mig_bench", "refcoco+/testA", "lisa/val"); default
+            ``univg.evaluation.tables.BENCHMARKS``, e.g. "mig_bench", "refcoco+/testA", "lisa/val"); default
             inferred from the data module's class and file name.
         run_name: the row name of this run in tables; default the logger's experiment name.
         num_pictures: predictions drawn as PNG (and logged to TensorBoard) per evaluation epoch.
@@ -89,7 +64,7 @@ class GroundingModule(L.LightningModule):
             ``backbone.checkpoint``'s own ``generation_config.json``, read explicitly, as the
             release's evaluation inherited them); the settings used go into the results JSON.
         headline_parse: which parse gives the headline numbers: "strict", "compatible" or
-            "release" (the release's own scorer, ``univg.release_parse``); default from
+            "release" (the release's own scorer, ``univg.evaluation.release_parse``); default from
             ``strict_parse``. All three are always reported.
         fresh: start the evaluation over instead of resuming the last unfinished run of the same
             name and benchmark (an earlier ``version_N`` folder), which is the default.
@@ -191,8 +166,8 @@ class GroundingModule(L.LightningModule):
         return self.backbone.frame
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """The trainer's progress bar counts optimiser steps (:mod:`univg.progress`); no callbacks added."""
-        from univg.progress import use_step_progress_bar
+        """The trainer's progress bar counts optimiser steps (:mod:`univg.callbacks.progress`); no callbacks added."""
+        from univg.callbacks.progress import use_step_progress_bar
 
         use_step_progress_bar(self.trainer)
         return []
@@ -244,7 +219,7 @@ class GroundingModule(L.LightningModule):
     ) -> dict[str, Any]:
         """Strict and compatible parses and IoUs of completions against model-frame boxes [B, 4].
 
-        The IoU is the accuracy reward's (:func:`univg.rewards.iou_reward`: the predicted box is
+        The IoU is the accuracy reward's (:func:`univg.rl.rewards.iou_reward`: the predicted box is
         mapped out of the model frame and clamped into the image), so evaluation and training score
         a box the same way. ``sizes``: (width, height) of each resized target image (pixel frames).
         """

@@ -5,8 +5,9 @@ each training batch is rolled out (G completions per prompt by the rollout engin
 advantages and phi per group) and buffered; when the buffer holds a step's prompts the module runs
 ``num_iterations`` (mu) optimiser steps over it, accumulating gradients across the buffered
 micro-batches. With mu = 1 the ratio is 1 and pi_old = pi_theta detached (no extra pass). The
-step's helpers (group selection, sums over processes, invariants, logged values) are
-:mod:`univg.modules.grpo_step`.
+step's helpers (a scored micro-batch's loss, group selection, sums over processes, invariants,
+logged values) are :mod:`univg.modules.grpo_step`; the fit's length in steps is
+:mod:`univg.modules.schedule`'s.
 """
 
 from __future__ import annotations
@@ -18,21 +19,8 @@ from typing import Any
 
 import torch
 
-from univg.difficulty import PHI_NAMES, PhiName, group_weights, step_weights
 from univg.distributed import make_reference
 from univg.engines import RolloutEngine, SharedPrefill
-from univg.grpo import (
-    IMPORTANCE_LEVELS,
-    LOSS_TYPES,
-    SCALES,
-    GRPOLossTerms,
-    ImportanceLevel,
-    LossType,
-    ScaleRewards,
-    group_advantages,
-    grpo_loss_terms,
-    zero_variance_groups,
-)
 from univg.modules.base import GroundingModule
 from univg.modules.dynamic_sampling import DynamicSampling, Refill
 from univg.modules.grpo_logging import StepLogging
@@ -41,15 +29,29 @@ from univg.modules.grpo_step import (
     ScoredRollout,
     measure_invariants,
     pad_kept_groups,
+    rollout_loss_terms,
     score_completions,
     select_groups,
     step_advantages,
     step_sizes,
     world_sum,
 )
-from univg.reward_plugins import RewardEntry, resolve_rewards
-from univg.rewards import get_reward
-from univg.rollout import Rollout, SamplingSpec, completion_logprobs, model_inputs, shared_prefix_allowed
+from univg.modules.schedule import grpo_optimizer_steps, micro_batches_per_step
+from univg.rl.difficulty import PHI_NAMES, PhiName, group_weights, step_weights
+from univg.rl.loss import (
+    IMPORTANCE_LEVELS,
+    LOSS_TYPES,
+    SCALES,
+    GRPOLossTerms,
+    ImportanceLevel,
+    LossType,
+    ScaleRewards,
+    group_advantages,
+    zero_variance_groups,
+)
+from univg.rl.reward_plugins import RewardEntry, resolve_rewards
+from univg.rl.rewards import get_reward
+from univg.rl.rollout import Rollout, SamplingSpec, completion_logprobs, model_inputs, shared_prefix_allowed
 
 ACCURACY = "accuracy"  # the reward whose group mean is mIoU (docs/design.md section 4)
 
@@ -63,7 +65,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
             ``GenerationConfig(do_sample=True, temperature=1)``, so transformers' default ``top_k=50``
             applied: the paper configs set ``top_k: 50``; 0 samples the full vocabulary.
         max_completion_length: max new tokens per completion. These five are held together as
-            :attr:`sampling` (a :class:`~univg.rollout.SamplingSpec`), which every engine samples by.
+            :attr:`sampling` (a :class:`~univg.rl.rollout.SamplingSpec`), which every engine samples by.
         beta: KL coefficient (k3 estimator to the reference); 0 skips the reference pass.
         eps_low, eps_high: clipping range of the ratio.
         num_iterations: mu, optimiser steps per rollout batch (> 1 keeps a real pi_old).
@@ -72,16 +74,16 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         phi_eps: epsilon of neglog.
         normalize_phi: rescale phi to mean 1 over the step's groups.
         loss_type: "grpo", "bnpo", "dr_grpo" or "dapo" (token mean over the optimiser step; the
-            same normalisation as univg's "bnpo", see :func:`univg.grpo.loss_share_size`).
+            same normalisation as univg's "bnpo", see :func:`univg.rl.loss.loss_share_size`).
         importance_sampling_level: "token" (GRPO) or "sequence" (GSPO: one length-normalised ratio
             per completion, clipped once).
         scale_rewards: advantage scaling "group", "batch" or "none".
         drop_zero_variance: drop groups whose rewards are all equal (A = 0) from the loss.
         dynamic_sampling: ``{max_tries: N}`` drops zero-variance groups and refills the step with
             fresh prompts (DAPO; :mod:`univg.modules.dynamic_sampling`); None (default) is off.
-        rewards: reward name -> weight (``univg.rewards`` registry; the release's own variants are
+        rewards: reward name -> weight (``univg.rl.rewards`` registry; the release's own variants are
             ``accuracy_release`` and ``format_release``), or name -> plug-in ``{class_path,
-            init_args, weight}`` (a reward defined outside univg, :mod:`univg.reward_plugins`).
+            init_args, weight}`` (a reward defined outside univg, :mod:`univg.rl.reward_plugins`).
         miou_reward: the reward whose group mean is a prompt's mIoU (phi's input); with the release's
             rewards, ``accuracy_release``.
         prompts_per_step: prompts per optimiser step across all processes (gradient accumulation).
@@ -186,7 +188,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         return self.sampling.max_new_tokens
 
     def sampling_kwargs(self) -> dict[str, Any]:
-        """How rollouts are sampled, as keyword arguments of :func:`univg.rollout.generate`."""
+        """How rollouts are sampled, as keyword arguments of :func:`univg.rl.rollout.generate`."""
         return self.sampling.generate_kwargs()
 
     # ----------------------------------------------------------------------------- model
@@ -224,41 +226,13 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
     # ----------------------------------------------------------------------------- rollout
     def micro_batches_per_step(self, batch_size: int) -> int:
         world = self.trainer.world_size if self._trainer is not None else 1
-        per_step = batch_size * world
-        if self.prompts_per_step % per_step:
-            raise ValueError(
-                f"prompts_per_step={self.prompts_per_step} must be a multiple of the prompts per micro-batch "
-                f"across processes ({batch_size} x {world} = {per_step})"
-            )
-        return self.prompts_per_step // per_step
+        return micro_batches_per_step(self.prompts_per_step, batch_size, world)
 
     def optimizer_steps_total(self) -> int:
-        """Optimiser steps of the fit: under manual optimisation Lightning's estimate counts
-        micro-batches, while a step here takes ``prompts_per_step`` prompts and runs
-        ``num_iterations`` updates (a last partial step per epoch included), capped by ``max_steps``.
-
-        Called from ``configure_optimizers``, before Lightning has loaded the training data: the data
-        is set up here first (as Lightning's own ``estimated_stepping_batches`` does), so the length
-        is never the micro-batch fallback."""
+        """Optimiser steps of the fit (:func:`~univg.modules.schedule.grpo_optimizer_steps`)."""
         if self._trainer is None:
             return 1
-        trainer = self.trainer
-        if trainer.train_dataloader is None and trainer.max_epochs != -1:
-            trainer.fit_loop.setup_data()
-        batches = trainer.num_training_batches  # per process and epoch, limit_train_batches applied
-        loader = trainer.train_dataloader
-        batch_size = getattr(loader, "batch_size", None) if loader is not None else None
-        max_steps = trainer.max_steps if trainer.max_steps is not None and trainer.max_steps > 0 else None
-        if not batch_size or not math.isfinite(batches) or trainer.max_epochs == -1:
-            if max_steps is None:
-                raise ValueError(
-                    "the length of the lr schedule is unknown (an iterable dataset or max_epochs -1): "
-                    "set trainer.max_steps"
-                )
-            return max_steps
-        per_epoch = math.ceil(int(batches) / self.micro_batches_per_step(int(batch_size)))
-        total = per_epoch * max(1, trainer.max_epochs or 1) * self.num_iterations
-        return max(1, min(total, max_steps) if max_steps is not None else total)
+        return grpo_optimizer_steps(self.trainer, self.micro_batches_per_step, self.num_iterations)
 
     def lr_multiplier(self, step: int) -> float:
         """The schedule at optimiser step ``step``. Under dynamic sampling a step draws as many
@@ -358,26 +332,16 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         advantages: torch.Tensor | None = None,
         logp: torch.Tensor | None = None,
     ) -> GRPOLossTerms:
-        """The GRPO(-Difficulty) loss of one scored micro-batch under the current policy (``logp``
-        [N, C]: the policy's log-probs when already computed; ``weights`` and ``advantages``, when
-        given, are of the rows that count in the loss, :attr:`ScoredRollout.loss_rows`).
-
-        Padding rows are scored but enter the loss with weight 0, so their backward still runs."""
-        r = scored.rollout
+        """The GRPO(-Difficulty) loss of one scored micro-batch under the current policy
+        (:func:`~univg.modules.grpo_step.rollout_loss_terms`; ``logp`` [N, C]: the policy's
+        log-probs when already computed)."""
         if logp is None:
-            logp = self.logprobs(self.model, r)  # [N, C]
-        counted = scored.counted
-        if scored.loss_rows is not None and not bool(scored.loss_rows.any()):
-            zero = (logp * 0.0).sum()  # the passes of a process that holds only padding
-            return GRPOLossTerms(zero, zero.detach(), *(torch.zeros((), device=logp.device),) * 4)
-        old, ref = scored.old_logp, scored.ref_logp
-        terms = grpo_loss_terms(
-            counted(logp),
-            None if old is None else counted(old),
-            None if ref is None else counted(ref),
-            counted(scored.advantages) if advantages is None else advantages,
-            counted(scored.weights) if weights is None else weights,
-            counted(r.completion_mask),
+            logp = self.logprobs(self.model, scored.rollout)  # [N, C]
+        return rollout_loss_terms(
+            scored,
+            logp,
+            weights,
+            advantages,
             beta=self.beta,
             eps_low=self.eps_low,
             eps_high=self.eps_high,
@@ -385,9 +349,6 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
             max_len=self.max_completion_length,
             importance_sampling_level=self.importance_sampling_level,
         )
-        if scored.loss_rows is not None:  # the padding rows' passes are backpropagated too
-            terms.loss = terms.loss + (logp * 0.0).sum()
-        return terms
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:

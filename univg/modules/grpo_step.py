@@ -1,5 +1,5 @@
-"""What one GRPO optimiser step works with, apart from the module: the scored micro-batch, group
-selection, sums over processes, the run-time invariants and the step's logged values."""
+"""What one GRPO optimiser step works with, apart from the module: the scored micro-batch and its
+loss, group selection, sums over processes, the run-time invariants and the step's logged values."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from univg.difficulty import difficulty_shares
-from univg.grpo import group_advantages, loss_share_size
-from univg.rewards import compute_rewards, reward_stats
-from univg.rollout import Rollout, images_per_prompt
+from univg.rl.difficulty import difficulty_shares
+from univg.rl.loss import GRPOLossTerms, group_advantages, grpo_loss_terms, loss_share_size
+from univg.rl.rewards import compute_rewards, reward_stats
+from univg.rl.rollout import Rollout, images_per_prompt
 
 
 @dataclass
@@ -128,6 +128,49 @@ def select_prompt_rows(prompt: dict[str, torch.Tensor], keep: torch.Tensor) -> d
 
 
 # --------------------------------------------------------------------------------- across processes
+def rollout_loss_terms(
+    scored: ScoredRollout,
+    logp: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    *,
+    beta: float,
+    eps_low: float,
+    eps_high: float,
+    loss_type: str,
+    max_len: int,
+    importance_sampling_level: str,
+) -> GRPOLossTerms:
+    """The GRPO(-Difficulty) loss of one scored micro-batch given the policy's log-probs ``logp``
+    [N, C] (``weights`` and ``advantages``, when given, are of the rows that count in the loss,
+    :attr:`ScoredRollout.loss_rows`; the rest are :func:`univg.rl.loss.grpo_loss_terms`'s settings).
+
+    Padding rows are scored but enter the loss with weight 0, so their backward still runs."""
+    r = scored.rollout
+    counted = scored.counted
+    if scored.loss_rows is not None and not bool(scored.loss_rows.any()):
+        zero = (logp * 0.0).sum()  # the passes of a process that holds only padding
+        return GRPOLossTerms(zero, zero.detach(), *(torch.zeros((), device=logp.device),) * 4)
+    old, ref = scored.old_logp, scored.ref_logp
+    terms = grpo_loss_terms(
+        counted(logp),
+        None if old is None else counted(old),
+        None if ref is None else counted(ref),
+        counted(scored.advantages) if advantages is None else advantages,
+        counted(scored.weights) if weights is None else weights,
+        counted(r.completion_mask),
+        beta=beta,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        loss_type=loss_type,
+        max_len=max_len,
+        importance_sampling_level=importance_sampling_level,
+    )
+    if scored.loss_rows is not None:  # the padding rows' passes are backpropagated too
+        terms.loss = terms.loss + (logp * 0.0).sum()
+    return terms
+
+
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
@@ -293,7 +336,7 @@ def step_advantages(buffer: list[ScoredRollout], group_size: int, scale: str) ->
 
 def step_sizes(buffer: list[ScoredRollout], loss_type: str) -> list[float]:
     """Each micro-batch's size in the loss normalisation: tokens (bnpo, dapo) or sequences (grpo,
-    dr_grpo); :func:`univg.grpo.loss_share_size`."""
+    dr_grpo); :func:`univg.rl.loss.loss_share_size`."""
     return [loss_share_size(s.counted(s.rollout.completion_mask), loss_type) for s in buffer]
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from univg.modules.base import GroundingModule
-from univg.rollout import model_inputs
+from univg.rl.rollout import model_inputs
 
 IGNORE = -100
 

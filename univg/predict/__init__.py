@@ -29,41 +29,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from univg.backbone import BackboneSpec
-from univg.boxes import Box
+from univg.core.boxes import Box
+from univg.core.sample_types import GroundingSample
 from univg.data.datamodules import GroundingDataModule
 from univg.data.readers.questions import image_mentions
-from univg.data.schema import GroundingSample
-
-
-def format_prediction(record: dict[str, Any]) -> str:
-    """What ``predict`` prints for one answer: reasoning, model-frame answer, pixel box, picture.
-
-    >>> print(format_prediction({"id": "u0", "reasoning": "the red one", "pred": [10, 20, 30, 40],
-    ...     "pred_compatible": [10, 20, 30, 40], "target_index": 1, "image_size": [640, 480],
-    ...     "pred_box_px": [6, 10, 19, 19], "picture": "p.png"}))
-    [univg predict] u0
-      reasoning: the red one
-      answer (model frame): (10, 20), (30, 40)
-      box (pixels of image 1, 640 x 480): [6, 10, 19, 19]
-      picture: p.png
-    """
-    pred = record.get("pred") or record.get("pred_compatible")
-    size = record.get("image_size") or ["?", "?"]
-    lines = [
-        f"[univg predict] {record['id']}",
-        f"  reasoning: {record.get('reasoning') or '(none)'}",
-        "  answer (model frame): "
-        + (
-            f"({pred[0]}, {pred[1]}), ({pred[2]}, {pred[3]})"
-            if pred
-            else f"unparsable: {record.get('completion', '')!r}"
-        ),
-        f"  box (pixels of image {record.get('target_index', 0)}, {size[0]} x {size[1]}): {record.get('pred_box_px')}",
-    ]
-    if record.get("picture"):
-        lines.append(f"  picture: {record['picture']}")
-    return "\n".join(lines)
+from univg.model.backbone import BackboneSpec
 
 
 def target_index_for(instruction: str, n_images: int, target_index: int | None = None) -> int:
@@ -143,7 +113,7 @@ def predict_backbone(
 ) -> BackboneSpec:
     """What to build: a univg checkpoint's own backbone from its run's ``config.yaml`` (``config``,
     else found beside ``init_checkpoint``), else ``preset`` (default qwen2-vl-7b) over ``checkpoint``."""
-    from univg.run_config import backbone_of, read_config, run_directory
+    from univg.model.run_config import backbone_of, read_config, run_directory
 
     if init_checkpoint is not None or config is not None:
         if config is None:

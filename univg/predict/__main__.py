@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from univg.errors import entry_point
+from univg.core.errors import entry_point
 from univg.predict import UserImagesDataModule, predict_backbone
 
 NO_WEIGHTS = (
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         action="store_true",
         help="predict with an untrained model of --preset (no weights given: for trying the pipeline)",
     )
-    p.add_argument("--template", default="reasoning", help="prompt template (univg.prompts.PROMPTS)")
+    p.add_argument("--template", default="reasoning", help="prompt template (univg.core.prompts.PROMPTS)")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--max-pixels", type=int, default=None)
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))

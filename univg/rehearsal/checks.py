@@ -66,7 +66,7 @@ def _trainer_state(ckpt_path: Path) -> dict[str, Any]:
 
 def measure(out: Path, plan: Plan, ckpt: Path, model: torch.nn.Module) -> dict[str, Any]:
     """Everything :func:`check_measurements` checks, read from the run's outputs in ``out``."""
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     loaded = BackboneSpec(preset="tiny", checkpoint=str(ckpt)).build().eval()
     ids = torch.tensor([[151644, 872, 198, 9707, 11, 1879, 0]])
@@ -298,7 +298,7 @@ def _check_weights_change(m: dict[str, Any]) -> tuple[bool, str]:
 
 
 def _check_eval_iou(m: dict[str, Any]) -> tuple[bool, str]:
-    from univg.rewards import iou_reward
+    from univg.rl.rewards import iou_reward
 
     rows = _need(m, "eval_rows", "the measurements")
     scored = [r for r in rows if r.get("gt")]

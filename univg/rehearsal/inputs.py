@@ -36,7 +36,7 @@ MAX_PIXELS = 401_408
 # --------------------------------------------------------------------------------- inputs
 def stand_in_model() -> torch.nn.Module:
     """The tiny preset as built with seed 0 (before :func:`warm_start`)."""
-    from univg.backbone import BackboneSpec
+    from univg.model.backbone import BackboneSpec
 
     torch.manual_seed(0)
     return BackboneSpec(preset="tiny").build()
@@ -47,7 +47,7 @@ def write_checkpoint(out: Path, model: torch.nn.Module | None = None) -> Path:
     the transformers-4.x era."""
     from safetensors.torch import save_file
 
-    from univg.tokenizer import load_processor
+    from univg.model.tokenizer import load_processor
 
     out.mkdir(parents=True, exist_ok=True)
     model = stand_in_model() if model is None else model
@@ -116,8 +116,8 @@ def warm_start(model: torch.nn.Module, prompts: list[dict[str, Any]], cfg: WarmS
 
     from transformers import DynamicCache
 
-    from univg.rollout.batch import EOS_IDS, _hf_model, model_inputs, rope_positions
-    from univg.tokenizer import load_processor
+    from univg.model.tokenizer import load_processor
+    from univg.rl.rollout.batch import EOS_IDS, _hf_model, model_inputs, rope_positions
 
     t0 = time.perf_counter()
     tokenizer = load_processor().tokenizer
@@ -216,10 +216,10 @@ def _save(image: Any, path: Path, size: tuple[int, int]) -> str:
 
 def write_data(root: Path, n_stage1: int, n_stage2: int, n_eval: int) -> dict[str, Path]:
     """The three files in the release's formats, with their images under ``root/images``."""
+    from univg.core.prompts import render_prompt
     from univg.data.readers.cot_sft import cot_record
     from univg.data.readers.stage2_rl import stage2_record
     from univg.data.readers.writing import write_records
-    from univg.prompts import render_prompt
 
     images = root / "images"
     paths = {

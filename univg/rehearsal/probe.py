@@ -20,7 +20,7 @@ def configured_logits(logits: torch.Tensor, temperature: float, top_k: int, top_
     temperature, then every token outside the ``top_k`` largest (0: off) and outside the smallest
     set of most likely tokens holding ``top_p`` of the mass (1.0: off) at ``-inf``.
 
-    Written apart from the rollout engines (transformers' warpers, :func:`univg.rollout.sampling_logits`)
+    Written apart from the rollout engines (transformers' warpers, :func:`univg.rl.rollout.sampling_logits`)
     as the second computation they are compared with.
 
     >>> configured_logits(torch.tensor([[3.0, 1.0, 2.0, 0.0]]), 1.0, 2, 1.0).tolist()
@@ -57,7 +57,7 @@ class _ConfiguredHead(torch.nn.Module):
 @contextmanager
 def configured_head(model: torch.nn.Module, temperature: float, top_k: int, top_p: float) -> Iterator[None]:
     """Within the block the model's logits are :func:`configured_logits` of its own."""
-    from univg.rollout.batch import _hf_model
+    from univg.rl.rollout.batch import _hf_model
 
     hf = _hf_model(model)
     head = hf.get_output_embeddings()
@@ -133,7 +133,7 @@ class Stage2Probe(Callback):
 
     @torch.no_grad()
     def _sampled_absdiff(self, trainer: Any, pl_module: Any, buffer: list[Any]) -> tuple[float, int]:
-        from univg.rollout.logprobs import completion_logprobs
+        from univg.rl.rollout.logprobs import completion_logprobs
 
         spec = pl_module.sampling
         settings = (float(spec.temperature), int(spec.top_k), float(spec.top_p))

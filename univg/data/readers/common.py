@@ -37,15 +37,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from univg.boxes import Box, get_frame, parse_box_tokens
+from univg.core.boxes import Box, get_frame, parse_box_tokens
+from univg.core.sample_types import GroundingSample, SampleError
 from univg.data.images import ImageNotFoundError, image_size, resolve_image_path
-from univg.data.schema import (
-    GroundingSample,
-    ReadReport,
-    SampleError,
-    SampleList,
-    validate_sample,
-)
+from univg.data.schema import ReadReport, SampleList, validate_sample
 
 logger = logging.getLogger("univg.data")
 

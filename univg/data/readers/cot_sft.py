@@ -10,7 +10,7 @@ A JSON list (or JSONL) of records::
 
 LLaMA-Factory's ``conversations: [{"from": "human"|"gpt", "value": ...}]`` is accepted too.
 Answer coordinates are in the Qwen2-VL 0-1000 frame. The user text is the *rendered* prompt; the
-reader recognises the template (:func:`univg.prompts.split_prompt`) and stores the bare question
+reader recognises the template (:func:`univg.core.prompts.split_prompt`) and stores the bare question
 with ``prompt_template`` set, so a collated sample reproduces the file's prompt exactly and
 ``write_cot_sft(read_cot_sft(f))`` rewrites the same records.
 
@@ -31,14 +31,15 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from univg.boxes import parse_answer
+from univg.core.boxes import parse_answer
+from univg.core.prompts import render_prompt, split_prompt, split_target, target_text
+from univg.core.sample_types import GroundingSample
 from univg.data.readers.common import DegeneratePolicy, Record, question_sample, run_reader
 from univg.data.readers.mgrounding import prompt_and_answer
 from univg.data.readers.questions import target_from_question
 from univg.data.readers.sources import detect_source, note_source
 from univg.data.readers.writing import image_paths, write_records
-from univg.data.schema import GroundingSample, SampleList
-from univg.prompts import render_prompt, split_prompt, split_target, target_text
+from univg.data.schema import SampleList
 
 # A whole assistant turn that is one box and nothing else (RefCOCO records of the stage-1 file).
 _BARE_BOX_RE = re.compile(
@@ -161,7 +162,7 @@ def write_cot_sft(
     """Write ``samples`` in the stage-1 format (JSONL if ``path`` ends in ``.jsonl``). Returns the count.
 
     ``prompt_template`` applies to samples without their own; ``target_format`` "auto" writes
-    ``<think>`` only for samples that carry reasoning (see :func:`univg.prompts.target_text`).
+    ``<think>`` only for samples that carry reasoning (see :func:`univg.core.prompts.target_text`).
     """
     records = [cot_record(s, prompt_template, target_format, image_dir) for s in samples]
     return write_records(records, path)

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from univg.core.sample_types import GroundingSample
 from univg.data.readers.common import Record, run_reader, single_image_sample
-from univg.data.schema import GroundingSample, SampleList
+from univg.data.schema import SampleList
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import os
 
-from univg.boxes import parse_box_tokens
+from univg.core.boxes import parse_box_tokens
+from univg.core.sample_types import GroundingSample
 from univg.data.readers.common import DegeneratePolicy, Record, question_sample, run_reader
 from univg.data.readers.questions import strip_image_placeholders, target_from_question
-from univg.data.schema import GroundingSample, SampleList
+from univg.data.schema import SampleList
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 

@@ -39,6 +39,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from univg.core.sample_types import GroundingSample, SampleError
 from univg.data.readers.common import (
     CLAMP_TOLERANCE,
     Record,
@@ -48,11 +49,22 @@ from univg.data.readers.common import (
     run_reader,
 )
 from univg.data.readers.questions import ORDINAL_WORDS, target_from_question
-from univg.data.schema import GroundingSample, SampleError, SampleList
-from univg.metrics import MIG_COLUMNS
+from univg.data.schema import SampleList
 
-#: MIG-Bench task -> paper column (Table 1), in the paper's column order; the one table is
-#: :data:`univg.metrics.MIG_COLUMNS`.
+#: MIG-Bench task name -> paper column (Table 1 order). AVG is the unweighted mean of these 10.
+MIG_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("diff", "Static"),
+    ("view_diff", "Robust"),
+    ("common_object", "Common"),
+    ("object_tracking", "OT"),
+    ("multi_view", "MV"),
+    ("region", "Region"),
+    ("refer_grounding", "Refer"),
+    ("group_grounding", "GG"),
+    ("reasoning", "Reason"),
+    ("correspondence", "Co-Re"),
+)
+#: The same as a mapping, and the task names alone, in the paper's column order.
 PAPER_COLUMNS: dict[str, str] = dict(MIG_COLUMNS)
 MIG_TASKS: tuple[str, ...] = tuple(PAPER_COLUMNS)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import os
 
+from univg.core.sample_types import GroundingSample
 from univg.data.readers.common import DegeneratePolicy, Record, run_reader, single_image_sample
 from univg.data.readers.questions import strip_image_placeholders
-from univg.data.schema import GroundingSample, SampleList
+from univg.data.schema import SampleList
 
 #: Schema field -> this format's field (aliases), so errors name what the file calls it.
 FILE_FIELDS = {"question": ("problem", "question"), "images": ("image", "images")}

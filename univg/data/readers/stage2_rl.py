@@ -20,14 +20,15 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from univg.boxes import parse_answer
+from univg.core.boxes import parse_answer
+from univg.core.prompts import answer_coords, split_prompt
+from univg.core.sample_types import GroundingSample
 from univg.data.readers.common import DegeneratePolicy, Record, question_sample, run_reader
 from univg.data.readers.mgrounding import question_text
 from univg.data.readers.questions import target_from_question
 from univg.data.readers.sources import detect_source, note_source
 from univg.data.readers.writing import image_paths, write_records
-from univg.data.schema import GroundingSample, SampleList
-from univg.prompts import answer_coords, split_prompt
+from univg.data.schema import SampleList
 
 #: Schema field -> this format's field (aliases), so errors name what the file calls it.
 FILE_FIELDS = {"question": ("question", "problem"), "images": ("images", "image")}

@@ -20,8 +20,9 @@ import os
 import re
 from functools import lru_cache
 
+from univg.core.sample_types import GroundingSample
 from univg.data.readers.common import Record, record_sample, resolve_all, run_reader
-from univg.data.schema import GroundingSample, SampleList
+from univg.data.schema import SampleList
 
 _FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from univg.data.schema import GroundingSample, sample_error
+from univg.core.sample_types import GroundingSample, sample_error
 
 
 def _safe(name: str) -> str:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+from univg.core.sample_types import GroundingSample
 from univg.data.readers.mig_bench import MIG_TASKS  # the ten task types, in the paper's column order
-from univg.data.schema import GroundingSample
 from univg.data.synthetic.scene import BACKGROUNDS, COLOURS, MARK_COLOUR, SHAPES, _draw, _Scene
 from univg.data.synthetic.tasks import _BUILDERS, _region, _short_reasoning
 

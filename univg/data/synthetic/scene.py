@@ -11,7 +11,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw
 
-from univg.boxes import Box
+from univg.core.boxes import Box
 
 #: Saturated palette. Every colour has a channel outside [64, 192], the range backgrounds use.
 COLOURS: dict[str, tuple[int, int, int]] = {

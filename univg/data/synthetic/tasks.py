@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from univg.boxes import Box
+from univg.core.boxes import Box
 from univg.data.synthetic.scene import _BORDER, COLOURS, SHAPES, _draw, _Obj
 
 # ---------------------------------------------------------------------------------------------
