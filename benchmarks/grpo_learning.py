@@ -450,6 +450,63 @@ def table(runs: dict[str, dict[str, Any]], seeds: list[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Probe points averaged for a run's end value: the last one, and the last three (the probe is noisy
+#: from one point to the next, so the second reading is the steadier one).
+TAILS = (1, 3)
+
+
+def gain(run: dict[str, Any], tail: int = 1) -> float:
+    """The run's end value (mean of its last ``tail`` probe points) minus its first probe point."""
+    c = curve(run)
+    steps = sorted(c)
+    return statistics.fmean(c[s] for s in steps[-tail:]) - c[steps[0]]
+
+
+def verdict(runs: dict[str, dict[str, Any]], seeds: list[int], tail: int = 1) -> str:
+    """The claim the curves test, in words: does each framework learn (every seed's gain > 0), and
+    is ours within the seed spread of TRL (|mean gain difference| <= the larger seed sd)? A gain is
+    the mean of a run's last ``tail`` probe points minus its first.
+
+    >>> def run(*ious):
+    ...     return {"probe": [{"step": 10.0 * i, "accuracy": v} for i, v in enumerate(ious)]}
+    >>> runs = {"ours/0": run(0.40, 0.44, 0.46), "ours/1": run(0.40, 0.42, 0.44),
+    ...         "trl/0": run(0.40, 0.45, 0.47), "trl/1": run(0.40, 0.41, 0.43)}
+    >>> print(verdict(runs, [0, 1], tail=2))
+    ours: gain +0.040 +- 0.014 (seeds 0, 1: +0.050, +0.030); learns: every seed's gain > 0
+    trl: gain +0.040 +- 0.028 (seeds 0, 1: +0.060, +0.020); learns: every seed's gain > 0
+    ours - TRL: +0.000, within the seed spread (sd 0.028): as fast as TRL per optimiser step
+    >>> print(verdict({**runs, "ours/1": run(0.40, 0.40, 0.39)}, [0, 1]).splitlines()[0])
+    ours: gain +0.025 +- 0.049 (seeds 0, 1: +0.060, -0.010); does not learn on every seed
+    """
+    lines, means, sds = [], {}, []
+    for f in FRAMEWORKS:
+        have = [s for s in seeds if f"{f}/{s}" in runs]
+        if not have:
+            continue
+        gains = [gain(runs[f"{f}/{s}"], tail) for s in have]
+        means[f] = statistics.fmean(gains)
+        sd = statistics.stdev(gains) if len(gains) > 1 else float("nan")
+        sds.append(sd)
+        learns = (
+            "learns: every seed's gain > 0" if all(g > 0 for g in gains) else "does not learn on every seed"
+        )
+        each = ", ".join(f"{g:+.3f}" for g in gains)
+        seeds_text = ", ".join(map(str, have))
+        lines.append(f"{f}: gain {means[f]:+.3f} +- {sd:.3f} (seeds {seeds_text}: {each}); {learns}")
+    if len(means) == 2:
+        diff, spread = means["ours"] - means["trl"], max(sds)
+        within = abs(diff) <= spread
+        lines.append(
+            f"ours - TRL: {diff:+.3f}, "
+            + (
+                f"within the seed spread (sd {spread:.3f}): as fast as TRL per optimiser step"
+                if within
+                else f"outside the seed spread (sd {spread:.3f}): {'faster' if diff > 0 else 'slower'} than TRL"
+            )
+        )
+    return "\n".join(lines)
+
+
 def figure(runs: dict[str, dict[str, Any]], seeds: list[int], path: Path, title: str) -> Path | None:
     try:
         import matplotlib
@@ -612,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
         + f"; seeds run: {','.join(map(str, done))}"
     )
     print(table(runs, done), end="")
+    for tail in TAILS:
+        print(f"\nverdict, gain to the mean of the last {tail} probe point(s):\n{verdict(runs, done, tail)}")
     title = (
         f"GRPO from the demo's CoT-SFT checkpoint (thin: one seed, thick: mean): lr {settings['grpo_lr']:g}, "
         f"G {settings['group_size']}, {settings['grpo_prompts']} prompts/step, beta {settings['beta']}, "
