@@ -11,55 +11,13 @@ import io
 import json
 from pathlib import Path
 
-import lightning as L
 import pytest
-from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
+from scripted_module import Scripted, synthetic, trainer
 
 from univg.core.boxes import Box
 from univg.core.sample_types import GroundingSample
-from univg.data import SyntheticDataModule
 from univg.model.backbone import BackboneSpec
-from univg.modules import GroundingModule
-
-ANSWER = "<think>there</think><answer>(100, 100), (500, 500)</answer>"
-
-
-class Scripted(GroundingModule):
-    """One fixed answer per sample; counts generate calls and the ids asked; can fail on a call."""
-
-    def __init__(self, fail_on_call: int | None = None, **kw) -> None:
-        super().__init__(backbone=BackboneSpec(preset="tiny"), num_pictures=0, **kw)
-        self.fail_on_call = fail_on_call
-        self.calls = 0
-        self.asked: list[str] = []
-
-    def generate_completions(self, batch):
-        self.calls += 1
-        if self.fail_on_call is not None and self.calls == self.fail_on_call:
-            raise RuntimeError("simulated interruption")
-        self.asked += list(batch["ids"])
-        return [ANSWER] * len(batch["ids"]), [False] * len(batch["ids"])
-
-
-def synthetic(processor, n: int = 7) -> SyntheticDataModule:
-    dm = SyntheticDataModule(
-        num_train=0, num_val=0, num_test=n, tasks=["diff", "region"], image_size=56, eval_batch_size=3
-    )
-    dm._processor = processor
-    return dm
-
-
-def trainer(root: Path, name: str = "bench", version: int | None = None) -> L.Trainer:
-    """A test trainer; ``version=None`` numbers each run afresh (version_0, version_1, ...) as the CLI does."""
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=TensorBoardLogger(str(root), name=name, version=version),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
 
 
 # ----------------------------------------------------------------------------- 2: predict without weights

@@ -15,56 +15,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning as L
 import pytest
-from lightning.pytorch.loggers import TensorBoardLogger
+from scripted_module import Scripted, synthetic, trainer
 
 from univg.core.boxes import Box
 from univg.core.sample_types import GroundingSample
-from univg.data import SyntheticDataModule
 from univg.evaluation import LOCK_NAME, PredictionsLockedError, load_resumed, record_fingerprint
-from univg.model.backbone import BackboneSpec
-from univg.modules import GroundingModule
 
-ANSWER = "<think>there</think><answer>(100, 100), (500, 500)</answer>"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Scripted(GroundingModule):
-    """One fixed answer per sample; records the ids asked; can fail on a call."""
-
-    def __init__(self, fail_on_call: int | None = None, **kw) -> None:
-        super().__init__(backbone=BackboneSpec(preset="tiny"), num_pictures=0, **kw)
-        self.fail_on_call = fail_on_call
-        self.calls = 0
-        self.asked: list[str] = []
-
-    def generate_completions(self, batch):
-        self.calls += 1
-        if self.fail_on_call is not None and self.calls == self.fail_on_call:
-            raise RuntimeError("simulated interruption")
-        self.asked += list(batch["ids"])
-        return [ANSWER] * len(batch["ids"]), [False] * len(batch["ids"])
-
-
-def synthetic(processor, n: int = 7) -> SyntheticDataModule:
-    dm = SyntheticDataModule(
-        num_train=0, num_val=0, num_test=n, tasks=["diff", "region"], image_size=56, eval_batch_size=3
-    )
-    dm._processor = processor
-    dm.setup()
-    return dm
-
-
-def trainer(root: Path, name: str = "bench") -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=TensorBoardLogger(str(root), name=name),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-    )
 
 
 def rows(path: Path) -> dict[str, dict]:
