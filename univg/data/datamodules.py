@@ -196,14 +196,6 @@ class GroundingDataModule(L.LightningDataModule):
                     samples = self.draw_val(samples)
                 if samples is not None and self.limit is not None:
                     samples = samples[: self.limit]
-                if samples is not None and len(samples) == 0:
-                    # an empty split trains nothing (Lightning stops at once, saving nothing) or
-                    # evaluates nothing (a table of dashes): refused, naming the file
-                    where = self.files.get(split) or f"the {split} split"
-                    raise SampleError(
-                        f"data.init_args.{split}_file {where}: no {split} samples"
-                        + (f" (limit {self.limit})" if self.limit is not None else "")
-                    )
                 self.samples[split] = samples
 
     def draw_val(self, samples: Sequence[GroundingSample]) -> list[GroundingSample]:
@@ -245,6 +237,14 @@ class GroundingDataModule(L.LightningDataModule):
         samples = self.samples[split]
         if samples is None:
             raise ValueError(f"{type(self).__name__}: no {split} data configured")
+        if len(samples) == 0:
+            # an empty split trains nothing (Lightning stops at once, saving nothing) or evaluates
+            # nothing (a table of dashes): refused when it is used, naming the file
+            where = self.files.get(split) or f"the {split} split"
+            raise SampleError(
+                f"data.init_args.{split}_file {where}: no {split} samples"
+                + (f" (limit {self.limit})" if self.limit is not None else "")
+            )
         return samples
 
     # ---- batches ---------------------------------------------------------------------------------
