@@ -36,7 +36,8 @@ univg: every command (each takes --help)
                                        the paper's datasets: what is where, and getting them ready
   python -m univg.predict --images ... --instruction ...
                                        ground one instruction in your own images
-  python -m univg.reports merge|show   tables in the paper's layouts, the paper's numbers beside
+  python -m univg.reports merge|show|paper
+                                       tables in the paper's layouts, the paper's numbers beside
   python -m univg.cot build|import-review
                                        cold-start CoT data: a teacher writes chains, a judge keeps one
   python -m univg.demo                 the whole method in miniature on a CPU (make demo)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import re
 import sys
-from argparse import ArgumentError
+from argparse import ArgumentError, RawDescriptionHelpFormatter
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import yaml
+from jsonargparse import DefaultHelpFormatter
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -25,6 +26,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from univg.callbacks import CheckpointOnInterrupt
 from univg.callbacks.resume import config_differences, find_interrupted, keep_csv_metrics
 from univg.core.errors import EXIT_USAGE, UsageError, reported
+from univg.core.help_text import examples_epilog
 from univg.model.checkpoint_io import AtomicCheckpointIO
 from univg.model.checkpoints import CheckpointError, check_checkpoint, mismatch
 from univg.modules.base import GroundingModule
@@ -49,8 +51,34 @@ def _frame_of(model: object) -> str:
     return backbone.frame.name if backbone is not None else "qwen2-vl"
 
 
+def _family_of(model: object) -> str:
+    """The backbone family (its preset's), whose image processor the data uses, for linking."""
+    backbone = getattr(model, "backbone", None)
+    return backbone.family.name if backbone is not None else "qwen2-vl"
+
+
 #: Errors of building the run from its config (the modules' and data modules' own checks).
 _CONSTRUCTION_ERRORS = (ValueError, TypeError, FileNotFoundError, MisconfigurationException)
+
+
+#: What ``python -m univg SUBCOMMAND --help`` ends with: commands to copy.
+SUBCOMMAND_EXAMPLES: dict[str, tuple[str, ...]] = {
+    "fit": (
+        "python -m univg fit --config configs/debug.yaml",
+        "python -m univg fit --config configs/grpo_diff_debug.yaml --trainer.max_steps 3",
+        "python -m univg fit --config configs/grpo_diff.yaml --print_config",
+    ),
+    "validate": ("python -m univg validate --config configs/eval/synthetic.yaml",),
+    "test": (
+        "python -m univg test --config configs/eval/synthetic.yaml",
+        "python -m univg test --config configs/eval/mig_bench.yaml --model.init_args.backbone.checkpoint GD-ML/UniVG-R1",
+    ),
+    "predict": ("python -m univg predict --config configs/eval/synthetic.yaml",),
+}
+
+
+class _ExamplesHelpFormatter(RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's help, with descriptions and the examples kept one per line as written."""
 
 
 class ConfigError(UsageError):
@@ -69,6 +97,7 @@ class UniVGCLI(LightningCLI):
         # Raise instead of printing the 80-line usage: main() turns the error into one line.
         kwargs.setdefault("exit_on_error", False)
         kwargs.setdefault("prog", "python -m univg")
+        kwargs.setdefault("formatter_class", _ExamplesHelpFormatter)  # subcommands inherit it
         return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
@@ -80,6 +109,10 @@ class UniVGCLI(LightningCLI):
         # The frame the targets and ground-truth boxes are written in is the backbone's (Qwen2-VL:
         # [0, 1000); Qwen2.5-VL: pixels of the resized image), never a second setting to keep in step.
         parser.link_arguments("model", "data.init_args.frame", compute_fn=_frame_of, apply_on="instantiate")
+        # So is the image processor without a checkpoint (patch size, normalisation: its family's).
+        parser.link_arguments(
+            "model", "data.init_args.backbone_family", compute_fn=_family_of, apply_on="instantiate"
+        )
 
     def _parse_ckpt_path(self) -> None:
         # Lightning reads --ckpt_path here (the whole file, for its hyper-parameters), right after
@@ -165,6 +198,7 @@ class UniVGCLI(LightningCLI):
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
         if subcommand in ("validate", "test"):  # a short summary instead of Lightning's metric table
             parser.set_defaults(verbose=False)  # --verbose true prints that table as well
+        parser.epilog = examples_epilog(*SUBCOMMAND_EXAMPLES[subcommand])
         return parser
 
     def after_validate(self) -> None:

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from univg.core.help_text import with_examples
+
 #: The columns shown by default: the row keys, then the test metrics.
 DEFAULT_COLUMNS = ("1 phi", "2 stage", "3 data size", "4 preset", "test/avg", "test/acc@0.5", "test/miou")
 
@@ -76,7 +78,14 @@ def render(sessions: dict[str, dict[str, Any]], columns: Sequence[str] = DEFAULT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m univg.hparams_view", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m univg.hparams_view",
+        description=__doc__.split("\n\n")[0],
+        **with_examples(
+            "python -m univg.hparams_view runs/mini/seed0",
+            "python -m univg.hparams_view runs --columns '1 phi' test/avg test/miou",
+        ),
+    )
     p.add_argument("root", help="a runs folder (tensorboard --logdir of it shows the same sessions)")
     p.add_argument("--columns", nargs="+", default=list(DEFAULT_COLUMNS))
     a = p.parse_args(argv)

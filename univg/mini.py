@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from univg.core.help_text import with_examples
 from univg.data.datamodules import SPLITS
 from univg.demo import DemoSettings, Phase, apply_overrides
 
@@ -254,7 +255,14 @@ def write_baseline(cfg: DemoSettings, out: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m univg.mini", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m univg.mini",
+        description=__doc__.split("\n\n")[0],
+        **with_examples(
+            "python -m univg.mini overlays --seed 0 --out runs/mini/seed0/overlays",
+            "python -m univg.mini baseline --seed 0 --out runs/mini/seed0/mini_constant_box/test",
+        ),
+    )
     p.add_argument("command", choices=("overlays", "baseline"))
     p.add_argument("--out", required=True, help="folder to write into")
     p.add_argument("--seed", type=int, default=0)

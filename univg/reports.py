@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from univg.core.help_text import with_examples
 from univg.evaluation.tables import (
     LAYOUTS,
     PAPER_TABLE_LAYOUTS,
@@ -30,7 +31,15 @@ from univg.evaluation.tables import (
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m univg.reports merge --runs DIR... --layout L --out FILE`` | ``show RESULTS.json`` |
     ``paper --table N`` (or ``--layout L``)."""
-    parser = argparse.ArgumentParser(prog="python -m univg.reports", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m univg.reports",
+        description=__doc__.splitlines()[0],
+        **with_examples(
+            "python -m univg.reports merge --runs runs/a runs/b --layout mig --out table.md",
+            "python -m univg.reports show runs/eval/synthetic/results_test.json",
+            "python -m univg.reports paper --table 5",
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     merge = sub.add_parser("merge", help="merge runs' results into one paper-style table")
     merge.add_argument("--runs", nargs="+", required=True, help="run directories or results_*.json files")

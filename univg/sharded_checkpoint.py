@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 
+from univg.core.help_text import with_examples
 from univg.model.consolidate import consolidate_checkpoint, weights_file
 
 
@@ -19,7 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m univg.sharded_checkpoint consolidate SRC_DIR [DST]`` | ``weights SRC DST``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m univg.sharded_checkpoint", description=main.__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m univg.sharded_checkpoint",
+        description=main.__doc__,
+        **with_examples(
+            "python -m univg.sharded_checkpoint consolidate runs/fsdp/version_0/checkpoints/last.ckpt weights.ckpt",
+            "python -m univg.sharded_checkpoint weights runs/fsdp/version_0/checkpoints/last.ckpt weights.ckpt",
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("consolidate", help="sharded checkpoint folder -> single .ckpt file")
     c.add_argument("src")

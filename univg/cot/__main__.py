@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from univg.core.errors import UsageError
+from univg.core.help_text import with_examples
 from univg.cot.builder import BuildConfig, CotBuilder, pick_review, relative_images, write_output
 from univg.cot.cache import ResponseCache
 from univg.cot.client import ChatClient
@@ -30,7 +31,14 @@ EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m univg.cot", description="Build cold-start CoT data.")
+    parser = argparse.ArgumentParser(
+        prog="python -m univg.cot",
+        description="Build cold-start CoT data.",
+        **with_examples(
+            "python -m univg.cot build --input MIG_data.json --format mig_bench --image-root data/ --out cot.json",
+            "python -m univg.cot import-review --review review/review.jsonl --marks marks.json --out cot.reviewed.json",
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="teacher chains -> checks -> judge -> stage-1 CoT file")

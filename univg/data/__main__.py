@@ -8,13 +8,22 @@ import sys
 from collections.abc import Sequence
 
 from univg.core.errors import entry_point
+from univg.core.help_text import with_examples
 from univg.data.prepare import DATASETS, list_datasets, prepare
 
 
 @entry_point("univg.data")
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; 0 every dataset ready, 1 some not, 2 bad input (one ``univg.data: error:`` line)."""
-    parser = argparse.ArgumentParser(prog="python -m univg.data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m univg.data",
+        description=__doc__.splitlines()[0],
+        **with_examples(
+            "python -m univg.data list",
+            "python -m univg.data prepare mig_bench",
+            "python -m univg.data prepare lisa --check-only",
+        ),
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="every dataset with its source, expected record count and status")
     ls.add_argument("--root", default="data", help="the data folder the configs read (default: data)")

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 
+from univg.core.help_text import with_examples
 from univg.demo.numerics import DEFAULT, NUMERICS, Numerics, pinned_torch
 from univg.demo.report import collect_pictures, write_outputs
 from univg.demo.sets import eval_set, sft_train_set
@@ -67,7 +68,13 @@ def run_stage2(
 def parser() -> argparse.ArgumentParser:
     from univg.demo import __doc__ as doc
 
-    p = argparse.ArgumentParser(prog="python -m univg.demo", description=(doc or "").split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m univg.demo",
+        description=(doc or "").split("\n\n")[0],
+        **with_examples(
+            "python -m univg.demo --out runs/demo", "python -m univg.demo --smoke --out runs/demo_smoke"
+        ),
+    )
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny budgets: every artefact in about a minute")

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from univg.core.help_text import with_examples
+
 #: Columns of the seed table, in the paper's order (Table 4 rows 6-8 last).
 STAGES = ("constant box", "base (untrained)", "CoT-SFT", "continued CoT-SFT", "GRPO", "GRPO-Difficulty")
 #: The ordering the paper reports (Table 4 rows 6-8), checked on the mean Acc@0.5.
@@ -77,7 +79,11 @@ def seed_table(summaries: dict[int, dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m univg.demo.seeds", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m univg.demo.seeds",
+        description=__doc__.split("\n\n")[0],
+        **with_examples("python -m univg.demo.seeds --seeds 0,1,2 --out runs/demo_seeds"),
+    )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--out", default="runs/demo_seeds")
     p.add_argument("demo_args", nargs="*", help="passed to python -m univg.demo (after --)")

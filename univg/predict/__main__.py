@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from univg.core.errors import entry_point
+from univg.core.help_text import with_examples
 from univg.predict import UserImagesDataModule, predict_backbone
 
 NO_WEIGHTS = (
@@ -30,7 +31,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
     from univg.modules.base import GroundingModule
 
-    p = argparse.ArgumentParser(prog="python -m univg.predict", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m univg.predict",
+        description=__doc__.splitlines()[0],
+        **with_examples(
+            'python -m univg.predict --images a.jpg b.jpg --instruction "the cup that is in both pictures" --checkpoint DIR',
+            'python -m univg.predict --images a.jpg --instruction "the red box" --init-checkpoint runs/demo/stage1.ckpt',
+        ),
+    )
     p.add_argument("--images", nargs="+", required=True, help="image files, in order")
     p.add_argument("--instruction", required=True)
     p.add_argument("--target-index", type=int, default=None, help="0-based image the box is in")

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from univg.core.help_text import with_examples
 from univg.rehearsal.checks import check_measurements, measure, report
 from univg.rehearsal.inputs import (
     REPO,
@@ -123,7 +124,11 @@ def run(out: Path, plan: Plan, keep: bool = False) -> list[tuple[str, bool, str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m univg.rehearsal", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m univg.rehearsal",
+        description=__doc__.splitlines()[0],
+        **with_examples("python -m univg.rehearsal --out runs/rehearsal"),
+    )
     p.add_argument("--out", default="runs/rehearsal", help="output folder (inputs, runs, logs)")
     p.add_argument("--procs", type=int, default=2, help="CPU processes (gloo), standing in for GPUs")
     p.add_argument("--keep", action="store_true", help="reuse stages whose checkpoint exists in --out")
