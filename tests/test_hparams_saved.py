@@ -1,6 +1,6 @@
-"""Hyper-parameters of every run: saved by the modules themselves (``hparams.yaml`` of a debug run
-was ``{}``), as plain data a checkpoint can hold; and in TensorBoard's HParams view one session
-per grid row (fit and its test merged) with no NaN for metrics a run does not have."""
+"""Hyper-parameters of every run: saved by the modules themselves (``hparams.yaml`` of a debug run),
+as plain data a checkpoint can hold; and in TensorBoard's HParams view one session per grid row
+(fit, its test and its validation merged) with no NaN for metrics a run does not have."""
 
 from __future__ import annotations
 
@@ -88,31 +88,34 @@ def test_a_grid_row_is_one_session_carrying_its_test_numbers_and_no_nan(tmp_path
     row = ["--trainer.logger.init_args.name=row"]
     _debug_fit(tmp_path, hp, *row, "--trainer.logger.init_args.version=fit")
     (ckpt,) = (tmp_path / "row" / "fit").glob("checkpoints/*.ckpt")
-    _cli(
-        "test",
-        "--config",
-        str(ROOT / "configs/eval/synthetic.yaml"),
-        "--config",
-        str(ROOT / "experiments/debug/eval.yaml"),
-        f"--trainer.logger.init_args.save_dir={tmp_path}",
-        *row,
-        "--trainer.logger.init_args.version=test",
-        hp,
-        f"--model.init_args.init_checkpoint={ckpt}",
-        "--data.init_args.num_test=4",
-    )
+    for stage, split in (
+        ("test", "test"),
+        ("validate", "val"),
+    ):  # each evaluation of the trained weights, as a user runs it
+        _cli(
+            stage,
+            "--config",
+            str(ROOT / "configs/eval/synthetic.yaml"),
+            "--config",
+            str(ROOT / "experiments/debug/eval.yaml"),
+            f"--trainer.logger.init_args.save_dir={tmp_path}",
+            *row,
+            f"--trainer.logger.init_args.version={stage}",
+            hp,
+            f"--model.init_args.init_checkpoint={ckpt}",
+            f"--data.init_args.num_{split}=4",
+        )
     sessions = read_sessions(tmp_path)
-    assert list(sessions) == ["row/fit"]  # before: row/fit and row/test, differing in data.batch_size
+    assert list(sessions) == ["row/fit"]  # not row/test nor row/validate beside it
     session = sessions["row/fit"]
     results = json.loads((tmp_path / "row" / "test" / "results_test.json").read_text())["metrics"]
     assert session["test/avg"] == results["avg"] and session["test/miou"] == results["miou"]
-    # no validation in this fit: no val/* value (before: NaN placeholders in every val/* column)
-    assert session["val/avg"] is None and session["val/acc@0.5"] is None
+    val = json.loads((tmp_path / "row" / "validate" / "results_val.json").read_text())["metrics"]
+    assert session["val/avg"] == val["avg"] and session["val/miou"] == val["miou"]
     assert not any(isinstance(v, float) and math.isnan(v) for v in session.values())
     events = EventAccumulator(str(tmp_path / "row" / "fit"), size_guidance={"scalars": 0})
     events.Reload()
     written = {tag: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
-    assert "val/avg" not in written  # nothing written for a metric the run does not have
     assert all(not math.isnan(v) for values in written.values() for v in values)
     assert "NaN" not in render(sessions, ["2 stage", "val/avg", "test/avg"])
     assert session["2 stage"] == "stage 1 CoT-SFT" and session["model.lr"] == 1e-3

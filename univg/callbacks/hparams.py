@@ -27,6 +27,8 @@ from lightning.pytorch.callbacks import Callback
 
 from univg.model.run_config import ROW_KEYS, row_keys, training_config, training_config_path
 
+#: Evaluation stages whose metrics (by tag prefix) join the evaluated training run's session.
+_EVALUATIONS = {"test": "test/", "validate": "val/"}
 #: Metric tags shown as HParams columns (logged later by the modules under the same tags).
 HPARAM_METRICS = ("val/avg", "val/acc@0.5", "val/miou", "test/avg", "test/acc@0.5", "test/miou")
 
@@ -196,8 +198,8 @@ class HParamsLogger(Callback):
         stage = str(getattr(stage, "value", stage))  # "fit", not the enum (CSV writes its name)
         params["stage"] = stage
         metrics = self.metrics if self.metrics is not None else metric_tags()
-        # an evaluation of a trained run puts its numbers in that run's session (on_test_end)
-        own_session = not (stage == "test" and training_config_path(config) is not None)
+        # an evaluation of a trained run puts its numbers in that run's session (on_*_end)
+        own_session = not (stage in _EVALUATIONS and training_config_path(config) is not None)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.log_hyperparams(params, metrics={})  # hparams.yaml only: no placeholder values
@@ -210,16 +212,24 @@ class HParamsLogger(Callback):
         self._done = True
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """An evaluation of a trained run: its test metrics also go into that run's TensorBoard
-        folder (beside the training run's ``config.yaml``), where the HParams view reads the
-        training run's columns."""
+        self._into_training_run(trainer, "test")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":  # not the validation loop inside a fit
+            self._into_training_run(trainer, "validate")
+
+    def _into_training_run(self, trainer: L.Trainer, stage: str) -> None:
+        """An evaluation of a trained run: its metrics also go into that run's TensorBoard folder
+        (beside the training run's ``config.yaml``), where the HParams view reads the training
+        run's columns."""
         from lightning.pytorch.loggers import TensorBoardLogger
 
         path = training_config_path(self._config) if self._done else None
         tensorboard = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
         if path is None or not tensorboard or not trainer.is_global_zero:
             return
-        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        prefix = _EVALUATIONS[stage]
+        values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(prefix)}
         write_scalars(path.parent, values)
 
     @staticmethod
@@ -240,7 +250,7 @@ def write_scalars(log_dir: str | Path, values: Mapping[str, float], step: int = 
     ``step`` (after the NaN placeholders the HParams registration writes at step 0)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(log_dir=str(log_dir), filename_suffix=".test_metrics")
+    writer = SummaryWriter(log_dir=str(log_dir), filename_suffix=".evaluation")
     try:
         for tag, value in values.items():
             writer.add_scalar(tag, value, step)
