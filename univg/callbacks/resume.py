@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from univg.model.checkpoint_io import atomic_write_text
+
 #: The marker file beside ``last.ckpt`` of a run stopped by a signal.
 MARKER = "interrupted.json"
 
@@ -29,11 +31,8 @@ RESUME_KEYS = ("ckpt_path", "trainer.logger.init_args.version", "model.init_args
 
 def mark_interrupted(checkpoint: Path, step: int, signal_name: str) -> Path:
     """Write the marker beside ``checkpoint`` (written whole, then renamed into place)."""
-    marker = checkpoint.parent / MARKER
-    partial = marker.with_name(f".{MARKER}.partial")
-    partial.write_text(json.dumps({"checkpoint": checkpoint.name, "step": step, "signal": signal_name}))
-    os.replace(partial, marker)
-    return marker
+    record = {"checkpoint": checkpoint.name, "step": step, "signal": signal_name}
+    return atomic_write_text(checkpoint.parent / MARKER, json.dumps(record))
 
 
 def clear_interrupted(folder: Path) -> None:

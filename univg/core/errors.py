@@ -77,6 +77,17 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split()) or type(err).__name__
 
 
+def error_summary(err: BaseException) -> str:
+    """``Type: first line of the message`` (the type alone when there is no message): how an error
+    raised by someone else's code (torch's loader, a reward plug-in, a download) is quoted in ours.
+
+    >>> error_summary(RuntimeError("PytorchStreamReader failed\\n  at line 3")), error_summary(KeyError())
+    ('RuntimeError: PytorchStreamReader failed', 'KeyError')
+    """
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 @contextmanager
 def reported(prog: str) -> Iterator[None]:
     """Run the body; an expected failure ends as ``<prog>: error: ...`` on stderr and exit status 2."""

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from univg.core.errors import error_summary
+
 #: How many missing images a report names (all are counted).
 SHOW_MISSING = 5
 
@@ -331,7 +333,7 @@ def fetch(entry: DatasetEntry, root: Path, download: Downloader = _snapshot_down
     try:
         download(**kwargs)
     except Exception as err:  # offline, gated, renamed: one line, the user places it by hand
-        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}"
+        return error_summary(err)
     unpack_archives(target)
     for src, dst in entry.moves:  # where an archive unpacks is not where the configs look
         if (root / src).exists() and not (root / dst).exists():

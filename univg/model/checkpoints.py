@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from univg.core.errors import UsageError
+from univg.core.errors import UsageError, error_summary
 
 if TYPE_CHECKING:
     import torch
@@ -165,8 +165,7 @@ def mismatch(path: str | os.PathLike[str], option: str, module: object, err: Run
 
 def unreadable(path: str | os.PathLike[str], option: str, err: BaseException) -> CheckpointError:
     """The one-line error for a checkpoint that passed :func:`check_checkpoint` but failed to load."""
-    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-    return CheckpointError(f"{option} {path}: not a readable checkpoint ({type(err).__name__}: {first})")
+    return CheckpointError(f"{option} {path}: not a readable checkpoint ({error_summary(err)})")
 
 
 def read_model_weights(path: str | os.PathLike, mmap: bool = False) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from univg.core.boxes import BoxFixes, Frame, box_iou, get_frame, normalise_coords, parse_answer
-from univg.core.errors import RewardError
+from univg.core.errors import RewardError, error_summary
 from univg.rl.reward_args import answer_forms, check_lengths
 from univg.rl.rewards_release import accuracy_release, format_release
 
@@ -180,8 +180,7 @@ def compute_rewards(
         try:
             scores = list(fn(completions, boxes=boxes, **kwargs))
         except Exception as err:  # a plug-in's own bug or bad input: name the reward that raised
-            first = (str(err).strip().splitlines() or [""])[0]
-            raise RewardError(f"reward {name!r} raised {type(err).__name__}: {first}") from err
+            raise RewardError(f"reward {name!r} raised {error_summary(err)}") from err
         if len(scores) != len(completions):
             raise RewardError(
                 f"reward {name!r} returned {len(scores)} scores for {len(completions)} completions"
