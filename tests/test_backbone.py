@@ -146,6 +146,55 @@ def test_qwen25_family_from_the_preset_table(tmp_path):
         BackboneSpec(preset="tiny", checkpoint=str(tmp_path / "q25")).build()
 
 
+def test_backbone_facts_live_in_the_family_table_only():
+    """No module but :mod:`univg.model.presets` writes a backbone's token ids or transformers class
+    names in code (docstrings may show them)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import univg
+    from univg.model.presets import FAMILIES
+
+    ids = {
+        i
+        for f in FAMILIES.values()
+        for i in (
+            *f.tokens.end_ids,
+            f.tokens.pad_id,
+            f.tokens.id(f.tokens.image),
+            f.tokens.id(f.tokens.video),
+        )
+    }
+    names = re.compile(r"Qwen\d\w*VL\w*(ForConditionalGeneration|Config|Processor\w*)\b")
+    root = Path(univg.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "model" / "presets.py":
+            continue
+        tree = ast.parse(path.read_text())
+        docs = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and id(node) not in docs:
+                value = node.value
+                if (type(value) is int and value in ids) or (isinstance(value, str) and names.search(value)):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {value!r}")
+            elif isinstance(node, (ast.ImportFrom, ast.Import)):
+                found += [
+                    f"{path.relative_to(root)}:{node.lineno}: import {a.name}"
+                    for a in node.names
+                    if names.search(a.name)
+                ]
+    assert not found, found
+
+
 def test_bf16_dtype():
     model = BackboneSpec(dtype="bfloat16").build()
     assert next(model.parameters()).dtype == torch.bfloat16

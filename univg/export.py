@@ -5,12 +5,12 @@
 (full fine-tune or LoRA) or a sharded FSDP2 checkpoint folder (``torch.distributed.checkpoint``),
 and writes what ``transformers``, vLLM, lmms-eval and the release's scripts load:
 
-- ``model.safetensors`` (or shards + index) and ``config.json`` in the layout
-  ``Qwen2VLForConditionalGeneration.from_pretrained`` reads (a LoRA run merged into its base with
+- ``model.safetensors`` (or shards + index) and ``config.json`` in the layout the backbone family's
+  model class (:mod:`univg.model.presets`) reads with ``from_pretrained`` (a LoRA run merged into its base with
   ``--merge-lora``; without it, the peft adapter beside a base checkpoint named by the run);
 - ``generation_config.json`` stating the evaluation decoding of the paper explicitly (greedy,
   256 new tokens, no repetition penalty), so a server does not fall back to its own sampling;
-- the tokenizer (with Qwen2-VL's chat template) and the image processor the run used;
+- the tokenizer (with its chat template) and the image processor the run used;
 - ``README.md``: a model card with the training config (the run's saved ``config.yaml``) and the
   run's evaluation results in the paper's table layout, beside the paper's rows.
 
@@ -35,11 +35,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from univg.core.boxes import get_frame
 from univg.core.errors import UsageError, usage_status
+from univg.core.help_text import with_examples
 from univg.model.backbone import DTYPES, BackboneSpec, apply_lora, preset_config
 from univg.model.checkpoint_io import replace_folder
+from univg.model.presets import Family, resolve_class
 from univg.model.run_config import backbone_of, read_config, run_directory
-from univg.model.tokenizer import EOS_TOKEN, PAD_TOKEN, load_processor
+from univg.model.tokenizer import load_processor
 
 
 class ExportError(UsageError, ValueError):
@@ -101,7 +104,7 @@ def load_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def hf_config(spec: BackboneSpec) -> Any:
-    """The ``Qwen2VLConfig`` of the run's backbone: the base checkpoint's own, or the preset's."""
+    """The config of the run's backbone: the base checkpoint's own, or the preset's."""
     if spec.checkpoint is None:
         return preset_config(spec.preset, spec.overrides)
     from transformers import AutoConfig
@@ -113,8 +116,6 @@ def hf_config(spec: BackboneSpec) -> Any:
 
 def build_model(spec: BackboneSpec, weights: dict[str, torch.Tensor], source: Path) -> nn.Module:
     """The run's model (peft-wrapped for a LoRA run) holding exactly ``weights`` (strict)."""
-    from transformers import Qwen2VLForConditionalGeneration
-
     config = hf_config(spec)
     config._attn_implementation = spec.attn_implementation
     try:  # every weight is overwritten below: skip the (for 7B, minutes-long) random init
@@ -122,7 +123,7 @@ def build_model(spec: BackboneSpec, weights: dict[str, torch.Tensor], source: Pa
     except ImportError:  # pragma: no cover - older transformers
         from contextlib import nullcontext as no_init_weights
     with no_init_weights():
-        model: nn.Module = Qwen2VLForConditionalGeneration(config)
+        model: nn.Module = resolve_class(spec.family.model_class)(config)
     model = model.to(spec.torch_dtype)
     if spec.lora is not None:
         model = apply_lora(model, spec.lora)
@@ -174,9 +175,11 @@ def model_card(
     merged_lora: bool,
     decoding: dict[str, Any],
 ) -> str:
+    family = spec.family
+    model_class = family.model_class.rpartition(":")[2]
     base = spec.checkpoint or f"univg preset {spec.preset!r} (random init)"
     front = ["---", "library_name: transformers", "pipeline_tag: image-text-to-text", "tags:"]
-    front += ["- visual-grounding", "- qwen2_vl", "- univg"]
+    front += ["- visual-grounding", f"- {family.model_type}", "- univg"]
     if spec.checkpoint and "/" in spec.checkpoint and not Path(spec.checkpoint).exists():
         front.append(f"base_model: {spec.checkpoint}")
     front.append("---")
@@ -186,26 +189,26 @@ def model_card(
         "",
         "# Reasoning-guided visual grounding (univg export)",
         "",
-        f"A Qwen2-VL model trained with univg, a PyTorch Lightning reproduction of {PAPER}.",
+        f"A {family.title} model trained with univg, a PyTorch Lightning reproduction of {PAPER}.",
         f"Base: {base}. Exported from `{source.name}` ({how}).",
         "",
         "Given an instruction and one or more images, it answers with one box in the target image:",
         "",
         "    <think>reasoning</think><answer>(x1, y1), (x2, y2)</answer>",
         "",
-        "Coordinates are integers in [0, 1000) of the target image (`int(x / width * 1000)`).",
+        f"Coordinates are {get_frame(family.frame).summary}.",
         "",
         "## Use",
         "",
         "```python",
-        "from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLForConditionalGeneration",
+        f"from transformers import AutoImageProcessor, AutoTokenizer, {model_class}",
         "",
-        'model = Qwen2VLForConditionalGeneration.from_pretrained("THIS_FOLDER")',
+        f'model = {model_class}.from_pretrained("THIS_FOLDER")',
         'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")  # chat template included',
         'image_processor = AutoImageProcessor.from_pretrained("THIS_FOLDER")',
         "```",
         "",
-        "`AutoProcessor.from_pretrained` gives both as one Qwen2-VL processor where torchvision is"
+        f"`AutoProcessor.from_pretrained` gives both as one {family.title} processor where torchvision is"
         " installed (transformers 5 builds the processor's video part with it: `pip install torchvision`);"
         " `vllm serve THIS_FOLDER` serves it.",
         "",
@@ -231,29 +234,24 @@ def model_card(
 
 
 # ----------------------------------------------------------------------------- export
-def write_generation_config(out: Path, tokenizer: Any, decoding: dict[str, Any]) -> None:
+def write_generation_config(out: Path, tokenizer: Any, decoding: dict[str, Any], family: Family) -> None:
     """``generation_config.json`` with every decoding setting written out (not only non-defaults)."""
-    eos = [tokenizer.convert_tokens_to_ids(EOS_TOKEN), tokenizer.convert_tokens_to_ids(PAD_TOKEN)]
-    config = {
-        **decoding,
-        "bos_token_id": tokenizer.convert_tokens_to_ids(PAD_TOKEN),
-        "eos_token_id": eos,
-        "pad_token_id": tokenizer.convert_tokens_to_ids(PAD_TOKEN),
-    }
+    pad, *end = tokenizer.convert_tokens_to_ids([family.tokens.pad, *family.tokens.end])
+    config = {**decoding, "bos_token_id": pad, "eos_token_id": end, "pad_token_id": pad}
     (out / "generation_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 #: What a user without torchvision needs to know about an exported folder, in one line.
 NO_TORCHVISION = (
     "AutoProcessor.from_pretrained({folder}) needs torchvision, which is not installed here "
-    "(transformers 5 builds Qwen2-VL's video processor with it): pip install torchvision (the build "
+    "(transformers 5 builds the Qwen-VL video processors with it): pip install torchvision (the build "
     "matching your torch), or load AutoTokenizer and AutoImageProcessor from {folder} separately "
     "(its README.md shows how)"
 )
 
 
 def torchvision_available() -> bool:
-    """Whether ``torchvision`` can be imported (``AutoProcessor`` needs it for Qwen2-VL)."""
+    """Whether ``torchvision`` can be imported (``AutoProcessor`` needs it for the Qwen-VL families)."""
     return importlib.util.find_spec("torchvision") is not None
 
 
@@ -264,14 +262,14 @@ def processor_note(folder: str | os.PathLike) -> str | None:
 
 
 def write_processor(out: Path, spec: BackboneSpec) -> Any:
-    """Tokenizer (chat template included) and image processor of the run, marked as one Qwen2-VL
-    processor so that ``AutoProcessor`` builds ``Qwen2VLProcessor`` (as for the public checkpoints)."""
-    processor = load_processor(spec.checkpoint)
+    """Tokenizer (chat template included) and image processor of the run, marked as one processor of
+    the backbone's family so that ``AutoProcessor`` builds it (as for the public checkpoints)."""
+    processor = load_processor(spec.checkpoint, family=spec.family)
     processor.save_pretrained(out)
     for name in ("preprocessor_config.json", "tokenizer_config.json"):
         path = out / name
         data = json.loads(path.read_text())
-        data["processor_class"] = "Qwen2VLProcessor"
+        data["processor_class"] = spec.family.processor_class
         path.write_text(json.dumps(data, indent=2) + "\n")
     return processor.tokenizer
 
@@ -348,7 +346,7 @@ def export_checkpoint(
             model.save_pretrained(partial, safe_serialization=True)
         decoding = evaluation_decoding()
         tokenizer = write_processor(partial, spec)
-        write_generation_config(partial, tokenizer, decoding)
+        write_generation_config(partial, tokenizer, decoding, spec.family)
         card = model_card(
             spec, run_config, find_results(run_dir, results), ckpt, is_lora and merge_lora, decoding
         )
@@ -389,7 +387,12 @@ def push_folder(folder: str | os.PathLike, repo_id: str, private: bool = False) 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m univg.export", description="Export a univg checkpoint as a Hugging Face model folder."
+        prog="python -m univg.export",
+        description="Export a univg checkpoint as a Hugging Face model folder.",
+        **with_examples(
+            "python -m univg.export runs/grpo_diff/version_0/checkpoints/last.ckpt --out exports/univg-r1",
+            "python -m univg.export runs/lora/version_0/checkpoints/last.ckpt --out exports/lora --merge-lora",
+        ),
     )
     parser.add_argument("checkpoint", help="a .ckpt file or a sharded FSDP2 checkpoint folder")
     parser.add_argument("--out", required=True, help="the folder to write")

@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 #: Four numbers in some frame: (x1, y1, x2, y2).
 Coords = Sequence[float]
@@ -129,6 +129,8 @@ class Frame(Protocol):
     """How a backbone writes coordinates. ``width``/``height`` are the (resized) image size in pixels."""
 
     name: str
+    #: what the model's numbers mean, in words (model cards)
+    summary: str
 
     def to_model(self, box: Box, width: int | None = None, height: int | None = None) -> IntBox: ...
 
@@ -164,6 +166,7 @@ class Qwen2VLFrame:
 
     name: str = "qwen2-vl"
     scale: int = 1000
+    summary: ClassVar[str] = "integers in [0, 1000) of the target image (`int(x / width * 1000)`)"
 
     def to_model(self, box: Box, width: int | None = None, height: int | None = None) -> IntBox:
         """``int(x * 1000)`` clipped to [0, 999] (the release's ``int(x / width * 1000)``)."""
@@ -193,6 +196,7 @@ class PixelFrame:
     """
 
     name: str = "pixels"
+    summary: ClassVar[str] = "absolute pixels of the target image as resized for the model"
 
     @staticmethod
     def _size(width: int | None, height: int | None) -> tuple[int, int]:

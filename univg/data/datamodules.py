@@ -31,6 +31,7 @@ from univg.data.collate import MODES, GroundingCollator
 from univg.data.loader import ResumableDataLoader
 from univg.data.readers import read_samples
 from univg.data.release_resize import TwoStepResizeProcessor
+from univg.model.presets import FAMILIES
 from univg.model.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
 
 SPLITS = ("train", "val", "test")
@@ -66,6 +67,8 @@ class GroundingDataModule(L.LightningDataModule):
     ``val_count`` keeps a seeded draw of that many validation samples (all when ``None``), so a
     periodic validation sees every task of a file sorted by task. ``degenerate_boxes`` is the
     training file's box policy (module docstring).
+    ``frame`` and ``backbone_family`` are the model's (linked from it by the CLI): the coordinates the
+    targets are written in, and the family whose image processor is used without ``processor_path``.
     ``two_step_resize`` resizes each image to multiples of 28 before the processor's own resize,
     as the release's evaluation did (:mod:`univg.data.release_resize`); off: one resize.
     """
@@ -98,6 +101,7 @@ class GroundingDataModule(L.LightningDataModule):
         shuffle: bool = True,
         max_length: int | None = None,
         frame: str = "qwen2-vl",
+        backbone_family: str = "qwen2-vl",
         degenerate_boxes: TrainDegeneratePolicy = "swap",
         eval_format: str | None = None,
         eval_image_root: str | None = None,
@@ -134,6 +138,9 @@ class GroundingDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.max_length = max_length
         self.frame = frame
+        if backbone_family not in FAMILIES:
+            raise ValueError(f"unknown backbone_family {backbone_family!r}; choose one of {sorted(FAMILIES)}")
+        self.backbone_family = backbone_family
         if degenerate_boxes not in ("swap", "skip", "error"):  # also checked by the CLI's type
             raise ValueError(f"degenerate_boxes must be 'swap', 'skip' or 'error', got {degenerate_boxes!r}")
         if val_count is not None and val_count < 1:
@@ -252,7 +259,10 @@ class GroundingDataModule(L.LightningDataModule):
     @property
     def processor(self) -> Any:
         if self._processor is None:
-            self._processor = load_processor(self.processor_path, self.min_pixels, self.max_pixels)
+            family = FAMILIES[self.backbone_family]
+            self._processor = load_processor(
+                self.processor_path, self.min_pixels, self.max_pixels, family=family
+            )
         return self._processor
 
     def collator(self, mode: str) -> GroundingCollator:
@@ -375,6 +385,7 @@ class VOSDataModule(GroundingDataModule):
         shuffle: bool = True,
         max_length: int | None = None,
         frame: str = "qwen2-vl",
+        backbone_family: str = "qwen2-vl",
         two_step_resize: bool = False,
         num_frames: int | None = None,
     ) -> None:
@@ -419,6 +430,7 @@ class SyntheticDataModule(GroundingDataModule):
         shuffle: bool = True,
         max_length: int | None = None,
         frame: str = "qwen2-vl",
+        backbone_family: str = "qwen2-vl",
     ) -> None:
         super().__init__(**self._base_args(locals()))
         self.counts = {"train": num_train, "val": num_val, "test": num_test}

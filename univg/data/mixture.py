@@ -197,6 +197,7 @@ class MixtureDataModule(GroundingDataModule):
         shuffle: bool = True,
         max_length: int | None = None,
         frame: str = "qwen2-vl",
+        backbone_family: str = "qwen2-vl",
         degenerate_boxes: TrainDegeneratePolicy = "swap",
     ) -> None:
         super().__init__(**self._base_args(locals()))  # every argument above but the three sources

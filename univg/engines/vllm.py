@@ -247,8 +247,8 @@ class VLLMEngine(RolloutEngine):
 
         >>> e = VLLMEngine("m", llm=object())
         >>> kw = e.sampling_params(SamplingSpec(8, 256, top_k=0))
-        >>> kw["n"], kw["top_k"], kw["stop_token_ids"], kw["max_tokens"]
-        (8, -1, [151645, 151643], 256)
+        >>> kw["n"], kw["top_k"], kw["stop_token_ids"] == list(EOS_IDS), kw["max_tokens"]
+        (8, -1, True, 256)
         >>> greedy = e.sampling_params(SamplingSpec(8, 256, do_sample=False))
         >>> greedy["temperature"], greedy["n"]
         (0.0, 1)

@@ -1,10 +1,10 @@
 """One wrapper over transformers' Qwen-VL models shared by the SFT, pure-RL and GRPO modules.
 
 ``BackboneSpec`` is what a YAML names (``model.init_args.backbone``); ``spec.build()`` returns the
-model (``Qwen2VLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration``, wrapped by peft
-when LoRA is on). Presets name model sizes in one table; each belongs to a *family*
-(:data:`FAMILIES`: config and model classes, coordinate frame, FSDP units), so that nothing else
-branches on the backbone. ``tiny`` / ``tiny-qwen2.5-vl`` are for tests and the demo, the sized
+model (its family's model class, wrapped by peft when LoRA is on). Presets name model sizes in one
+table; each belongs to a *family* (:data:`FAMILIES`: config and model classes, coordinate frame, FSDP
+units, tokens, image processor, export names), so that nothing else branches on the backbone.
+``tiny`` / ``tiny-qwen2.5-vl`` / ``tiny-qwen3-vl`` are for tests and the demo, the sized
 presets carry the public checkpoints' config values (a randomly initialised model of the same
 shape), and ``checkpoint`` loads real weights with ``from_pretrained`` (a local path or a hub id).
 """
@@ -54,13 +54,13 @@ def _merge(base: dict, overrides: dict) -> dict:
 
 
 def preset_config(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """The config (``Qwen2VLConfig``, ``Qwen2_5_VLConfig``) of a preset, with nested ``overrides``
+    """The config of a preset (its family's config class), with nested ``overrides``
     (e.g. ``{"text_config": {...}}``)."""
     if name not in PRESETS:
         raise ValueError(f"unknown backbone preset {name!r}; choose one of {sorted(PRESETS)}")
     values = _merge(PRESETS[name], overrides or {})
     text = values["text_config"]
-    head_dim = text["hidden_size"] // text["num_attention_heads"]
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
     section = text["rope_parameters"].get("mrope_section")
     if section is not None and 2 * sum(section) != head_dim:
         raise ValueError(

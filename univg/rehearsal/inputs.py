@@ -14,14 +14,18 @@ from typing import Any
 import torch
 
 from univg.data.synthetic import generate_samples
+from univg.model.presets import FAMILIES, PRESET_FAMILIES
 
 REPO = Path(__file__).resolve().parent.parent.parent
+#: The stand-in's preset and its family (whose released checkpoints' layout it is written in).
+STAND_IN = "tiny"
+_FAMILY = FAMILIES[PRESET_FAMILIES[STAND_IN]]
 #: Qwen2-VL-7B-Instruct's generation_config.json (what a released checkpoint brings along).
 INSTRUCT_GENERATION_CONFIG = {
-    "bos_token_id": 151643,
-    "pad_token_id": 151643,
+    "bos_token_id": _FAMILY.tokens.pad_id,
+    "pad_token_id": _FAMILY.tokens.pad_id,
     "do_sample": True,
-    "eos_token_id": [151645, 151643],
+    "eos_token_id": list(_FAMILY.tokens.end_ids),
     "repetition_penalty": 1.05,
     "temperature": 0.01,
     "top_k": 1,
@@ -39,7 +43,7 @@ def stand_in_model() -> torch.nn.Module:
     from univg.model.backbone import BackboneSpec
 
     torch.manual_seed(0)
-    return BackboneSpec(preset="tiny").build()
+    return BackboneSpec(preset=STAND_IN).build()
 
 
 def write_checkpoint(out: Path, model: torch.nn.Module | None = None) -> Path:
@@ -57,8 +61,8 @@ def write_checkpoint(out: Path, model: torch.nn.Module | None = None) -> Path:
     flat = {k: v for k, v in text.items() if k not in ("model_type", "architectures", "layer_types")}
     flat.update({k: v for k, v in cfg.items() if k not in ("transformers_version", "dtype")})
     flat.update(
-        architectures=["Qwen2VLForConditionalGeneration"],
-        model_type="qwen2_vl",
+        architectures=[_FAMILY.model_class],
+        model_type=_FAMILY.model_type,
         rope_theta=rope["rope_theta"],
         rope_scaling={"type": "mrope", "mrope_section": rope["mrope_section"]},
         torch_dtype="float32",

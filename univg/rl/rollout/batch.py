@@ -13,11 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from univg.model.presets import TOKENS
 from univg.model.tokenizer import IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, VISION_START_ID, mm_token_type_ids
 
-#: Token ids that end a completion: <|im_end|> and <|endoftext|>.
-EOS_IDS: tuple[int, ...] = (151645, 151643)
-PAD_ID = 151643
+#: Token ids that end a completion (<|im_end|> and <|endoftext|>), and the padding id.
+EOS_IDS: tuple[int, ...] = TOKENS.end_ids
+PAD_ID: int = TOKENS.pad_id
 
 #: Keys of a prompt batch that the model's forward takes.
 MODEL_KEYS = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -88,7 +89,7 @@ def repeat_prompts(inputs: Mapping[str, torch.Tensor], group_size: int) -> dict[
 def completion_mask(completion_ids: torch.Tensor, eos_ids: tuple[int, ...] = EOS_IDS) -> torch.Tensor:
     """1 up to and including the first end token of each row, 0 after. [N, C] long.
 
-    >>> completion_mask(torch.tensor([[5, 151645, 9, 9], [5, 6, 7, 8]])).tolist()
+    >>> completion_mask(torch.tensor([[5, EOS_IDS[0], 9, 9], [5, 6, 7, 8]])).tolist()
     [[1, 1, 0, 0], [1, 1, 1, 1]]
     """
     is_end = torch.zeros_like(completion_ids, dtype=torch.bool)
