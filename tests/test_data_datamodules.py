@@ -188,3 +188,25 @@ def test_eval_format_and_seeded_val_count(tmp_path, capsys):
     assert len(val_ids(0, None)) == 4295
     with pytest.raises(ValueError, match="val_count must be a positive number"):
         Stage2RLDataModule(val_count=0)
+
+
+@pytest.mark.parametrize(
+    ("cls", "files", "stage", "expected"),
+    [
+        ("MIGBenchDataModule", {"test_file": "data/MIG_data.json"}, "test", "mig_bench"),
+        ("MIGBenchDataModule", {"test_file": "data/MIG_data_revised.json"}, "test", "mig_bench_revised"),
+        ("RefCOCODataModule", {"test_file": "rec/refcocop_testA.json"}, "test", "refcoco+/testA"),
+        ("RefCOCODataModule", {"val_file": "rec/refcocog_val.json"}, "val", "refcocog/val"),
+        ("RefCOCODataModule", {"test_file": "rec/mine.json"}, "test", "refcoco"),
+        ("LISADataModule", {"test_file": "lisa/lisa_test.json"}, "test", "lisa/test"),
+        ("LLMSegDataModule", {"test_file": "llmseg/x.json"}, "test", "llmseg"),
+        ("VOSDataModule", {"test_file": "vos/revos_val.json"}, "test", "revos"),
+        ("VOSDataModule", {"test_file": "vos/ReasonVOS.json"}, "test", "reasonvos"),
+        ("SyntheticDataModule", {}, "test", "synthetic"),
+        ("CoTSFTDataModule", {"val_file": "stage1_cotsft.json"}, "val", "cotsft"),
+    ],
+)
+def test_each_dataset_names_the_benchmark_it_evaluates(cls, files, stage, expected):
+    import univg.data
+
+    assert getattr(univg.data, cls)(**files).benchmark(stage) == expected

@@ -23,7 +23,6 @@ A :class:`~univg.modules.base.GroundingModule` generates and scores; :class:`Eva
   results files, pictures).
 """
 
-from univg.evaluation.benchmark import infer_benchmark
 from univg.evaluation.files import (
     append_jsonl,
     check_writable,
@@ -55,7 +54,7 @@ from univg.evaluation.screening import (
     screen_decodable,
     screen_samples,
 )
-from univg.evaluation.writer import EvalRun, EvaluationWriter, gather_objects
+from univg.evaluation.writer import EvalRun, EvaluationWriter
 
 __all__ = [
     "BAD_RECORD",
@@ -74,8 +73,6 @@ __all__ = [
     "decode_prompts",
     "extract_reasoning",
     "format_prediction",
-    "gather_objects",
-    "infer_benchmark",
     "load_resumed",
     "model_frame_gt",
     "read_jsonl",

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from univg.evaluation.benchmark import infer_benchmark
+from univg.distributed.collectives import gather_objects
 from univg.evaluation.files import (
     append_jsonl,
     check_writable,
@@ -77,15 +77,6 @@ class EvalRun:
     done_ids: set[str] = field(default_factory=set)
     nothing_to_run: bool = False
     finalised: bool = False
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` when not distributed)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, obj)
-    return out
 
 
 def _trainer(module: Any) -> Any:
@@ -207,7 +198,9 @@ class EvaluationWriter:
             fn, ("test", "predict")
         )
         dm = getattr(trainer, "datamodule", None)
-        run = EvalRun(benchmark=module.benchmark or infer_benchmark(dm, key))
+        run = EvalRun(
+            benchmark=module.benchmark or (dm.benchmark(key) if hasattr(dm, "benchmark") else "unknown")
+        )
         run.release_scorer = release_scorer(run.benchmark)
         decoding = module.decoding_settings()  # a bad decoding setting fails here, before the model is built
         backbone = module.backbone

@@ -199,7 +199,7 @@ def warm_start(model: torch.nn.Module, prompts: list[dict[str, Any]], cfg: WarmS
 def warm_start_prompts(stage2: Path, mig: Path, image_root: Path) -> list[dict[str, Any]]:
     """Stage 2's and the evaluation's prompts, each a batch of one, as their data modules (with
     the configs' settings) collate them."""
-    from univg.data.datamodules import MIGBenchDataModule, Stage2RLDataModule
+    from univg.data.datasets import MIGBenchDataModule, Stage2RLDataModule
 
     s2 = Stage2RLDataModule(train_file=str(stage2), image_root=str(image_root), max_pixels=MAX_PIXELS)
     ev = MIGBenchDataModule(
