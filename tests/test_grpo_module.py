@@ -100,7 +100,7 @@ def test_beta_zero_skips_the_reference_pass(prompt_batch, tokenizer, monkeypatch
     m = _module(beta=0.0)
     assert m.ref_model is None
     calls = []
-    import univg.modules.grpo as mod
+    import univg.modules.grpo.module as mod
 
     real = mod.completion_logprobs
     monkeypatch.setattr(mod, "completion_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))

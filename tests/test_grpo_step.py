@@ -1,7 +1,7 @@
-"""GRPO on the path users run (issue 15): schedule length, generation settings, one scoring
-arithmetic, evaluation IoU, step-wide statistics, accumulation, num_iterations, per-source format.
+"""GRPO on the path users run: schedule length, generation settings, one scoring arithmetic,
+evaluation IoU, step-wide statistics, accumulation, num_iterations, per-source format.
 
-Each test failed before its fix; the expected numbers are derived by hand in the comments.
+The expected numbers are derived by hand in the comments.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_grpo_schedule_counts_optimiser_steps_not_micro_batches():
     m._trainer = _fake_trainer(batches=16, batch_size=1)
     assert m.optimizer_steps_total() == 4
     assert [round(m.lr_multiplier(k), 6) for k in range(5)] == [1.0, 1.0, 0.75, 0.25, 0.0]
-    # before: the schedule was 16 long and the 4 steps used 1.0, 1.0, 0.989, 0.957 of the peak
+    # (sized by micro-batches it would be 16 long: the 4 steps at 1.0, 1.0, 0.989, 0.957 of the peak)
     # num_iterations and max_steps count optimiser steps too
     m2 = GRPOModule(prompts_per_step=4, num_iterations=2)
     m2._trainer = _fake_trainer(batches=16, batch_size=1)
@@ -120,7 +120,7 @@ def test_hf_engine_ignores_the_checkpoints_generation_config(four_prompts, token
     shared = generate(model, inputs, tokenizer, max_new_tokens=6, engine="shared")
     hf = generate(model, inputs, tokenizer, max_new_tokens=6, engine="hf")
     assert shared.completion_ids[0].tolist() == [0] * 6
-    # before: transformers' generate inherited repetition_penalty 1.05 and gave [0, 1, 5, 2, 3, ...]
+    # the model's repetition_penalty 1.05 is not applied (with it, transformers gives [0, 1, 5, 2, 3, ...])
     assert torch.equal(hf.completion_ids, shared.completion_ids)
     assert model.generation_config.repetition_penalty == 1.05  # the model's own config is left as it was
 
@@ -178,7 +178,7 @@ def test_evaluation_iou_is_the_reward_iou():
     gt = torch.tensor([[900, 900, 1000, 1000], [100, 100, 200, 200]])
     scored = m.score_completions(texts, gt)
     # by hand: the first box overshoots the frame; clamped to (900..1000) it is the ground truth
-    # (before: 100^2 / 200^2 = 0.25 in evaluation, 1.0 as reward); the second: 100^2 / 200^2
+    # (unclamped it would score 100^2 / 200^2 = 0.25); the second: 100^2 / 200^2
     assert scored["iou_strict"] == pytest.approx([1.0, 0.25])
     assert scored["iou_strict"] == pytest.approx(iou_reward(texts, gt.tolist()))
 
@@ -197,7 +197,7 @@ def _drive(m: GRPOModule, lr: float = 1e-2) -> torch.optim.Optimizer:
 
 
 def _split(batch: dict, rows: list[int]) -> dict:
-    from univg.modules.grpo_step import select_prompt_rows
+    from univg.modules.grpo.scored import select_prompt_rows
 
     keep = torch.zeros(batch["input_ids"].shape[0], dtype=torch.bool)
     keep[rows] = True
@@ -276,7 +276,7 @@ def test_normalize_phi_and_batch_scale_span_the_whole_step(four_prompts, tokeniz
 def test_num_iterations_two_takes_two_steps_and_the_ratio_moves(four_prompts, tokenizer, monkeypatch):
     gt = four_prompts["boxes"].tolist()
     texts = [[_answer(gt[b]), "no", "nah", _answer(gt[b])] for b in range(4)]
-    import univg.modules.grpo_step as mod
+    import univg.modules.grpo.step_loss as mod
 
     m = _module(beta=0.0, num_iterations=2, lr=1e-1, check_invariants=True, engine=Scripted(texts, tokenizer))
     opt = _drive(m, lr=1e-1)
@@ -332,7 +332,7 @@ def test_refcoco_prompts_are_scored_by_the_bare_box_rule(processor):
 # --------------------------------------------------------------------------------- stage 1 -> stage 2 under FSDP
 def test_init_checkpoint_reads_a_sharded_fsdp_folder(tmp_path):
     """Stage 1 under the FSDP config writes last.ckpt as a folder of shards; stage 2's
-    ``init_checkpoint`` must take it as it is (before: "does not exist (expected a .ckpt file)")."""
+    ``init_checkpoint`` takes it as it is, not only a .ckpt file."""
     import torch.distributed.checkpoint as dcp
 
     from univg.model.checkpoints import load_model_weights

@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from univg.hparams_view import read_sessions, render
 from univg.model.backbone import BackboneSpec
 from univg.modules import GRPOModule, SFTModule
-from univg.modules.dynamic_sampling import DynamicSampling
+from univg.modules.grpo.dynamic_sampling import DynamicSampling
 
 ROOT = Path(__file__).resolve().parents[1]
 

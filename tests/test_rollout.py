@@ -340,7 +340,7 @@ def test_grpo_module_loss_is_the_same_on_both_paths(prompts, processor, monkeypa
     assert scored.ref_logp is not None and scored.ref_logp.shape == scored.rollout.completion_ids.shape
     shared = m.loss_terms(scored).loss
     plain_fn = functools.partial(completion_logprobs, shared_prefix=False, tiled_head=False)
-    monkeypatch.setattr("univg.modules.grpo.completion_logprobs", plain_fn)
+    monkeypatch.setattr("univg.modules.grpo.module.completion_logprobs", plain_fn)
     torch.manual_seed(0)
     plain_scored = m.score(batch)
     assert torch.equal(plain_scored.rollout.completion_ids, scored.rollout.completion_ids)

@@ -5,37 +5,30 @@ each training batch is rolled out (G completions per prompt by the rollout engin
 advantages and phi per group) and buffered; when the buffer holds a step's prompts the module runs
 ``num_iterations`` (mu) optimiser steps over it, accumulating gradients across the buffered
 micro-batches. With mu = 1 the ratio is 1 and pi_old = pi_theta detached (no extra pass). The
-step's helpers (a scored micro-batch's loss, group selection, sums over processes, invariants,
-logged values) are :mod:`univg.modules.grpo_step`; the fit's length in steps is
-:mod:`univg.modules.schedule`'s.
+step's parts live beside this module: a scored micro-batch and its groups (:mod:`.scored`), the
+step's loss (:mod:`.step_loss`), dynamic sampling (:mod:`.dynamic_sampling`), the run-time
+invariants (:mod:`.invariants`) and the logged values (:mod:`.step_log`); the fit's length in
+steps is :mod:`univg.modules.schedule`'s.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-from univg.distributed import make_reference
+from univg.distributed.collectives import world_sum
 from univg.engines import RolloutEngine, SharedPrefill
 from univg.modules.base import GroundingModule
-from univg.modules.dynamic_sampling import DynamicSampling, Refill
-from univg.modules.grpo_logging import StepLogging
-from univg.modules.grpo_step import (
-    SamplerState,
-    ScoredRollout,
-    measure_invariants,
-    pad_kept_groups,
-    rollout_loss_terms,
-    score_completions,
-    select_groups,
-    step_advantages,
-    step_sizes,
-    world_sum,
-)
+from univg.modules.grpo.dynamic_sampling import DynamicSampling, Refill
+from univg.modules.grpo.invariants import measure_invariants, record_invariants
+from univg.modules.grpo.reference import ReferencePolicy
+from univg.modules.grpo.rng_state import SamplerState
+from univg.modules.grpo.scored import ScoredRollout, groups_to_score, score_completions, select_groups
+from univg.modules.grpo.step_log import StepLog
+from univg.modules.grpo.step_loss import rollout_loss_terms, step_advantages, step_sizes
 from univg.modules.schedule import grpo_optimizer_steps, micro_batches_per_step
 from univg.rl.difficulty import PHI_NAMES, PhiName, group_weights, step_weights
 from univg.rl.loss import (
@@ -56,7 +49,7 @@ from univg.rl.rollout import Rollout, SamplingSpec, completion_logprobs, model_i
 ACCURACY = "accuracy"  # the reward whose group mean is mIoU (docs/design.md section 4)
 
 
-class GRPOModule(SamplerState, StepLogging, GroundingModule):
+class GRPOModule(ReferencePolicy, SamplerState, GroundingModule):
     """GRPO / GRPO-Difficulty (``phi``) on a Qwen2-VL backbone. docs/design.md section 4 is the spec.
 
     Args:
@@ -80,7 +73,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         scale_rewards: advantage scaling "group", "batch" or "none".
         drop_zero_variance: drop groups whose rewards are all equal (A = 0) from the loss.
         dynamic_sampling: ``{max_tries: N}`` drops zero-variance groups and refills the step with
-            fresh prompts (DAPO; :mod:`univg.modules.dynamic_sampling`); None (default) is off.
+            fresh prompts (DAPO; :mod:`univg.modules.grpo.dynamic_sampling`); None (default) is off.
         rewards: reward name -> weight (``univg.rl.rewards`` registry; the release's own variants are
             ``accuracy_release`` and ``format_release``), or name -> plug-in ``{class_path,
             init_args, weight}`` (a reward defined outside univg, :mod:`univg.rl.reward_plugins`).
@@ -176,7 +169,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         self.ref_model: torch.nn.Module | None = None
         self._buffer: list[ScoredRollout] = []
         self._planned_steps_drawn = 0.0
-        self._times: dict[str, float] = {}
+        self.step_log = StepLog(group_size, num_iterations, log_completions_every)
 
     # ----------------------------------------------------------------------------- sampling settings
     @property
@@ -190,38 +183,6 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
     def sampling_kwargs(self) -> dict[str, Any]:
         """How rollouts are sampled, as keyword arguments of :func:`univg.rl.rollout.generate`."""
         return self.sampling.generate_kwargs()
-
-    # ----------------------------------------------------------------------------- model
-    @property
-    def uses_lora(self) -> bool:
-        return self.backbone.lora is not None
-
-    @property
-    def needs_reference(self) -> bool:
-        """Whether a frozen copy of the policy must still be made: the KL term is on (beta > 0) and
-        there is no LoRA (whose reference is the base model with the adapters off, no copy)."""
-        return self.beta > 0 and not self.uses_lora and self.ref_model is None
-
-    def configure_model(self) -> None:
-        super().configure_model()  # under FSDP this also makes (and shards) the reference
-        # The reference is the initial policy, kept in the checkpoint so resume is exact.
-        if self.needs_reference:
-            self.ref_model = make_reference(self.model)
-
-    @contextmanager
-    def reference(self):
-        """The reference policy as a context: adapters disabled (LoRA) or the frozen copy."""
-        if self.uses_lora:
-            with self.model.disable_adapter():
-                yield self.model
-        else:
-            yield self.ref_model
-
-    def train(self, mode: bool = True) -> GRPOModule:
-        super().train(mode)
-        if self.ref_model is not None:
-            self.ref_model.eval()  # never in train mode (dropout), never updated
-        return self
 
     # ----------------------------------------------------------------------------- rollout
     def micro_batches_per_step(self, batch_size: int) -> int:
@@ -282,13 +243,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         stats["total_all"] = total  # every group's rewards, for a step-wide "batch" scale
         stats["zero_variance_frac"] = float(zero_var.float().mean())
         stats["truncated"] = float(roll.truncated.float().sum())
-        keep, weights, loss_rows = difficulty.keep, difficulty.weights, None  # weights: [kept groups]
-        if drop:  # every process makes the passes of the one that kept the most (no collective waits)
-            keep, padding = pad_kept_groups(keep)
-            if padding is not None:
-                weights = torch.zeros(keep.shape, dtype=weights.dtype)
-                weights[difficulty.keep] = difficulty.weights
-                weights, loss_rows = weights[keep], (~padding)[keep].repeat_interleave(g)  # [N]
+        keep, weights, loss_rows = groups_to_score(difficulty.keep, difficulty.weights, g, pad=drop)
         if not bool(keep.all()):
             roll, rewards, advantages = select_groups(roll, rewards, advantages, keep)
         if not bool(difficulty.keep.all()):
@@ -302,9 +257,8 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
             if self.beta > 0:
                 with self.reference() as ref:
                     ref_logp = self.logprobs(ref, roll)
-        t2 = time.perf_counter()
-        self._times["generation"] = self._times.get("generation", 0.0) + t1 - t0
-        self._times["scoring"] = self._times.get("scoring", 0.0) + t2 - t1
+        self.step_log.add("generation", t1 - t0)
+        self.step_log.add("scoring", time.perf_counter() - t1)
         stats["miou_all"] = difficulty.miou  # kept as a tensor for the histogram
         kept_miou, weights = difficulty.kept_miou, weights.to(device)
         return ScoredRollout(
@@ -333,7 +287,7 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
         logp: torch.Tensor | None = None,
     ) -> GRPOLossTerms:
         """The GRPO(-Difficulty) loss of one scored micro-batch under the current policy
-        (:func:`~univg.modules.grpo_step.rollout_loss_terms`; ``logp`` [N, C]: the policy's
+        (:func:`~univg.modules.grpo.step_loss.rollout_loss_terms`; ``logp`` [N, C]: the policy's
         log-probs when already computed)."""
         if logp is None:
             logp = self.logprobs(self.model, scored.rollout)  # [N, C]
@@ -439,12 +393,40 @@ class GRPOModule(SamplerState, StepLogging, GroundingModule):
             opt.zero_grad(set_to_none=True)
             if sched is not None:
                 sched.step()
-        self._times["backward"] = time.perf_counter() - t0
+        self.step_log.add("backward", time.perf_counter() - t0)
         if self.engine.holds_weights:  # once per rollout batch: the next rollouts sample the updated policy
             t1 = time.perf_counter()
             self.engine.sync_weights(self.model)
-            self._times["weight_sync"] = time.perf_counter() - t1
-        self._log_step(buffer, logs, opt, used, inv if check else None)
+            self.step_log.add("weight_sync", time.perf_counter() - t1)
+        self.log_step(buffer, logs, float(opt.param_groups[0]["lr"]), used, inv if check else None)
+
+    def log_step(
+        self,
+        buffer: list[ScoredRollout],
+        logs: dict[str, float],
+        lr: float,
+        used: list[torch.Tensor],
+        invariants: dict[str, float] | None = None,
+    ) -> None:
+        """Log the optimiser step just made (:class:`~univg.modules.grpo.step_log.StepLog`) and,
+        with ``check_invariants``, its invariants (``invariants/*`` and ``invariants.jsonl``)."""
+        trainer = self._trainer
+        out = self.step_log.values(buffer, logs, used)
+        out["train/lr"] = lr
+        if self._refill is not None:
+            out.update(self._refill.pop_logs())
+        if invariants is not None:
+            step = int(self.global_step) - self.num_iterations  # the step the lr was used at
+            phi = dict(phi=self.phi_name, phi_eps=self.phi_eps, normalize_phi=self.normalize_phi)
+            out.update(record_invariants(invariants, buffer, used, self.group_size, step, trainer, **phi))
+        miou = torch.cat([s.stats["miou_all"] for s in buffer])  # every group of the step
+        every = trainer.log_every_n_steps if trainer is not None else 1
+        loggers = self.loggers if trainer is not None else []
+        self.step_log.write(
+            out, miou, buffer[0], global_step=int(self.global_step), loggers=loggers, every=every
+        )
+        self.log("reward", out["reward/total_mean"], prog_bar=True, logger=False, batch_size=len(miou))
+        self.last_step_logs = out
 
 
 __all__ = ["ACCURACY", "GRPOModule"]
