@@ -31,6 +31,7 @@ from univg.rl.rollout.batch import (
     repeat_prompts,
     rope_positions,
 )
+from univg.rl.rollout.draw import draw, draw_categorical, sample_next, sampling_logits
 from univg.rl.rollout.hf import explicit_generation_config
 from univg.rl.rollout.logprobs import (
     HEAD_TOKENS_PER_TILE,
@@ -38,16 +39,7 @@ from univg.rl.rollout.logprobs import (
     head_logprobs,
     shared_prefix_allowed,
 )
-from univg.rl.rollout.sampling import (
-    ENGINES,
-    Decoder,
-    SamplingSpec,
-    draw,
-    draw_categorical,
-    generate,
-    sample_next,
-    sampling_logits,
-)
+from univg.rl.rollout.sampling import ENGINES, Decoder, SamplingSpec, generate
 
 __all__ = [
     "ENGINES",
