@@ -105,8 +105,11 @@ def test_a_grid_row_is_one_session_carrying_its_test_numbers_and_no_nan(tmp_path
             f"--model.init_args.init_checkpoint={ckpt}",
             f"--data.init_args.num_{split}=4",
         )
-    sessions = read_sessions(tmp_path)
+    skipped: list[str] = []
+    merged: list[str] = []
+    sessions = read_sessions(tmp_path, skipped, merged)
     assert list(sessions) == ["row/fit"]  # not row/test nor row/validate beside it
+    assert merged == ["row/test", "row/validate"] and skipped == []  # named as merged, not as missing
     session = sessions["row/fit"]
     results = json.loads((tmp_path / "row" / "test" / "results_test.json").read_text())["metrics"]
     assert session["test/avg"] == results["avg"] and session["test/miou"] == results["miou"]

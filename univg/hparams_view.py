@@ -18,17 +18,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from univg.core.help_text import with_examples
 
 #: The columns shown by default: the row keys, then the test metrics.
 DEFAULT_COLUMNS = ("1 phi", "2 stage", "3 data size", "4 preset", "test/avg", "test/acc@0.5", "test/miou")
 
 
-def read_sessions(root: str | Path, skipped: list[str] | None = None) -> dict[str, dict[str, Any]]:
+def read_sessions(
+    root: str | Path, skipped: list[str] | None = None, merged: list[str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Every HParams session under ``root``: run folder (relative) -> its hyper-parameters and the
     last value of each of its registered metrics (None where the run has none: a run without
     validation has no ``val/*``; a NaN placeholder of older runs counts as none). Folders of
-    events without a session are appended to ``skipped``."""
+    events without a session are appended to ``merged`` when they are evaluations of a trained run
+    (their numbers are in that run's session), to ``skipped`` otherwise."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
 
@@ -42,8 +47,9 @@ def read_sessions(root: str | Path, skipped: list[str] | None = None) -> dict[st
         except KeyError:  # no HParams data at all in this folder
             content = {}
         if metadata.SESSION_START_INFO_TAG not in content:
-            if skipped is not None:
-                skipped.append(str(folder.relative_to(root)))
+            into = merged if _evaluates_a_trained_run(folder) else skipped
+            if into is not None:
+                into.append(str(folder.relative_to(root)))
             continue
         start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
         row: dict[str, Any] = {}
@@ -61,6 +67,16 @@ def read_sessions(root: str | Path, skipped: list[str] | None = None) -> dict[st
             row[tag] = None if value is None or math.isnan(value) else value
         sessions[str(folder.relative_to(root))] = row
     return sessions
+
+
+def _evaluates_a_trained_run(folder: Path) -> bool:
+    """Whether ``folder`` is an evaluation whose metrics went into its training run's session
+    (:class:`univg.callbacks.HParamsLogger` writes the training run's config as ``train.*``)."""
+    path = folder / "hparams.yaml"
+    if not path.is_file():
+        return False
+    params = yaml.safe_load(path.read_text()) or {}
+    return isinstance(params, dict) and any(str(k).startswith("train.") for k in params)
 
 
 def _cell(value: Any) -> str:
@@ -93,7 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"univg hparams_view: error: {a.root} is not a folder", file=sys.stderr)
         return 2
     skipped: list[str] = []
-    sessions = read_sessions(a.root, skipped)
+    merged: list[str] = []
+    sessions = read_sessions(a.root, skipped, merged)
+    if merged:
+        print(
+            f"univg hparams_view: {len(merged)} evaluation(s) shown in their training run's row: "
+            f"{', '.join(merged)}",
+            file=sys.stderr,
+        )
     if skipped:
         print(
             f"univg hparams_view: {len(skipped)} run folder(s) without HParams skipped "
