@@ -1,4 +1,5 @@
-"""Shared fixtures: the exact tokenizer/processor (built once per session) and a tiny model."""
+"""Shared fixtures: the exact tokenizer/processor (built once per session), a tiny model, a command-line
+test's own folder, and the debug fits several test files check (each run once per session)."""
 
 from __future__ import annotations
 
@@ -29,3 +30,32 @@ def tiny_model():
 
     torch.manual_seed(0)
     return BackboneSpec(preset="tiny").build()
+
+
+@pytest.fixture()
+def cli_in_tmp(monkeypatch, tmp_path):
+    """A command-line test's own folder: runs/ of each fit goes under it, and no UNIVG_DEBUG
+    (errors are the one line a user sees, not a traceback)."""
+    monkeypatch.delenv("UNIVG_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_debug_fit(tmp_path_factory):
+    """The final weights of the 20-step debug fit run once, never interrupted: what an interrupted
+    and resumed run of the same command must end with, bit for bit (tests/test_cli.py,
+    tests/test_slurm_requeue.py)."""
+    from debug_fit import uninterrupted_weights
+
+    return uninterrupted_weights(tmp_path_factory.mktemp("uninterrupted"))
+
+
+@pytest.fixture(scope="session")
+def first_debug_fit(tmp_path_factory):
+    """``python -W default -m univg fit --config configs/debug.yaml``, 2 steps validated at the end,
+    run once from a fresh folder (runs/ under it): its finished process (stdout, stderr) and that
+    folder. tests/test_cli.py checks what it writes, tests/test_console.py what it prints."""
+    from debug_fit import first_fit
+
+    folder = tmp_path_factory.mktemp("first_fit")
+    return first_fit(folder), folder

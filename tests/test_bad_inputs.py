@@ -336,8 +336,8 @@ def test_univg_cli_bad_input_is_one_line_and_exit_2(case, tmp_path, capsys, monk
 
 
 def test_univg_cli_one_line_from_the_shell_and_traceback_on_request(tmp_path):
-    """The real entry point: exit status 2 and a short stderr (before: 74 lines of chained
-    tracebacks); UNIVG_DEBUG=1 shows the traceback."""
+    """The real entry point: exit status 2 and a short stderr (no chained tracebacks);
+    UNIVG_DEBUG=1 shows the traceback."""
     import os
     import subprocess
     import sys

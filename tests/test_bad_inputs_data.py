@@ -229,7 +229,7 @@ def test_training_module_swaps_by_default_and_evaluation_keeps(tmp_path, capsys)
 
 
 def test_an_unknown_mig_bench_task_is_refused_by_name_not_made_a_column(tmp_path):
-    """A misspelt task used to become a column of its own, and of AVG."""
+    """A misspelt task is refused by name: it does not become a column of its own, nor of AVG."""
     make, _, _ = RECORDS["mig_bench"]
     good = make(GOOD_Q, [100, 200, 300, 400])
     path = write(tmp_path, "mig_bench", [good, {**good, "task": "refer_grondin"}])

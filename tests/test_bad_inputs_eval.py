@@ -1,5 +1,5 @@
-"""Bad inputs to evaluation (issue 21: 2, 4, 5, 11): each fails early with one line, or is screened
-and counted, and an interrupted evaluation resumes by default.
+"""Bad inputs to evaluation: each fails early with one line, or is screened and counted, and an
+interrupted evaluation resumes by default.
 
 A scripted module answers instead of a model, and counts its generate calls, so "nothing was
 recomputed" and "nothing was generated" are checked directly.

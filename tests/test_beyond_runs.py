@@ -59,7 +59,7 @@ def test_qwen25_fit_sft_grpo_and_test_in_pixels(tmp_path: Path) -> None:
 
 def test_dynamic_sampling_fit_ends_the_epoch_with_a_partial_step(tmp_path: Path) -> None:
     # 6 prompts in micro-batches of 2, 4 prompts per step: one step of 2 micro-batches then the
-    # epoch's last micro-batch as a partial step (which once crashed at logging); with dynamic
+    # epoch's last micro-batch as a partial step (logged like a full one); with dynamic
     # sampling the untrained tiny model's all-zero groups are dropped and refills are drawn.
     univg(
         "fit", "--config", "configs/grpo_diff_debug.yaml", "--model.init_args.dynamic_sampling.max_tries=2",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+from debug_fit import env, final_weights, fit_command, steps_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,20 +43,10 @@ def test_print_config_resolves_defaults():
 
 
 @pytest.mark.slow
-def test_debug_fit_writes_events_config_and_predictions(tmp_path):
-    out = run_cli(
-        "fit",
-        "--config",
-        str(ROOT / "configs/debug.yaml"),
-        "--trainer.logger.init_args.save_dir",
-        str(tmp_path / "runs"),
-        "--trainer.max_steps",
-        "4",
-        "--trainer.val_check_interval",
-        "4",
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    run = tmp_path / "runs" / "debug" / "version_0"
+def test_debug_fit_writes_events_config_and_predictions(first_debug_fit):
+    proc, folder = first_debug_fit  # conftest.py: the debug fit, run once for this file and test_console.py
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = folder / "runs" / "debug" / "version_0"
     assert list(run.glob("events.out.tfevents.*"))
     config = (run / "config.yaml").read_text()
     assert "univg.modules.SFTModule" in config and "preset: tiny" in config
@@ -76,39 +67,11 @@ def test_data_processor_is_linked_to_the_model_checkpoint(tmp_path):
     assert main(["--config", cfg], run=False).datamodule.processor_path is None
 
 
-def _fit_args(save_dir: Path, *extra: str) -> list[str]:
-    """A debug fit logging every step to a CSV flushed every step (what the test watches)."""
-    return [
-        sys.executable, "-m", "univg", "fit", "--config", str(ROOT / "configs/debug.yaml"),
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-        "--trainer.logger.init_args.save_dir", str(save_dir),
-        "--trainer.logger.init_args.name", "run",
-        "--trainer.logger.init_args.flush_logs_every_n_steps", "1",
-        "--trainer.log_every_n_steps", "1", "--trainer.limit_val_batches", "0",
-        "--trainer.enable_progress_bar", "false", "--data.init_args.num_train", "96",
-        "--trainer.max_steps", "20", *extra,
-    ]  # fmt: skip
-
-
-def _steps_logged(csv: Path) -> list[int]:
-    import csv as csv_module
-
-    if not csv.exists():
-        return []
-    with csv.open() as handle:
-        return [int(row["step"]) for row in csv_module.DictReader(handle) if row.get("train/loss")]
-
-
-def _weights(path: Path) -> dict:
-    import torch
-
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    return {k: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("signame", ["SIGINT"])
-def test_a_signal_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeats_nothing(tmp_path, signame):
+def test_a_signal_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeats_nothing(
+    tmp_path, signame, uninterrupted_debug_fit
+):
     """Ctrl+C (SIGINT) mid-run: last.ckpt holds every step done, and rerunning the same command
     resumes it, ending bit-identical to a run never interrupted and taking only the missing steps.
     SIGTERM takes the same path end to end in tests/test_slurm_requeue.py (the job script forwards
@@ -118,16 +81,17 @@ def test_a_signal_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeat
 
     import torch
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    run = subprocess.Popen(_fit_args(tmp_path / "a"), cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        fit_command(tmp_path / "a"), cwd=ROOT, env=env(), stderr=subprocess.PIPE, text=True
+    )
     csv = tmp_path / "a" / "run" / "version_0" / "metrics.csv"
     deadline = time.time() + 400
-    while len(_steps_logged(csv)) < 3 and run.poll() is None and time.time() < deadline:
+    while len(steps_logged(csv)) < 3 and run.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     run.send_signal(getattr(signal, signame))
     _, err = run.communicate(timeout=300)
     assert run.returncode != 0, err[-2000:]  # stopped, not finished
-    done = _steps_logged(csv)
+    done = steps_logged(csv)
     last = tmp_path / "a" / "run" / "version_0" / "checkpoints" / "last.ckpt"
     assert last.exists(), err[-2000:]
     saved = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
@@ -135,7 +99,7 @@ def test_a_signal_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeat
     assert f"saved {last} at step {saved}" in err
 
     # the same command again: it finds the interrupted run and resumes it, into the same folder
-    resumed = subprocess.run(_fit_args(tmp_path / "a"), cwd=ROOT, env=env, capture_output=True, text=True)
+    resumed = subprocess.run(fit_command(tmp_path / "a"), cwd=ROOT, env=env(), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (
         f"resuming the interrupted run {last.parent.parent} from last.ckpt (step {saved})" in resumed.stderr
@@ -144,13 +108,12 @@ def test_a_signal_saves_last_ckpt_at_the_step_reached_and_the_resumed_run_repeat
     # the resumed run logs only the steps that were missing; the earlier ones are kept beside
     kept = csv.with_name(f"metrics_before_step_{saved}.csv")
     assert f"stay in {kept}" in resumed.stderr
-    assert _steps_logged(kept) + _steps_logged(csv) == list(range(20))
+    assert steps_logged(kept) + steps_logged(csv) == list(range(20))
     assert not (last.parent / "interrupted.json").exists()  # completed: a third run starts afresh
 
-    reference = subprocess.run(_fit_args(tmp_path / "b"), cwd=ROOT, env=env, capture_output=True, text=True)
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    ours = _weights(next((tmp_path / "a" / "run" / "version_0" / "checkpoints").glob("epoch=*.ckpt")))
-    theirs = _weights(next((tmp_path / "b" / "run" / "version_0" / "checkpoints").glob("epoch=*.ckpt")))
+    # the same command never interrupted (conftest.py: run once for this test and test_slurm_requeue.py)
+    ours = final_weights(tmp_path / "a" / "run" / "version_0" / "checkpoints")
+    theirs = uninterrupted_debug_fit
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
 
@@ -198,7 +161,8 @@ class _Toy(L.LightningModule):
 def test_checkpoint_on_interrupt_saves_at_the_next_step_boundary(
     tmp_path, accumulate, interrupt_at, saved_step, signame
 ):
-    """SIGTERM (a scheduler's stop) as Ctrl+C: before, SIGTERM ended the fit with status 0, unsaved."""
+    """SIGTERM (a scheduler's stop) is handled as Ctrl+C: the fit saves last.ckpt at the next step
+    boundary and exits with status 1."""
     import signal
 
     import torch
@@ -237,8 +201,8 @@ def test_fresh_is_short_for_the_modules_start_over_switch():
 
 
 def test_help_lists_every_command_of_the_suite(capsys):
-    """``python -m univg --help`` names every entry point, not only LightningCLI's four (before,
-    the others were found only by reading the README), and the usage line names the real command."""
+    """``python -m univg --help`` names every entry point, not only LightningCLI's four (the
+    others are not found only by reading the README), and the usage line names the real command."""
     import re
 
     from univg.__main__ import COMMANDS, SUBCOMMANDS, main

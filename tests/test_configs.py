@@ -7,16 +7,13 @@ commands ``make table4`` etc. would run. Parsing does not build models or read d
 
 from __future__ import annotations
 
-import contextlib
-import io
 import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-
-from univg.cli import main
+from cli_helpers import print_config
 
 ROOT = Path(__file__).resolve().parent.parent
 GRID_TARGETS = ("table4", "table5", "table6", "size", "ablation-phi", "beyond")
@@ -29,19 +26,6 @@ FSDP_BASES = {
     "tiny_ddp.yaml": ["configs/debug.yaml"],
     "tiny_fsdp.yaml": ["configs/debug.yaml"],
 }
-
-
-def print_config(args: list[str]) -> dict:
-    """Parse ``python -m univg ARGS --print_config`` in-process; the resolved config, or fail with the CLI's error."""
-    out, err = io.StringIO(), io.StringIO()
-    code = None
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([*args, "--print_config"])  # exits after printing: nothing is built or run
-        except SystemExit as e:
-            code = e.code
-    assert code in (0, None), f"univg {' '.join(args)} rejected:\n{err.getvalue()[-3000:]}"
-    return yaml.safe_load(out.getvalue())
 
 
 def stage_configs() -> list[str]:

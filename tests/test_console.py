@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,18 +42,8 @@ def test_a_lora_build_does_not_warn_about_peft_reading_a_deprecated_property():
 
 
 @pytest.mark.slow
-def test_first_debug_fit_prints_progress_and_results_only(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run(
-        [sys.executable, "-W", "default", "-m", "univg", "fit", "--config", str(ROOT / "configs/debug.yaml")]
-        + [f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=2"]
-        + ["--trainer.val_check_interval=2", "--data.init_args.num_train=8"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def test_first_debug_fit_prints_progress_and_results_only(first_debug_fit):
+    out, _ = first_debug_fit  # conftest.py: python -W default -m univg fit, shared with test_cli.py
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-3000:]
     assert "Trainer.fit` stopped: `max_steps=2` reached" in text and "train/loss" in text

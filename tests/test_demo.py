@@ -17,8 +17,6 @@ from univg.demo import (
     apply_overrides,
     constant_box_metrics,
     held_out_set,
-    run_demo,
-    run_stage2,
     smoke_settings,
     validation_set,
     write_table,
@@ -59,9 +57,28 @@ def test_validation_split_is_another_draw_of_the_same_generator():
     assert [s.box for s in val] != [s.box for s in test]
 
 
+def demo(out: Path, *args: str, **env: str) -> dict:
+    """``python -m univg.demo --smoke --out OUT ARGS`` (seed 0; it pins its numerics first thing, in
+    its own process); the summary it writes."""
+    cmd = [sys.executable, "-m", "univg.demo", "--smoke", "--out", str(out), *args]
+    proc = subprocess.run(
+        cmd, env={**os.environ, "PYTHONPATH": str(ROOT), **env}, cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_demo(tmp_path_factory):
+    """The smoke demo run once, as on an AVX2 CPU: its folder and summary. The artefact test below
+    reruns into that folder; the numerics test compares against the summary read here."""
+    out = tmp_path_factory.mktemp("demo")
+    return out, demo(out, ATEN_CPU_CAPABILITY="avx2")
+
+
 @pytest.mark.slow
-def test_smoke_demo_writes_every_artefact(tmp_path):
-    summary = run_demo(smoke_settings(0), tmp_path)
+def test_smoke_demo_writes_every_artefact(smoke_demo):
+    tmp_path, summary = smoke_demo
     for name in ("table.md", "table.csv", "figure3.png", "predictions.png", "summary.json"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert list(tmp_path.glob("*/version_0/events.out.tfevents.*"))
@@ -99,7 +116,7 @@ def test_smoke_demo_writes_every_artefact(tmp_path):
     for p in probes["GRPO"]:
         assert p["total"] == pytest.approx(p["accuracy"] + p["format"], abs=1e-6)
     # python -m univg.predict on the demo's stage-1 checkpoint builds the demo's model from the
-    # config.yaml beside it (before: the default 7B preset, or a wall of size mismatches)
+    # config.yaml beside it (not the default 7B preset, whose sizes would not match)
     from PIL import Image
 
     from univg.predict.__main__ import main as predict
@@ -116,9 +133,8 @@ def test_smoke_demo_writes_every_artefact(tmp_path):
 
     # stage 2 alone from the saved stage-1 checkpoint reproduces the demo's stage-2 runs exactly,
     # and its evaluation of the checkpoint (a fresh module loading the file) the CoT-SFT row
-    cfg = apply_overrides(smoke_settings(0), ['grpo_phis=["none"]'])
     ckpt = tmp_path / "cot_sft" / "version_0" / "stage1.ckpt"
-    again = run_stage2(cfg, ckpt, tmp_path / "again")
+    again = demo(tmp_path / "again", "--stage1", str(ckpt), "--set", 'grpo_phis=["none"]')
     assert list(again["rows"]) == ["CoT-SFT", "continued CoT-SFT", "GRPO"]
     for row in again["rows"]:
         assert again["rows"][row] == rows[row], row
@@ -128,8 +144,7 @@ def test_smoke_demo_writes_every_artefact(tmp_path):
     # the demo rerun into the same folder with other stage-2 settings reuses stage 1 (same stage-1
     # settings and numerics: the checkpoint file is not rewritten) and scores every stage afresh
     stamp = ckpt.stat().st_mtime_ns
-    cfg = apply_overrides(smoke_settings(0), ['grpo_phis=["none"]', "cont_sft_epochs=1"])
-    rerun = run_demo(cfg, tmp_path)
+    rerun = demo(tmp_path, "--set", 'grpo_phis=["none"]', "--set", "cont_sft_epochs=1")
     assert ckpt.stat().st_mtime_ns == stamp
     assert list(rerun["rows"]) == ["constant box", "base (untrained)", "CoT-SFT", "continued CoT-SFT", "GRPO"]
     for row in ("constant box", "base (untrained)", "CoT-SFT", "GRPO"):
@@ -153,31 +168,21 @@ def _numbers(summary: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_smoke_numbers_do_not_depend_on_the_capability_level_aten_would_pick(tmp_path):
+def test_smoke_numbers_do_not_depend_on_the_capability_level_aten_would_pick(tmp_path, smoke_demo):
     """``python -m univg.demo`` pins the numerics itself: started as if on a CPU whose ATen level is
     ``default`` (and whose oneDNN stops at SSE4.1) or ``avx2``, it runs the same kernels and writes
-    the same numbers, down to every SFT loss."""
-    summaries = {}
-    for level, extra_env in [("default", {"ONEDNN_MAX_CPU_ISA": "SSE41"}), ("avx2", {})]:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "ATEN_CPU_CAPABILITY": level, **extra_env}
-        out = tmp_path / level
-        cmd = [
-            sys.executable,
-            "-m",
-            "univg.demo",
-            "--smoke",
-            "--out",
-            str(out),
-            "--set",
-            'grpo_phis=["none"]',
-        ]
-        subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True)
-        summaries[level] = json.loads((out / "summary.json").read_text())
-        numerics = summaries[level]["numerics"]
+    the same numbers, down to every SFT loss. The ``default`` run trains the GRPO row only (phi
+    none); every number it writes equals the ``avx2`` run's (the shared smoke demo, both rows)."""
+    base = demo(tmp_path / "default", "--set", 'grpo_phis=["none"]', ATEN_CPU_CAPABILITY="default",
+                ONEDNN_MAX_CPU_ISA="SSE41")  # fmt: skip
+    summaries = {"default": base, "avx2": smoke_demo[1]}
+    for numerics in (s["numerics"] for s in summaries.values()):
         assert numerics["pinned"] and numerics["aten_cpu_capability"] == "AVX2", numerics
         assert numerics["threads"] == 2 and numerics["MKL_CBWR"] == "AVX2"
     a, b = (_numbers(s) for s in summaries.values())
     assert a["losses"]["CoT-SFT"] and a["losses"]["continued CoT-SFT"]
+    assert "GRPO-Difficulty" in b["rows"] and "GRPO-Difficulty" not in a["rows"]
+    b = {part: {k: v for k, v in b[part].items() if k != "GRPO-Difficulty"} for part in b}
     assert a == b
 
 

@@ -71,8 +71,8 @@ def _run_folder(tmp_path, backbone: dict) -> tuple:
 
 
 def test_a_run_checkpoint_is_built_from_its_saved_config(tmp_path, monkeypatch, capsys):
-    """Before, --init-checkpoint built the default 7B preset whatever the run was (killed for memory,
-    or a wall of size mismatches for the demo's tiny model)."""
+    """--init-checkpoint builds the backbone the run saved in its config, not the default 7B preset
+    (which would be killed for memory, or fail with size mismatches for the demo's tiny model)."""
     from univg.predict import predict_backbone
 
     run, ckpt = _run_folder(tmp_path, {"preset": "tiny", "overrides": {"hidden_size": 32}})

@@ -1,4 +1,4 @@
-"""Evaluation on a shared cluster (issue 32): a resumed evaluation checks each kept row against its
+"""Evaluation on a shared cluster: a resumed evaluation checks each kept row against its
 record, and a predictions folder is owned by one run at a time.
 
 A scripted module answers instead of a model and records the ids it was asked, so "recomputed"

@@ -3,16 +3,15 @@ of truth: the composed configs equal what the demo builds); SEEDS runs the grid 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
-import io
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import print_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,23 +33,11 @@ def univg_commands(stdout: str) -> list[list[str]]:
 
 @pytest.mark.parametrize("target", ["ablation-phi", "table4", "demo"])
 def test_unknown_scale_fails_at_once_with_the_list(target):
-    # before: `make -n ablation-phi SCALE=mini` printed the full-scale 7B commands
+    # an unknown scale is an error, not the full-scale 7B commands
     proc = make_n(target, "SCALE=bogus")
     assert proc.returncode != 0
     assert "unknown SCALE=bogus: choose one of full mini debug" in proc.stderr
     assert "univg" not in proc.stdout  # nothing would have run
-
-
-def print_config(args: list[str]) -> dict:
-    import yaml
-
-    from univg.cli import main
-
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as e:
-        main([*args, "--print_config"])
-    assert e.value.code in (0, None)
-    return yaml.safe_load(out.getvalue())
 
 
 class _Built(Exception):
@@ -214,7 +201,9 @@ def test_hparams_view_lists_the_phi_rows_with_their_test_avg(tmp_path):
     from univg.hparams_view import read_sessions, render
 
     root = tmp_path / "debug"
-    run_grid_in_process("ablation-phi", root, "SCALE=debug")
+    # one optimiser step per fit (GRID_EXTRA, after the scale's overlay): the view reads sessions
+    # and metrics, whatever the step budget
+    run_grid_in_process("ablation-phi", root, "SCALE=debug", "GRID_EXTRA=--trainer.max_steps=1")
     sessions = read_sessions(root)
     fits = {name: s for name, s in sessions.items() if name.startswith("table5_") and name.endswith("/fit")}
     assert sorted(s["1 phi"] for s in fits.values()) == ["exp", "neglog", "none", "square"]

@@ -1,30 +1,29 @@
 """GRPO on 2 CPU processes (gloo) when one process keeps no group: no process waits forever.
 
 With ``drop_zero_variance`` (or dynamic sampling) a process whose groups all have equal rewards
-keeps none. It used to skip the reference and old-policy passes and the policy forward/backward,
-while the other process waited in the matching collective (FSDP's all-gathers, the gradient
-reduction): "Timed out waiting". Here rank 0's completions differ in reward and rank 1's do not,
+keeps none. It still runs the reference and old-policy passes and the policy forward/backward, as
+the other process waits in the matching collectives (FSDP's all-gathers, the gradient reduction):
+skipping them ends in "Timed out waiting". Here rank 0's completions differ in reward and rank 1's do not,
 with a reference (beta > 0), an old policy (num_iterations 2) and chunked log-prob passes. The
 collectives time out after 60 s, so the fault shows as a failure, not a hang.
 
-Each scenario runs this file as a ``torchrun`` worker (Lightning's launchers re-run the calling
-script, which under pytest would be pytest itself); workers write one JSON per rank.
+Each scenario runs this file as a ``torchrun`` worker (tests/torchrun_helpers.py); workers write one
+JSON per rank.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+from torchrun_helpers import run_ranks
 
 HERE = Path(__file__).resolve()
-ROOT = HERE.parent.parent
 MIXED = ["<think>a</think><answer>(10, 10), (500, 500)</answer>", "junk"]  # rewards differ
 SAME = ["junk", "junk"]  # zero variance: dropped
 
@@ -118,13 +117,7 @@ def _worker(mode: str, out: Path) -> None:  # pragma: no cover - runs in torchru
 
 
 def _run(mode: str, out: Path) -> list[dict]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(HERE), mode, str(out)], cwd=out, env=env, capture_output=True, text=True, timeout=400
-    )
-    assert proc.returncode == 0, f"{mode} worker failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return [json.loads((out / f"{mode}_rank{r}.json").read_text()) for r in (0, 1)]
+    return run_ranks(HERE, mode, out, timeout=400)
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ def _peaked(v: int = 300, hdim: int = 16, tokens: int = 20, seed: int = 0):
 
 def test_under_bf16_autocast_the_scored_logits_are_the_sampled_ones() -> None:
     # What generation samples from under bf16-mixed: the head's autocast (bf16) logits, widened for
-    # the softmax. Before, the tiled head scored float32 logits: up to ~0.2 nats apart here.
+    # the softmax. Float32 logits would score up to ~0.2 nats apart from them here.
     h, w, t = _peaked()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         sampled_logits = torch.nn.functional.linear(h, w)  # bf16, as lm_head under autocast
@@ -68,8 +68,8 @@ class _Allocations(TorchDispatchMode):
 
 
 def test_a_bf16_head_backward_makes_no_float32_copy_of_its_gradient() -> None:
-    # Before, the backward accumulated the weight's gradient in a float32 [V, H] buffer and then
-    # copied it to bf16: 6 bytes per head element beside the 2 of the gradient itself.
+    # The backward writes the weight's gradient in bf16 directly: no float32 [V, H] buffer copied
+    # to bf16 afterwards (6 bytes per head element beside the 2 of the gradient itself).
     torch.manual_seed(0)
     v, hdim, n = 4000, 32, 50
     h = torch.randn(n, hdim, requires_grad=True)

@@ -1,5 +1,5 @@
 """``python -m univg.hparams_view`` on runs made without the HParams callback: no crash, the
-skipped folders counted and named (before: ``KeyError: Plugin 'hparams' could not be found``)."""
+skipped folders counted and named (not ``KeyError: Plugin 'hparams' could not be found``)."""
 
 from __future__ import annotations
 

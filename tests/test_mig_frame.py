@@ -1,4 +1,4 @@
-"""MIG-Bench's answer frame (issue 32): decided by a majority of the file's records, so one
+"""MIG-Bench's answer frame: decided by a majority of the file's records, so one
 out-of-range box cannot re-frame the others; the records that disagree are named and counted."""
 
 from __future__ import annotations

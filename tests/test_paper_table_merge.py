@@ -71,7 +71,7 @@ def test_synthetic_run_on_8_of_10_tasks_keeps_the_papers_full_rows_and_says_synt
     write_run_results(_result("mine", "synthetic", list(MIG_TASKS[:8])), tmp_path / "mine")
     md, table = merge_tables([tmp_path], "mig")
     header = next(csv.reader(table.splitlines()))
-    assert header == ["Model", *TITLES, "AVG"]  # before: the two tasks the run lacks were dropped
+    assert header == ["Model", *TITLES, "AVG"]  # the two tasks the run lacks are kept as columns
     rows = _rows(table)
     univg = rows["UniVG-R1 (paper)"]
     assert [float(univg[t]) for t in TITLES] == [PAPER["mig"]["UniVG-R1"][k] for k in MIG_TASKS]

@@ -364,8 +364,8 @@ def test_merge_seeds_reports_mean_and_spread(tmp_path):
 
 
 def test_paper_tables_print_without_results_of_ones_own(capsys):
-    """``python -m univg.reports paper --layout L`` (before: `no results for layout` until one had
-    run something). Checked against the paper's numbers as the data file holds them."""
+    """``python -m univg.reports paper --layout L`` prints the paper's tables before one has run
+    anything. Checked against the paper's numbers as the data file holds them."""
     import json
 
     from univg.reports import main

@@ -15,32 +15,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from debug_fit import CONFIG, final_weights, fit_options, steps_logged
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "configs" / "slurm" / "fit.sbatch"
 
 
-def fit_options(save_dir: Path) -> list[str]:
-    return [
-        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-        "--trainer.logger.init_args.save_dir", str(save_dir), "--trainer.logger.init_args.name", "run",
-        "--trainer.logger.init_args.flush_logs_every_n_steps", "1", "--trainer.log_every_n_steps", "1",
-        "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
-        "--data.init_args.num_train", "96", "--trainer.max_steps", "20",
-    ]  # fmt: skip
-
-
-def steps_logged(csv: Path) -> int:
-    return sum(1 for line in csv.read_text().splitlines()[1:] if line.strip()) if csv.exists() else 0
-
-
-def weights(folder: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(next(folder.glob("epoch=*.ckpt")), map_location="cpu", weights_only=False)
-    return {k: v for k, v in state["state_dict"].items() if k.startswith("model.")}
-
-
 @pytest.mark.slow
-def test_the_sbatch_script_requeues_on_sigterm_and_the_requeued_job_resumes_exactly(tmp_path):
+def test_the_sbatch_script_requeues_on_sigterm_and_the_requeued_job_resumes_exactly(
+    tmp_path, uninterrupted_debug_fit
+):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text('#!/bin/bash\nexec "$@"\n')
@@ -54,12 +38,12 @@ def test_the_sbatch_script_requeues_on_sigterm_and_the_requeued_job_resumes_exac
         "PYTHONPATH": str(ROOT),
         "SLURM_JOB_ID": "4242",
     }
-    job = ["bash", str(SCRIPT), "configs/debug.yaml", *fit_options(tmp_path / "a")]
+    job = ["bash", str(SCRIPT), CONFIG, *fit_options(tmp_path / "a")]
 
     first = subprocess.Popen(job, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     csv = tmp_path / "a" / "run" / "version_0" / "metrics.csv"
     deadline = time.time() + 400
-    while steps_logged(csv) < 3 and first.poll() is None and time.time() < deadline:
+    while len(steps_logged(csv)) < 3 and first.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     first.send_signal(signal.SIGTERM)  # to the batch script, as --signal=B:TERM does
     _, err = first.communicate(timeout=300)
@@ -73,10 +57,6 @@ def test_the_sbatch_script_requeues_on_sigterm_and_the_requeued_job_resumes_exac
     assert f"resuming the interrupted run {checkpoints.parent}" in requeued.stderr
     assert not (tmp_path / "a" / "run" / "version_1").exists()
 
-    reference = subprocess.run(
-        [sys.executable, "-m", "univg", "fit", "--config", "configs/debug.yaml", *fit_options(tmp_path / "b")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    ours, theirs = weights(checkpoints), weights(tmp_path / "b" / "run" / "version_0" / "checkpoints")
+    # the same fit never interrupted (conftest.py: run once for this test and test_cli.py)
+    ours, theirs = final_weights(checkpoints), uninterrupted_debug_fit
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
