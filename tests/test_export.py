@@ -254,8 +254,8 @@ def test_bad_inputs_name_the_problem(full_run, tmp_path, capsys):
 
 
 def test_a_non_empty_out_is_refused_unless_overwrite_which_replaces_it_whole(full_run, tmp_path, capsys):
-    """Before, an export into a used folder mixed old and new files (a stale adapter_config.json made
-    a full export load as an adapter)."""
+    """An export into a used folder must not mix old and new files: a stale adapter_config.json would
+    make a full export load as an adapter."""
     from univg.export import main
 
     ckpt, _ = full_run
