@@ -24,6 +24,31 @@ def tokenizer(processor):
     return processor.tokenizer
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: decoding is many small ops, and on a shared 2-core
+    machine one thread is faster and steadier (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def prompts(processor):
+    """Two prompts of different lengths (left padded): 4 images and 1 image of 56 x 56 (4 tokens each)."""
+    from univg.data import GroundingCollator
+    from univg.data.synthetic import generate_samples
+    from univg.rl.rollout import model_inputs
+
+    samples = generate_samples(1, tasks=["common_object"], image_size=56, seed=0, num_images=4)
+    samples += generate_samples(1, tasks=["single"], image_size=56, seed=1)
+    batch = GroundingCollator(processor, mode="generate")(samples)
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert lengths[0] > lengths[1]  # the second row is left padded
+    return model_inputs(batch)
+
+
 @pytest.fixture()
 def tiny_model():
     from univg.model.backbone import BackboneSpec

@@ -31,7 +31,6 @@ from univg.rl.rollout import (
     draw_categorical,
     generate,
     head_logprobs,
-    model_inputs,
     sample_next,
 )
 
@@ -39,24 +38,7 @@ IM_END, ENDOFTEXT = EOS_IDS
 V = 151936
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # decoding is many small ops: on a shared 2-core machine one thread is faster and steadier
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def prompts(processor):
-    """Two prompts of different lengths (left padded): 4 images and 1 image of 56 x 56 (4 tokens each)."""
-    samples = generate_samples(1, tasks=["common_object"], image_size=56, seed=0, num_images=4)
-    samples += generate_samples(1, tasks=["single"], image_size=56, seed=1)
-    batch = GroundingCollator(processor, mode="generate")(samples)
-    lengths = batch["attention_mask"].sum(1).tolist()
-    assert lengths[0] > lengths[1]  # the second row is left padded
-    return model_inputs(batch)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,8 +23,6 @@ import copy
 import pytest
 import torch
 
-from univg.data import GroundingCollator
-from univg.data.synthetic import generate_samples
 from univg.engines import HFGenerate, SharedPrefill
 from univg.model.backbone import BackboneSpec
 from univg.model.tokenizer import IMAGE_TOKEN_ID
@@ -34,7 +32,6 @@ from univg.rl.rollout import (
     SamplingSpec,
     explicit_generation_config,
     generate,
-    model_inputs,
     repeat_prompts,
 )
 from univg.rl.rollout.sampling import generate_shared
@@ -43,23 +40,7 @@ from univg.rl.rollout.static_decode import StaticDecoder
 IM_END = EOS_IDS[0]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def prompts(processor):
-    """Two prompts of different lengths (left padded): 4 images and 1 image of 56 x 56."""
-    samples = generate_samples(1, tasks=["common_object"], image_size=56, seed=0, num_images=4)
-    samples += generate_samples(1, tasks=["single"], image_size=56, seed=1)
-    batch = GroundingCollator(processor, mode="generate")(samples)
-    lengths = batch["attention_mask"].sum(1).tolist()
-    assert lengths[0] > lengths[1]
-    return model_inputs(batch)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
