@@ -349,3 +349,22 @@ def test_init_checkpoint_reads_a_sharded_fsdp_folder(tmp_path):
     load_model_weights(fresh, folder)
     for (name, a), b in zip(trained.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_padding_groups_score_with_weight_zero_and_leave_the_loss(monkeypatch):
+    """A process that kept 1 of 3 groups, padded to the 2 another process kept: the padding group is
+    scored (weight 0) but its rows do not count in the loss or the logs (hand-written masks)."""
+    import univg.modules.grpo.scored as scored
+
+    keep = torch.tensor([True, False, False])
+    monkeypatch.setattr(
+        scored,
+        "pad_kept_groups",
+        lambda k: (k | torch.tensor([False, True, False]), torch.tensor([False, True, False])),
+    )
+    groups, weights, loss_rows = scored.groups_to_score(keep, torch.tensor([2.0]), group_size=2, pad=True)
+    assert groups.tolist() == [True, True, False]
+    assert weights.tolist() == [2.0, 0.0]
+    assert loss_rows.tolist() == [True, True, False, False]
+    # without dropping nothing is padded
+    assert scored.groups_to_score(keep, torch.tensor([2.0]), 2, pad=False)[2] is None
