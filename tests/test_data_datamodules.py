@@ -40,10 +40,8 @@ def test_defaults_per_dataset():
 
 
 def test_subclasses_pass_every_shared_argument_on():
-    """Synthetic and Mixture modules hand their shared arguments to the base unchanged, and list
-    them explicitly in their own signatures (LightningCLI's --print_config reads signatures)."""
-    import inspect
-
+    """Synthetic, Mixture and VOS modules take the base's arguments through ``**kwargs`` and hand
+    every one to the base unchanged; their own defaults come from class attributes."""
     from univg.data import MixtureDataModule
 
     kw = dict(
@@ -61,11 +59,21 @@ def test_subclasses_pass_every_shared_argument_on():
         shuffle=False,
         max_length=77,
         frame="normalised",
+        skip_invalid=True,
+        limit=4,
+        degenerate_boxes="skip",
+        val_count=9,
+        two_step_resize=True,
     )
     sources = [{"format": "cot_sft", "path": "a.json", "count": 2}]
-    mixture = MixtureDataModule(sources, skip_invalid=True, limit=4, **kw)
-    assert (mixture.skip_invalid, mixture.limit) == (True, 4)
-    for dm in (SyntheticDataModule(**kw), mixture):
+    vos = VOSDataModule(num_frames=6, test_file="t.json", eval_format="vos", eval_image_root="/r", **kw)
+    assert (vos.num_frames, vos.files["test"], vos.eval_format, vos.eval_image_root) == (
+        6,
+        "t.json",
+        "vos",
+        "/r",
+    )
+    for dm in (SyntheticDataModule(num_train=2, **kw), MixtureDataModule(sources, **kw), vos):
         assert (dm.prompt_template, dm.target_format, dm.train_mode, dm.eval_mode) == (
             "plain",
             "answer",
@@ -75,10 +83,49 @@ def test_subclasses_pass_every_shared_argument_on():
         assert (dm.batch_size, dm.eval_batch_size, dm.num_workers) == (3, 5, 2)
         assert (dm.min_pixels, dm.max_pixels, dm.processor_path) == (1234, 99_999, "proc")
         assert (dm.seed, dm.shuffle, dm.max_length, dm.frame) == (7, False, 77, "normalised")
-        params = inspect.signature(type(dm).__init__).parameters
-        assert set(kw) <= set(params)
-        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    assert SyntheticDataModule().skip_invalid is False and SyntheticDataModule().files["train"] is None
+        assert (dm.skip_invalid, dm.limit, dm.degenerate_boxes, dm.val_count) == (True, 4, "skip", 9)
+        assert dm.two_step_resize is True
+    defaults = [
+        (m.target_format, m.batch_size, m.eval_batch_size)
+        for m in (SyntheticDataModule(), MixtureDataModule(sources), VOSDataModule(), GroundingDataModule())
+    ]
+    assert defaults == [("auto", 8, 8), ("auto", 1, 1), ("cot", 1, 1), ("cot", 1, 1)]
+
+
+@pytest.mark.parametrize("cls", ["SyntheticDataModule", "MixtureDataModule"])
+@pytest.mark.parametrize("name", ["train_file", "test_file", "image_root", "format", "eval_format"])
+def test_modules_that_make_their_samples_refuse_file_arguments(cls, name):
+    import univg.data
+
+    extra = (
+        {"sources": [{"format": "cot_sft", "path": "a.json", "count": 2}]}
+        if cls == "MixtureDataModule"
+        else {}
+    )
+    with pytest.raises(ValueError, match=f"{cls} makes its own samples.*data.init_args.{name} \\('x'\\)"):
+        getattr(univg.data, cls)(**extra, **{name: "x"})
+
+
+def test_shared_arguments_parse_and_fail_at_parse_time(capsys):
+    """The command line sees the base's arguments on a subclass (resolved by jsonargparse through
+    ``**kwargs``): they resolve with their values, and a misspelt key or a wrong type fails before
+    anything is built, naming the key."""
+    from cli_helpers import DEBUG, one_error_line, print_config
+
+    init = print_config(
+        ["fit", "--config", DEBUG, "--data.init_args.val_count=3", "--data.init_args.limit=5"]
+    )["data"]["init_args"]
+    assert (init["val_count"], init["limit"], init["num_train"], init["degenerate_boxes"]) == (
+        3,
+        5,
+        48,
+        "swap",
+    )
+    assert {"two_step_resize", "eval_batch_size", "max_length", "skip_invalid"} <= set(init)
+    assert "batchsize" in one_error_line(capsys, ["fit", "--config", DEBUG, "--data.init_args.batchsize=3"])
+    assert "degenerate_boxes" in one_error_line(
+        capsys, ["fit", "--config", DEBUG, "--data.init_args.degenerate_boxes=keep"]
+    )
 
 
 def test_mig_bench_test_batch(processor, tmp_path, capsys):

@@ -381,15 +381,33 @@ def condense_parse_error(message: str) -> str:
     ...     - Expected a <class 'NoneType'>
     ...   Given value: NestedArg(key='backbone.preset', val='qwen9')''')
     "model.init_args.backbone.preset: Expected a Literal['tiny']. Got value: qwen9"
+    >>> condense_parse_error('''Parser key "data":
+    ...   Errors:
+    ...     - Problem with given class_path 'univg.data.SyntheticDataModule':
+    ...         Parser key "batch_size":
+    ...           Errors:
+    ...             - Expected a <class 'int'>
+    ...             - Expected a <class 'NoneType'>
+    ...           Given value type: <class 'str'>
+    ...           Given value: four
+    ...     - Expected a <class 'NoneType'>''')
+    "data.init_args.batch_size: Expected a <class 'int'>. Got value: four"
     >>> condense_parse_error("unrecognized arguments: --trainer.max_stepz 3")
     'unrecognized arguments: --trainer.max_stepz 3'
     """
     stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing "Parser key" lines
+    found: tuple[int, str] | None = None  # a complaint without its value, and its key's indent
     for raw in message.splitlines():
         line = raw.strip()
         if not line:
             continue
         indent = len(raw) - len(raw.lstrip())
+        if found is not None:  # an optional field's report gives the value after the complaint
+            if indent <= found[0]:
+                break
+            if line.startswith("Given value: "):
+                return f"{found[1]}. Got value: {line.removeprefix('Given value: ')}"
+            continue
         while stack and stack[-1][0] >= indent:
             stack.pop()
         key = _KEY.match(line)
@@ -405,8 +423,11 @@ def condense_parse_error(message: str) -> str:
         if unknown is not None:  # name the unknown key itself: model.init_args.lrr
             stack.append((indent, unknown.group(1)))
             text = "no such option"
-        return f"{_dotted(stack)}: {text}" if stack else text
-    return " ".join(message.split())
+        complaint = f"{_dotted(stack)}: {text}" if stack else text
+        if "Got value" in text or not stack:
+            return complaint
+        found = (stack[-1][0], complaint)
+    return found[1] if found is not None else " ".join(message.split())
 
 
 def _dotted(stack: list[tuple[int, str]]) -> str:

@@ -19,10 +19,9 @@ splits are read with the readers' ``keep`` (flagged; the evaluation decides how 
 
 from __future__ import annotations
 
-import inspect
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 import lightning as L
@@ -37,6 +36,17 @@ from univg.model.presets import FAMILIES
 from univg.model.tokenizer import MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
 
 SPLITS = ("train", "val", "test")
+
+#: The arguments that name files to read; a module with ``READS_FILES = False`` refuses them.
+FILE_ARGUMENTS = (
+    "train_file",
+    "val_file",
+    "test_file",
+    "image_root",
+    "format",
+    "eval_format",
+    "eval_image_root",
+)
 
 #: What training data does with an inverted or empty box (the readers' ``keep`` is not offered:
 #: a kept inverted box would become a training target).
@@ -60,8 +70,8 @@ class GroundingDataModule(L.LightningDataModule):
     """Train/val/test files of one format -> collated batches.
 
     ``format`` names the reader (see :data:`univg.data.READERS`); subclasses fix it. ``None`` for
-    ``prompt_template``/``max_pixels`` means the class default (``DEFAULT_TEMPLATE``,
-    ``DEFAULT_MAX_PIXELS``). ``limit`` keeps the first N samples of each split (smoke runs).
+    ``prompt_template``, ``max_pixels``, ``target_format``, ``train_mode`` and ``batch_size`` means
+    the class default (``DEFAULT_TEMPLATE``, ``DEFAULT_MAX_PIXELS``, ...). ``limit`` keeps the first N samples of each split (smoke runs).
     ``seed`` drives the train shuffle. Reader reports are printed as one line per file.
 
     ``eval_format``/``eval_image_root`` read ``val_file``/``test_file`` with another reader than
@@ -79,6 +89,11 @@ class GroundingDataModule(L.LightningDataModule):
     DEFAULT_TEMPLATE: ClassVar[str] = "reasoning"
     DEFAULT_MAX_PIXELS: ClassVar[int] = TRAIN_MAX_PIXELS
     DEFAULT_TRAIN_MODE: ClassVar[str] = "train"
+    DEFAULT_TARGET_FORMAT: ClassVar[str] = "cot"
+    DEFAULT_BATCH_SIZE: ClassVar[int] = 1
+    #: False for a module that makes its own samples (synthetic, mixtures): the file arguments
+    #: (:data:`FILE_ARGUMENTS`) are refused rather than silently ignored.
+    READS_FILES: ClassVar[bool] = True
     #: The benchmark this module evaluates (a key of ``univg.evaluation.tables.BENCHMARKS``); None:
     #: the class name without ``DataModule``. A dataset whose files name their split overrides
     #: :meth:`benchmark`.
@@ -92,10 +107,10 @@ class GroundingDataModule(L.LightningDataModule):
         image_root: str | None = None,
         format: str | None = None,
         prompt_template: str | None = None,
-        target_format: str = "cot",
+        target_format: str | None = None,
         train_mode: str | None = None,
         eval_mode: str = "generate",
-        batch_size: int = 1,
+        batch_size: int | None = None,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         min_pixels: int = MIN_PIXELS,
@@ -115,6 +130,14 @@ class GroundingDataModule(L.LightningDataModule):
         two_step_resize: bool = False,
     ) -> None:
         super().__init__()
+        given = locals()
+        if not self.READS_FILES:
+            for name in FILE_ARGUMENTS:
+                if given[name] is not None:
+                    raise ValueError(
+                        f"{type(self).__name__} makes its own samples and reads no files: "
+                        f"data.init_args.{name} ({given[name]!r}) is not one of its arguments"
+                    )
         if self.FORMAT is not None and format not in (None, self.FORMAT):
             raise ValueError(f"{type(self).__name__} reads format {self.FORMAT!r}, not {format!r}")
         self.format = self.FORMAT or format
@@ -131,9 +154,9 @@ class GroundingDataModule(L.LightningDataModule):
                 raise ValueError(f"{name} must be >= 1, got {size}")
         self.image_root = image_root
         self.prompt_template = prompt_template or self.DEFAULT_TEMPLATE
-        self.target_format = target_format
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
+        self.target_format = target_format or self.DEFAULT_TARGET_FORMAT
+        self.batch_size = batch_size or self.DEFAULT_BATCH_SIZE
+        self.eval_batch_size = eval_batch_size or self.batch_size
         self.num_workers = num_workers
         self.min_pixels = min_pixels
         self.max_pixels = max_pixels or self.DEFAULT_MAX_PIXELS
@@ -158,19 +181,6 @@ class GroundingDataModule(L.LightningDataModule):
         self.two_step_resize = two_step_resize
         self.samples: dict[str, list[GroundingSample] | None] = dict.fromkeys(SPLITS)
         self._processor: Any = None
-
-    @classmethod
-    def _base_args(cls, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The arguments of :meth:`GroundingDataModule.__init__` found in ``values`` (a subclass's
-        ``locals()`` at the top of its ``__init__``), to pass on to it unchanged.
-
-        A subclass still lists every argument it takes in its own signature, because
-        LightningCLI/jsonargparse reads signatures (``--print_config``, YAML checks); this spares it
-        naming each shared one a second time in the ``super().__init__`` call, where a new
-        argument could be forgotten and silently keep the base default.
-        """
-        names = list(inspect.signature(GroundingDataModule.__init__).parameters)[1:]  # not self
-        return {name: values[name] for name in names if name in values}
 
     # ---- reading ---------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from univg.core.sample_types import GroundingSample
 from univg.data.datamodules import SPLITS, GroundingDataModule
-from univg.model.tokenizer import LISA_MAX_PIXELS, MIN_PIXELS
+from univg.model.tokenizer import LISA_MAX_PIXELS
 
 _REFCOCO_RE = re.compile(r"(refcoco(?:\+|p|plus|g)?)[_\-/]?(val|testa|testb|test)", re.IGNORECASE)
 
@@ -92,42 +92,18 @@ class VOSDataModule(GroundingDataModule):
     DEFAULT_TEMPLATE = "vos"
     DEFAULT_MAX_PIXELS = LISA_MAX_PIXELS
 
-    def benchmark(self, stage: str) -> str:
-        name = self.eval_file_name(stage)
-        return "revos" if "revos" in name else "reasonvos" if "reason" in name else "vos"
-
-    def __init__(
-        self,
-        train_file: str | None = None,
-        val_file: str | None = None,
-        test_file: str | None = None,
-        image_root: str | None = None,
-        prompt_template: str | None = None,
-        target_format: str = "cot",
-        train_mode: str | None = None,
-        eval_mode: str = "generate",
-        batch_size: int = 1,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        min_pixels: int = MIN_PIXELS,
-        max_pixels: int | None = None,
-        processor_path: str | None = None,
-        skip_invalid: bool = False,
-        limit: int | None = None,
-        seed: int = 0,
-        shuffle: bool = True,
-        max_length: int | None = None,
-        frame: str = "qwen2-vl",
-        backbone_family: str = "qwen2-vl",
-        two_step_resize: bool = False,
-        num_frames: int | None = None,
-    ) -> None:
-        super().__init__(**self._base_args(locals()))
+    def __init__(self, num_frames: int | None = None, **kwargs: Any) -> None:
+        """``num_frames`` (module docstring); every other argument is :class:`GroundingDataModule`'s."""
+        super().__init__(**kwargs)
         if num_frames is not None and num_frames < 3:
             raise ValueError(
                 f"num_frames must be at least 3 (the target is the third frame) or null, got {num_frames}"
             )
         self.num_frames = num_frames
+
+    def benchmark(self, stage: str) -> str:
+        name = self.eval_file_name(stage)
+        return "revos" if "revos" in name else "reasonvos" if "reason" in name else "vos"
 
     def reader_options(self, split: str) -> dict[str, Any]:
         return {"num_frames": self.num_frames}
@@ -141,6 +117,10 @@ class SyntheticDataModule(GroundingDataModule):
     (the generator writes a short reasoning chain for every sample).
     """
 
+    DEFAULT_TARGET_FORMAT = "auto"
+    DEFAULT_BATCH_SIZE = 8
+    READS_FILES = False
+
     def __init__(
         self,
         num_train: int = 64,
@@ -149,23 +129,11 @@ class SyntheticDataModule(GroundingDataModule):
         tasks: list[str] | None = None,
         image_size: int = 112,
         synthetic: dict[str, Any] | None = None,
-        prompt_template: str | None = None,
-        target_format: str = "auto",
-        train_mode: str | None = None,
-        eval_mode: str = "generate",
-        batch_size: int = 8,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        min_pixels: int = MIN_PIXELS,
-        max_pixels: int | None = None,
-        processor_path: str | None = None,
-        seed: int = 0,
-        shuffle: bool = True,
-        max_length: int | None = None,
-        frame: str = "qwen2-vl",
-        backbone_family: str = "qwen2-vl",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**self._base_args(locals()))
+        """The counts, tasks and generator settings; every other argument is
+        :class:`GroundingDataModule`'s (file arguments refused)."""
+        super().__init__(**kwargs)
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.tasks = tasks
         self.image_size = image_size

@@ -27,10 +27,9 @@ from dataclasses import replace
 from typing import Any
 
 from univg.core.sample_types import GroundingSample
-from univg.data.datamodules import GroundingDataModule, TrainDegeneratePolicy
+from univg.data.datamodules import GroundingDataModule
 from univg.data.readers import read_samples
 from univg.data.readers.sources import SOURCE_KINDS
-from univg.model.tokenizer import MIN_PIXELS
 
 _SOURCE_KEYS = {
     "format",
@@ -176,31 +175,19 @@ class MixtureDataModule(GroundingDataModule):
             target_format: auto
     """
 
+    DEFAULT_TARGET_FORMAT = "auto"
+    READS_FILES = False
+
     def __init__(
         self,
         sources: list[dict[str, Any]],
         val_sources: list[dict[str, Any]] | None = None,
         test_sources: list[dict[str, Any]] | None = None,
-        seed: int = 0,
-        prompt_template: str | None = None,
-        target_format: str = "auto",
-        train_mode: str | None = None,
-        eval_mode: str = "generate",
-        batch_size: int = 1,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        min_pixels: int = MIN_PIXELS,
-        max_pixels: int | None = None,
-        processor_path: str | None = None,
-        skip_invalid: bool = False,
-        limit: int | None = None,
-        shuffle: bool = True,
-        max_length: int | None = None,
-        frame: str = "qwen2-vl",
-        backbone_family: str = "qwen2-vl",
-        degenerate_boxes: TrainDegeneratePolicy = "swap",
+        **kwargs: Any,
     ) -> None:
-        super().__init__(**self._base_args(locals()))  # every argument above but the three sources
+        """The sources of each split; every other argument is :class:`GroundingDataModule`'s
+        (file arguments refused: each source names its own file)."""
+        super().__init__(**kwargs)
         for i, src in enumerate(sources):
             _check_source(i, src)  # fail at construction, not after minutes of reading
         self.sources = {"train": list(sources), "val": val_sources, "test": test_sources}
