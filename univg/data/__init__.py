@@ -33,6 +33,7 @@ from univg.data.schema import ReadReport, SampleList, validate_sample
 
 _LAZY = {
     "GroundingCollator": "univg.data.collate",
+    "BaseDataModule": "univg.data.datamodules",
     "GroundingDataModule": "univg.data.datamodules",
     "MIGBenchDataModule": "univg.data.datasets",
     "MGroundingDataModule": "univg.data.datasets",

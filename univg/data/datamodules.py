@@ -1,8 +1,9 @@
 """Lightning data modules, usable from YAML (``data.class_path: univg.data.MIGBenchDataModule``).
 
-:class:`GroundingDataModule` reads files with a registered reader, keeps the samples in memory
-(images stay paths until a batch needs them) and collates with :class:`GroundingCollator`.
-One subclass per dataset (:mod:`univg.data.datasets`) fixes the format, sensible defaults (prompt
+:class:`BaseDataModule` holds what every data module shares (the one argument set, the samples
+of each split in memory, images staying paths until a batch needs them, collation with
+:class:`GroundingCollator`); :class:`GroundingDataModule` reads files with a registered reader.
+One subclass of it per dataset (:mod:`univg.data.datasets`) fixes the format, sensible defaults (prompt
 template, pixel limits) and the benchmark it evaluates; :class:`~univg.data.datasets.SyntheticDataModule`
 generates in-memory samples; :class:`~univg.data.mixture.MixtureDataModule` draws a seeded mixture
 of sources.
@@ -37,17 +38,6 @@ from univg.model.tokenizer import MIN_PIXELS, TRAIN_MAX_PIXELS, load_processor
 
 SPLITS = ("train", "val", "test")
 
-#: The arguments that name files to read; a module with ``READS_FILES = False`` refuses them.
-FILE_ARGUMENTS = (
-    "train_file",
-    "val_file",
-    "test_file",
-    "image_root",
-    "format",
-    "eval_format",
-    "eval_image_root",
-)
-
 #: What training data does with an inverted or empty box (the readers' ``keep`` is not offered:
 #: a kept inverted box would become a training target).
 TrainDegeneratePolicy = Literal["swap", "skip", "error"]
@@ -66,34 +56,30 @@ class SampleDataset(Dataset):
         return self.samples[i]
 
 
-class GroundingDataModule(L.LightningDataModule):
-    """Train/val/test files of one format -> collated batches.
+class BaseDataModule(L.LightningDataModule):
+    """What every univg data module takes and does: in-memory samples per split -> collated batches.
 
-    ``format`` names the reader (see :data:`univg.data.READERS`); subclasses fix it. ``None`` for
-    ``prompt_template``, ``max_pixels``, ``target_format``, ``train_mode`` and ``batch_size`` means
-    the class default (``DEFAULT_TEMPLATE``, ``DEFAULT_MAX_PIXELS``, ...). ``limit`` keeps the first N samples of each split (smoke runs).
-    ``seed`` drives the train shuffle. Reader reports are printed as one line per file.
+    Subclasses say where the samples come from (:meth:`read_split`): files
+    (:class:`GroundingDataModule` and the per-dataset modules), the synthetic generator or a
+    mixture of sources. ``None`` for ``prompt_template``, ``max_pixels``, ``target_format``,
+    ``train_mode`` and ``batch_size`` means the class default (``DEFAULT_TEMPLATE``,
+    ``DEFAULT_MAX_PIXELS``, ...). ``limit`` keeps the first N samples of each split (smoke runs).
+    ``seed`` drives the train shuffle.
 
-    ``eval_format``/``eval_image_root`` read ``val_file``/``test_file`` with another reader than
-    the training file (e.g. MIG-Bench beside the stage-1 file; default: ``format``/``image_root``);
     ``val_count`` keeps a seeded draw of that many validation samples (all when ``None``), so a
     periodic validation sees every task of a file sorted by task. ``degenerate_boxes`` is the
-    training file's box policy (module docstring).
+    training data's box policy (module docstring).
     ``frame`` and ``backbone_family`` are the model's (linked from it by the CLI): the coordinates the
     targets are written in, and the family whose image processor is used without ``processor_path``.
     ``two_step_resize`` resizes each image to multiples of 28 before the processor's own resize,
     as the release's evaluation did (:mod:`univg.data.release_resize`); off: one resize.
     """
 
-    FORMAT: ClassVar[str | None] = None
     DEFAULT_TEMPLATE: ClassVar[str] = "reasoning"
     DEFAULT_MAX_PIXELS: ClassVar[int] = TRAIN_MAX_PIXELS
     DEFAULT_TRAIN_MODE: ClassVar[str] = "train"
     DEFAULT_TARGET_FORMAT: ClassVar[str] = "cot"
     DEFAULT_BATCH_SIZE: ClassVar[int] = 1
-    #: False for a module that makes its own samples (synthetic, mixtures): the file arguments
-    #: (:data:`FILE_ARGUMENTS`) are refused rather than silently ignored.
-    READS_FILES: ClassVar[bool] = True
     #: The benchmark this module evaluates (a key of ``univg.evaluation.tables.BENCHMARKS``); None:
     #: the class name without ``DataModule``. A dataset whose files name their split overrides
     #: :meth:`benchmark`.
@@ -101,11 +87,6 @@ class GroundingDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        train_file: str | None = None,
-        val_file: str | None = None,
-        test_file: str | None = None,
-        image_root: str | None = None,
-        format: str | None = None,
         prompt_template: str | None = None,
         target_format: str | None = None,
         train_mode: str | None = None,
@@ -124,26 +105,12 @@ class GroundingDataModule(L.LightningDataModule):
         frame: str = "qwen2-vl",
         backbone_family: str = "qwen2-vl",
         degenerate_boxes: TrainDegeneratePolicy = "swap",
-        eval_format: str | None = None,
-        eval_image_root: str | None = None,
         val_count: int | None = None,
         two_step_resize: bool = False,
     ) -> None:
         super().__init__()
-        given = locals()
-        if not self.READS_FILES:
-            for name in FILE_ARGUMENTS:
-                if given[name] is not None:
-                    raise ValueError(
-                        f"{type(self).__name__} makes its own samples and reads no files: "
-                        f"data.init_args.{name} ({given[name]!r}) is not one of its arguments"
-                    )
-        if self.FORMAT is not None and format not in (None, self.FORMAT):
-            raise ValueError(f"{type(self).__name__} reads format {self.FORMAT!r}, not {format!r}")
-        self.format = self.FORMAT or format
-        self.files = {"train": train_file, "val": val_file, "test": test_file}
-        if self.format is None and any(self.files.values()):
-            raise ValueError("GroundingDataModule needs `format` (one of univg.data.READERS) to read files")
+        #: the files read per split (the file-reading modules set them; named in errors)
+        self.files: dict[str, str | None] = dict.fromkeys(SPLITS)
         self.train_mode = train_mode or self.DEFAULT_TRAIN_MODE
         for name, mode in (("train_mode", self.train_mode), ("eval_mode", eval_mode)):
             if mode not in MODES:
@@ -152,7 +119,6 @@ class GroundingDataModule(L.LightningDataModule):
         for name, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if size is not None and size < 1:  # torch's DataLoader would fail later, naming no key
                 raise ValueError(f"{name} must be >= 1, got {size}")
-        self.image_root = image_root
         self.prompt_template = prompt_template or self.DEFAULT_TEMPLATE
         self.target_format = target_format or self.DEFAULT_TARGET_FORMAT
         self.batch_size = batch_size or self.DEFAULT_BATCH_SIZE
@@ -175,8 +141,6 @@ class GroundingDataModule(L.LightningDataModule):
         if val_count is not None and val_count < 1:
             raise ValueError(f"val_count must be a positive number of samples or null, got {val_count}")
         self.degenerate_boxes = degenerate_boxes
-        self.eval_format = eval_format
-        self.eval_image_root = eval_image_root
         self.val_count = val_count
         self.two_step_resize = two_step_resize
         self.samples: dict[str, list[GroundingSample] | None] = dict.fromkeys(SPLITS)
@@ -185,31 +149,8 @@ class GroundingDataModule(L.LightningDataModule):
     # ---- reading ---------------------------------------------------------------------------------
 
     def read_split(self, split: str) -> list[GroundingSample] | None:
-        """The samples of ``split`` (``None`` when it has no file). Subclasses override this."""
-        path = self.files[split]
-        if path is None:
-            return None
-        if split == "train":
-            fmt, root, degenerate = self.format, self.image_root, self.degenerate_boxes
-        else:
-            fmt = self.eval_format or self.format
-            root = self.eval_image_root if self.eval_image_root is not None else self.image_root
-            degenerate = "keep"
-        samples = read_samples(
-            path,
-            fmt,
-            image_root=root,
-            skip_invalid=self.skip_invalid,
-            degenerate=degenerate,
-            **self.reader_options(split),
-        )
-        if samples.report is not None:
-            print(f"[univg.data] {split}: {samples.report.summary()}")
-        return samples
-
-    def reader_options(self, split: str) -> dict[str, Any]:
-        """Further keyword arguments of the reader of ``split`` (a subclass's own reader settings)."""
-        return {}
+        """The samples of ``split`` (``None`` when it has none). Subclasses implement this."""
+        raise NotImplementedError(f"{type(self).__name__} does not say where its {split} samples come from")
 
     def setup(self, stage: str | None = None) -> None:
         for split in SPLITS:
@@ -327,3 +268,67 @@ class GroundingDataModule(L.LightningDataModule):
     def eval_file_name(self, stage: str) -> str:
         """The lower-case file name read at ``stage`` ("" when none)."""
         return os.path.basename(str(self.files.get("val" if stage == "val" else "test") or "")).lower()
+
+
+class GroundingDataModule(BaseDataModule):
+    """Train/val/test files of one format -> collated batches.
+
+    ``format`` names the reader (see :data:`univg.data.READERS`); the per-dataset subclasses fix it.
+    ``eval_format``/``eval_image_root`` read ``val_file``/``test_file`` with another reader than
+    the training file (e.g. MIG-Bench beside the stage-1 file; default: ``format``/``image_root``).
+    Reader reports are printed as one line per file. Every other argument is
+    :class:`BaseDataModule`'s.
+    """
+
+    FORMAT: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        train_file: str | None = None,
+        val_file: str | None = None,
+        test_file: str | None = None,
+        image_root: str | None = None,
+        format: str | None = None,
+        eval_format: str | None = None,
+        eval_image_root: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if self.FORMAT is not None and format not in (None, self.FORMAT):
+            raise ValueError(f"{type(self).__name__} reads format {self.FORMAT!r}, not {format!r}")
+        self.format = self.FORMAT or format
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        if self.format is None and any(self.files.values()):
+            raise ValueError("GroundingDataModule needs `format` (one of univg.data.READERS) to read files")
+        self.image_root = image_root
+        self.eval_format = eval_format
+        self.eval_image_root = eval_image_root
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    def read_split(self, split: str) -> list[GroundingSample] | None:
+        """The samples of ``split`` (``None`` when it has no file). Subclasses override this."""
+        path = self.files[split]
+        if path is None:
+            return None
+        if split == "train":
+            fmt, root, degenerate = self.format, self.image_root, self.degenerate_boxes
+        else:
+            fmt = self.eval_format or self.format
+            root = self.eval_image_root if self.eval_image_root is not None else self.image_root
+            degenerate = "keep"
+        samples = read_samples(
+            path,
+            fmt,
+            image_root=root,
+            skip_invalid=self.skip_invalid,
+            degenerate=degenerate,
+            **self.reader_options(split),
+        )
+        if samples.report is not None:
+            print(f"[univg.data] {split}: {samples.report.summary()}")
+        return samples
+
+    def reader_options(self, split: str) -> dict[str, Any]:
+        """Further keyword arguments of the reader of ``split`` (a subclass's own reader settings)."""
+        return {}

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from univg.core.sample_types import GroundingSample
-from univg.data.datamodules import SPLITS, GroundingDataModule
+from univg.data.datamodules import SPLITS, BaseDataModule, GroundingDataModule
 from univg.model.tokenizer import LISA_MAX_PIXELS
 
 _REFCOCO_RE = re.compile(r"(refcoco(?:\+|p|plus|g)?)[_\-/]?(val|testa|testb|test)", re.IGNORECASE)
@@ -93,7 +93,7 @@ class VOSDataModule(GroundingDataModule):
     DEFAULT_MAX_PIXELS = LISA_MAX_PIXELS
 
     def __init__(self, num_frames: int | None = None, **kwargs: Any) -> None:
-        """``num_frames`` (module docstring); every other argument is :class:`GroundingDataModule`'s."""
+        """``num_frames`` (class docstring); every other argument is :class:`GroundingDataModule`'s."""
         super().__init__(**kwargs)
         if num_frames is not None and num_frames < 3:
             raise ValueError(
@@ -109,7 +109,7 @@ class VOSDataModule(GroundingDataModule):
         return {"num_frames": self.num_frames}
 
 
-class SyntheticDataModule(GroundingDataModule):
+class SyntheticDataModule(BaseDataModule):
     """Seeded in-memory synthetic grounding (:func:`univg.data.synthetic.generate_samples`).
 
     Train, val and test use seeds ``seed``, ``seed + 1``, ``seed + 2`` so they never share samples.
@@ -119,7 +119,6 @@ class SyntheticDataModule(GroundingDataModule):
 
     DEFAULT_TARGET_FORMAT = "auto"
     DEFAULT_BATCH_SIZE = 8
-    READS_FILES = False
 
     def __init__(
         self,
@@ -131,8 +130,7 @@ class SyntheticDataModule(GroundingDataModule):
         synthetic: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        """The counts, tasks and generator settings; every other argument is
-        :class:`GroundingDataModule`'s (file arguments refused)."""
+        """The counts, tasks and generator settings; every other argument is :class:`BaseDataModule`'s."""
         super().__init__(**kwargs)
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.tasks = tasks

@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from univg.core.sample_types import GroundingSample
-from univg.data.datamodules import GroundingDataModule
+from univg.data.datamodules import BaseDataModule
 from univg.data.readers import read_samples
 from univg.data.readers.sources import SOURCE_KINDS
 
@@ -160,7 +160,7 @@ def mixture_table(rows: Sequence[tuple[str, str, int, int, Mapping[str, int]]]) 
     return "\n".join(lines)
 
 
-class MixtureDataModule(GroundingDataModule):
+class MixtureDataModule(BaseDataModule):
     """Train on a seeded mixture of ``sources``; optional val/test sources (drawn the same way).
 
     For custom mixes (the stage configs read the release's files whole instead). Example, Table 4's
@@ -176,7 +176,6 @@ class MixtureDataModule(GroundingDataModule):
     """
 
     DEFAULT_TARGET_FORMAT = "auto"
-    READS_FILES = False
 
     def __init__(
         self,
@@ -185,8 +184,8 @@ class MixtureDataModule(GroundingDataModule):
         test_sources: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> None:
-        """The sources of each split; every other argument is :class:`GroundingDataModule`'s
-        (file arguments refused: each source names its own file)."""
+        """The sources of each split (each names its own file); every other argument is
+        :class:`BaseDataModule`'s."""
         super().__init__(**kwargs)
         for i, src in enumerate(sources):
             _check_source(i, src)  # fail at construction, not after minutes of reading
@@ -198,7 +197,7 @@ class MixtureDataModule(GroundingDataModule):
         if not sources:
             return None
         print(f"[univg.data] {split} mixture (seed {self.seed}):")
-        degenerate = self.degenerate_boxes if split == "train" else "keep"  # as GroundingDataModule
+        degenerate = self.degenerate_boxes if split == "train" else "keep"  # as the file modules
         samples, self.tables[split] = draw_mixture(
             sources, seed=self.seed, skip_invalid=self.skip_invalid, degenerate=degenerate
         )
