@@ -9,6 +9,11 @@ CONSTRAINTS := $(if $(filter cpu,$(TORCH)),-c constraints/cpu.txt,)
 SCALE ?= full
 DEMO ?= full
 SEED ?= 0
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+# pytest-xdist workers for the fast tests (whole files per worker; 0 or 1: one process). The slow
+# tests run in one process: each already keeps both cores of a 2-core machine busy.
+TEST_WORKERS ?= 2
+TEST_PARALLEL := $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
 export MALLOC_MMAP_MAX_ ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -26,14 +31,13 @@ $(VENV)/.installed: pyproject.toml constraints/cpu.txt
 
 install: $(VENV)/.installed ## Create .venv and install univg with its test tools (CPU torch unless TORCH=cuda)
 
-test: $(VENV)/.installed ## Fast tests (slow end-to-end tests skipped)
-	$(PY) -m pytest -q -m "not slow" -p no:cacheprovider
+test: $(VENV)/.installed ## Fast tests (slow end-to-end tests skipped; TEST_WORKERS=2 processes)
+	$(PYTEST) $(TEST_PARALLEL) -m "not slow"
 
 test-slow: $(VENV)/.installed ## Slow end-to-end tests only
-	$(PY) -m pytest -q -m "slow" -p no:cacheprovider
+	$(PYTEST) -m "slow"
 
-test-all: $(VENV)/.installed ## Every test, as CI runs them
-	$(PY) -m pytest -q -p no:cacheprovider
+test-all: test test-slow ## Every test, as CI runs them
 
 lint: $(VENV)/.installed ## ruff check + ruff format --check
 	$(VENV)/bin/ruff check .

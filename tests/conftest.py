@@ -12,6 +12,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+#: Session fixtures that run one end-to-end job for tests in several files (below).
+SHARED_RUNS = ("first_debug_fit", "uninterrupted_debug_fit")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``) a worker takes whole
+    groups: a file's tests (its module fixtures are computed once) or, for a test that uses one of
+    :data:`SHARED_RUNS`, every test of that job in any file, so each job still runs once."""
+    for item in items:
+        group = next((name for name in SHARED_RUNS if name in getattr(item, "fixturenames", ())), None)
+        item.add_marker(pytest.mark.xdist_group(group or item.nodeid.split("::")[0]))
+
+
 @pytest.fixture(scope="session")
 def processor():
     from univg.model.tokenizer import load_processor
