@@ -61,10 +61,9 @@ class BaseDataModule(L.LightningDataModule):
 
     Subclasses say where the samples come from (:meth:`read_split`): files
     (:class:`GroundingDataModule` and the per-dataset modules), the synthetic generator or a
-    mixture of sources. ``None`` for ``prompt_template``, ``max_pixels``, ``target_format``,
-    ``train_mode`` and ``batch_size`` means the class default (``DEFAULT_TEMPLATE``,
-    ``DEFAULT_MAX_PIXELS``, ...). ``limit`` keeps the first N samples of each split (smoke runs).
-    ``seed`` drives the train shuffle.
+    mixture of sources. ``None`` for ``prompt_template``, ``max_pixels`` and ``train_mode``
+    means the class default (``DEFAULT_TEMPLATE``, ``DEFAULT_MAX_PIXELS``, ``DEFAULT_TRAIN_MODE``).
+    ``limit`` keeps the first N samples of each split (smoke runs); ``seed`` drives the train shuffle.
 
     ``val_count`` keeps a seeded draw of that many validation samples (all when ``None``), so a
     periodic validation sees every task of a file sorted by task. ``degenerate_boxes`` is the
@@ -78,8 +77,6 @@ class BaseDataModule(L.LightningDataModule):
     DEFAULT_TEMPLATE: ClassVar[str] = "reasoning"
     DEFAULT_MAX_PIXELS: ClassVar[int] = TRAIN_MAX_PIXELS
     DEFAULT_TRAIN_MODE: ClassVar[str] = "train"
-    DEFAULT_TARGET_FORMAT: ClassVar[str] = "cot"
-    DEFAULT_BATCH_SIZE: ClassVar[int] = 1
     #: The benchmark this module evaluates (a key of ``univg.evaluation.tables.BENCHMARKS``); None:
     #: the class name without ``DataModule``. A dataset whose files name their split overrides
     #: :meth:`benchmark`.
@@ -88,10 +85,10 @@ class BaseDataModule(L.LightningDataModule):
     def __init__(
         self,
         prompt_template: str | None = None,
-        target_format: str | None = None,
+        target_format: str = "cot",
         train_mode: str | None = None,
         eval_mode: str = "generate",
-        batch_size: int | None = None,
+        batch_size: int = 1,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         min_pixels: int = MIN_PIXELS,
@@ -120,8 +117,8 @@ class BaseDataModule(L.LightningDataModule):
             if size is not None and size < 1:  # torch's DataLoader would fail later, naming no key
                 raise ValueError(f"{name} must be >= 1, got {size}")
         self.prompt_template = prompt_template or self.DEFAULT_TEMPLATE
-        self.target_format = target_format or self.DEFAULT_TARGET_FORMAT
-        self.batch_size = batch_size or self.DEFAULT_BATCH_SIZE
+        self.target_format = target_format
+        self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or self.batch_size
         self.num_workers = num_workers
         self.min_pixels = min_pixels

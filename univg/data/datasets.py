@@ -117,9 +117,6 @@ class SyntheticDataModule(BaseDataModule):
     (the generator writes a short reasoning chain for every sample).
     """
 
-    DEFAULT_TARGET_FORMAT = "auto"
-    DEFAULT_BATCH_SIZE = 8
-
     def __init__(
         self,
         num_train: int = 64,
@@ -128,10 +125,13 @@ class SyntheticDataModule(BaseDataModule):
         tasks: list[str] | None = None,
         image_size: int = 112,
         synthetic: dict[str, Any] | None = None,
+        target_format: str = "auto",
+        batch_size: int = 8,
         **kwargs: Any,
     ) -> None:
-        """The counts, tasks and generator settings; every other argument is :class:`BaseDataModule`'s."""
-        super().__init__(**kwargs)
+        """The counts, tasks and generator settings, and defaults of its own for two shared
+        arguments; every other argument is :class:`BaseDataModule`'s."""
+        super().__init__(target_format=target_format, batch_size=batch_size, **kwargs)
         self.counts = {"train": num_train, "val": num_val, "test": num_test}
         self.tasks = tasks
         self.image_size = image_size

@@ -175,18 +175,17 @@ class MixtureDataModule(BaseDataModule):
             target_format: auto
     """
 
-    DEFAULT_TARGET_FORMAT = "auto"
-
     def __init__(
         self,
         sources: list[dict[str, Any]],
         val_sources: list[dict[str, Any]] | None = None,
         test_sources: list[dict[str, Any]] | None = None,
+        target_format: str = "auto",
         **kwargs: Any,
     ) -> None:
-        """The sources of each split (each names its own file); every other argument is
-        :class:`BaseDataModule`'s."""
-        super().__init__(**kwargs)
+        """The sources of each split (each names its own file) and its own default target format;
+        every other argument is :class:`BaseDataModule`'s."""
+        super().__init__(target_format=target_format, **kwargs)
         for i, src in enumerate(sources):
             _check_source(i, src)  # fail at construction, not after minutes of reading
         self.sources = {"train": list(sources), "val": val_sources, "test": test_sources}
