@@ -8,7 +8,7 @@
 #
 # A row is `configs/<stage>.yaml` + `experiments/size/<size>.yaml` [+ FSDP config] +
 # `experiments/<table>/<row>.yaml` [+ the scale's overlay: `experiments/debug/<kind>.yaml`, or for
-# SCALE=mini `<runs>/overlays/<kind>.yaml` written from univg.demo.DemoSettings by univg.mini]; it
+# SCALE=mini `<runs>/overlays/<kind>.yaml` written from univg.demo.DemoSettings by univg.demo.grid]; it
 # trains into $(GRID_RUNS)/<name>/fit/ (TensorBoard events, config.yaml, checkpoints/, weights.ckpt), is
 # evaluated into $(GRID_RUNS)/<name>/test/results_test.json, and rows whose results exist are
 # skipped. Stage-2 rows start from their stage-1 row's weights.ckpt (--model.init_args.init_checkpoint),
@@ -49,10 +49,10 @@ FSDP_2B ?=
 # the start of stage 2 and the constant-box baseline head the phi table at this scale
 GRID_START_table5 := mini_constant_box table4_cot90k
 # regenerated when the demo's settings or this module change (rows already run are kept: delete them to rerun)
-$(GRID_OVERLAYS)/eval.yaml: univg/mini.py $(wildcard univg/demo.py univg/demo/*.py)
-	$(GRID_PY) -m univg.mini overlays --seed $(SEED) $(GRID_MINI_SET) --out $(GRID_OVERLAYS)
+$(GRID_OVERLAYS)/eval.yaml: $(wildcard univg/demo/*.py)
+	$(GRID_PY) -m univg.demo.grid overlays --seed $(SEED) $(GRID_MINI_SET) --out $(GRID_OVERLAYS)
 $(call grid_results,mini_constant_box): | $(GRID_OVERLAYS)/eval.yaml
-	$(GRID_PY) -m univg.mini baseline --seed $(SEED) $(GRID_MINI_SET) --out $(GRID_RUNS)/mini_constant_box/test
+	$(GRID_PY) -m univg.demo.grid baseline --seed $(SEED) $(GRID_MINI_SET) --out $(GRID_RUNS)/mini_constant_box/test
 else
 GRID_ROOT ?= runs
 GRID_RUNS ?= $(GRID_ROOT)

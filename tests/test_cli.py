@@ -222,5 +222,5 @@ def test_help_lists_every_command_of_the_suite(capsys):
         if p.name != "__main__.py" and '__name__ == "__main__"' in p.read_text()
     }
     # not user commands: the CLI's own module and the grid's overlay writer (make SCALE=mini)
-    internal = {"univg.__main__", "univg.cli", "univg.mini"}
+    internal = {"univg.__main__", "univg.cli", "univg.demo.grid"}
     assert entry - internal == listed

@@ -89,7 +89,7 @@ def expected_init_args(cls, demo_kwargs: dict) -> dict:
 
 def test_mini_scale_composes_exactly_the_demo_recipe(monkeypatch, tmp_path):
     from univg.demo import DemoSettings, Phase
-    from univg.mini import write_overlays
+    from univg.demo.grid import write_overlays
     from univg.modules import GRPOModule, SFTModule
 
     cfg = DemoSettings(seed=3, phases=[Phase(["single"], 12)], grpo_steps=3, eval_n=5)
@@ -97,7 +97,9 @@ def test_mini_scale_composes_exactly_the_demo_recipe(monkeypatch, tmp_path):
     root = tmp_path / "grid"
     proc = make_n("ablation-phi", "SCALE=mini", "SEED=3", f"GRID_ROOT={root}")
     assert proc.returncode == 0, proc.stderr
-    assert "univg.mini overlays --seed 3" in proc.stdout and f"--out {root}/seed3/overlays" in proc.stdout
+    assert (
+        "univg.demo.grid overlays --seed 3" in proc.stdout and f"--out {root}/seed3/overlays" in proc.stdout
+    )
     write_overlays(cfg, root / "seed3" / "overlays")  # what that command writes, with these budgets
     cmds = univg_commands(proc.stdout)
     fit_sft = next(c for c in cmds if c[0] == "fit" and "configs/cot_sft.yaml" in c)
@@ -231,7 +233,7 @@ def test_hparams_view_lists_the_phi_rows_with_their_test_avg(tmp_path):
 def test_every_grid_row_loads_at_mini_scale(tmp_path):
     # table4, table6 and size run their rows the same way as ablation-phi: every command composes
     from univg.demo import DemoSettings
-    from univg.mini import write_overlays
+    from univg.demo.grid import write_overlays
 
     root = tmp_path / "mini"
     write_overlays(DemoSettings(seed=0), root / "seed0" / "overlays")

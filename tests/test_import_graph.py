@@ -133,7 +133,6 @@ LAYERS: dict[str, int] = {
     "cot": 5,
     "demo": 5,
     "rehearsal": 5,
-    "mini": 5,
 }
 
 

@@ -14,8 +14,8 @@ the ``debug`` scale. The constant-box baseline (the mean training box predicted 
 held-out sample) is written as a results file beside the rows, so the merged table shows how far
 the trained rows are above it::
 
-    python -m univg.mini overlays --seed 0 --out runs/mini/seed0/overlays
-    python -m univg.mini baseline --seed 0 --out runs/mini/seed0/mini_constant_box/test
+    python -m univg.demo.grid overlays --seed 0 --out runs/mini/seed0/overlays
+    python -m univg.demo.grid baseline --seed 0 --out runs/mini/seed0/mini_constant_box/test
 
 ``--set FIELD=VALUE`` changes a :class:`DemoSettings` field for both (as ``python -m univg.demo``).
 """
@@ -33,7 +33,7 @@ import yaml
 
 from univg.core.help_text import with_examples
 from univg.data.datamodules import SPLITS
-from univg.demo import DemoSettings, Phase, apply_overrides
+from univg.demo.settings import DemoSettings, Phase, apply_overrides
 
 #: The overlays this module writes, by the grid's kind of run.
 OVERLAY_KINDS = ("sft", "grpo", "eval")
@@ -221,7 +221,7 @@ def write_overlays(cfg: DemoSettings, out: str | Path) -> list[Path]:
     for kind, build in OVERLAYS.items():
         path = out / f"{kind}.yaml"
         head = (
-            f"# SCALE=mini overlay for the grid's {kind} runs, written by `python -m univg.mini overlays`\n"
+            f"# SCALE=mini overlay for the grid's {kind} runs, written by `python -m univg.demo.grid overlays`\n"
             f"# from univg.demo.DemoSettings (seed {cfg.seed}); regenerated when the demo changes, do not edit.\n"
         )
         path.write_text(head + yaml.safe_dump(build(cfg), sort_keys=False))
@@ -233,7 +233,7 @@ def write_baseline(cfg: DemoSettings, out: str | Path) -> Path:
     """``<out>/results_test.json``: the constant-box baseline (:func:`univg.demo.constant_box_metrics`)
     on the grid's stage-1 training set and held-out set, in the results format of every row."""
     from univg.data.synthetic import generate_samples
-    from univg.demo import constant_box_metrics
+    from univg.demo.stages import constant_box_metrics
     from univg.evaluation.tables import write_run_results
 
     sft, ev = sft_overlay(cfg)["data"]["init_args"], eval_overlay(cfg)["data"]["init_args"]
@@ -256,11 +256,11 @@ def write_baseline(cfg: DemoSettings, out: str | Path) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m univg.mini",
+        prog="python -m univg.demo.grid",
         description=__doc__.split("\n\n")[0],
         **with_examples(
-            "python -m univg.mini overlays --seed 0 --out runs/mini/seed0/overlays",
-            "python -m univg.mini baseline --seed 0 --out runs/mini/seed0/mini_constant_box/test",
+            "python -m univg.demo.grid overlays --seed 0 --out runs/mini/seed0/overlays",
+            "python -m univg.demo.grid baseline --seed 0 --out runs/mini/seed0/mini_constant_box/test",
         ),
     )
     p.add_argument("command", choices=("overlays", "baseline"))
