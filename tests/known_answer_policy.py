@@ -155,6 +155,37 @@ def held_out_stops(model: torch.nn.Module, inputs: dict, tokenizer: Any) -> tupl
     return share, (share * (1 - share) / at_once.numel()) ** 0.5
 
 
+#: The held-out prompts' seed (the training prompts use seed 0).
+HELD_OUT_SEED = 777
+
+
+def held_out_prompts(processor: Any) -> dict[str, torch.Tensor]:
+    """The 8 held-out prompts every known-answer measure samples."""
+    return prompts(processor, 8, seed=HELD_OUT_SEED)
+
+
+def load_policy(checkpoint: Path) -> torch.nn.Module:
+    """The tiny policy of ``checkpoint``, in eval mode."""
+    from univg.model.backbone import BackboneSpec
+
+    return BackboneSpec(preset="tiny", checkpoint=str(checkpoint)).build().eval()
+
+
+def starting_share(initial: torch.nn.Module, held_out: dict, tokenizer: Any) -> tuple[float, float]:
+    """The initial policy's held-out share of completions that end at once and its standard
+    error, checked to leave room to rise and to fall."""
+    share, sem = held_out_stops(initial, held_out, tokenizer)
+    assert 0.15 < share < 0.35, share
+    return share, sem
+
+
+def report(start: tuple[float, float], model: torch.nn.Module, held_out: dict, tokenizer: Any) -> float:
+    """The trained policy's held-out stop share, printed beside the start's."""
+    end, end_sem = held_out_stops(model, held_out, tokenizer)
+    print(f"held-out stop share {start[0]:.3f} -> {end:.3f} (sem {end_sem:.3f})")
+    return end
+
+
 def kl_to(model: torch.nn.Module, reference: torch.nn.Module, inputs: dict, tokenizer: Any) -> float:
     """KL(model || reference) per completion, estimated on completions sampled from ``model``: the
     mean over completions of the summed log-ratio of their tokens (up to the first end token)."""

@@ -91,10 +91,13 @@ import torch
 from known_answer_policy import (
     STEPS,
     assert_logged_rise,
+    held_out_prompts,
     held_out_stops,
     kl_to,
+    load_policy,
     make_peaked_checkpoint,
-    prompts,
+    report,
+    starting_share,
     stop_reward,
     train,
 )
@@ -118,22 +121,17 @@ def checkpoint(tmp_path_factory, processor) -> Path:
 
 @pytest.fixture(scope="module")
 def held_out(processor) -> dict[str, torch.Tensor]:
-    return prompts(processor, 8, seed=777)  # the training prompts use seed 0
+    return held_out_prompts(processor)
 
 
 @pytest.fixture(scope="module")
 def initial(checkpoint) -> torch.nn.Module:
-    from univg.model.backbone import BackboneSpec
-
-    return BackboneSpec(preset="tiny", checkpoint=str(checkpoint)).build().eval()
+    return load_policy(checkpoint)
 
 
 @pytest.fixture(scope="module")
 def start(initial, held_out, processor) -> tuple[float, float]:
-    """The initial policy's held-out share of completions that end at once, and its standard error."""
-    share, sem = held_out_stops(initial, held_out, processor.tokenizer)
-    assert 0.15 < share < 0.35, share  # room to rise and to fall
-    return share, sem
+    return starting_share(initial, held_out, processor.tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +162,8 @@ def _variant(name: str) -> dict[str, Any]:
 def assert_learned(
     model: torch.nn.Module, start: tuple[float, float], held_out: dict, tokenizer: Any
 ) -> None:
-    end, end_sem = held_out_stops(model, held_out, tokenizer)
-    report = f"held-out stop share {start[0]:.3f} -> {end:.3f} (sem {end_sem:.3f})"
-    print(report)
-    assert end >= start[0] + RISE, report
+    end = report(start, model, held_out, tokenizer)
+    assert end >= start[0] + RISE, (start, end)
 
 
 # ------------------------------------------------------------------------------------------ tests
@@ -267,7 +263,7 @@ def _worker(mode: str, out: Path, checkpoint: Path) -> None:  # pragma: no cover
         trained = BackboneSpec(preset="tiny", checkpoint=str(checkpoint)).build()
         missing, unexpected = trained.load_state_dict(state, strict=False)
         record["load"] = [sorted(missing), sorted(unexpected)]  # the tied head is the embedding
-        held = prompts(processor, 8, seed=777)
+        held = held_out_prompts(processor)
         record["stops"] = held_out_stops(trained, held, processor.tokenizer)
     (out / f"{mode}_rank{rank}.json").write_text(json.dumps(record))
 

@@ -72,10 +72,13 @@ import pytest
 import torch
 from known_answer_policy import (
     assert_logged_rise,
+    held_out_prompts,
     held_out_stops,
     kl_to,
+    load_policy,
     make_peaked_checkpoint,
-    prompts,
+    report,
+    starting_share,
     stop_reward,
     train,
 )
@@ -94,12 +97,6 @@ def train_lora(checkpoint: Path, processor: Any, targets: list[str] | None = Non
     return train(checkpoint, processor, backbone={"lora": lora}, **kwargs)
 
 
-def report(start: tuple[float, float], model: torch.nn.Module, held_out: dict, tokenizer: Any) -> float:
-    end, end_sem = held_out_stops(model, held_out, tokenizer)
-    print(f"held-out stop share {start[0]:.3f} -> {end:.3f} (sem {end_sem:.3f})")
-    return end
-
-
 # ------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, processor) -> Path:
@@ -108,22 +105,17 @@ def checkpoint(tmp_path_factory, processor) -> Path:
 
 @pytest.fixture(scope="module")
 def held_out(processor) -> dict[str, torch.Tensor]:
-    return prompts(processor, 8, seed=777)  # the training prompts use seed 0
+    return held_out_prompts(processor)
 
 
 @pytest.fixture(scope="module")
 def initial(checkpoint) -> torch.nn.Module:
-    from univg.model.backbone import BackboneSpec
-
-    return BackboneSpec(preset="tiny", checkpoint=str(checkpoint)).build().eval()
+    return load_policy(checkpoint)
 
 
 @pytest.fixture(scope="module")
 def start(initial, held_out, processor) -> tuple[float, float]:
-    """The initial policy's held-out share of completions that end at once, and its standard error."""
-    share, sem = held_out_stops(initial, held_out, processor.tokenizer)
-    assert 0.15 < share < 0.35, share  # room to rise and to fall
-    return share, sem
+    return starting_share(initial, held_out, processor.tokenizer)
 
 
 @pytest.fixture(scope="module")
