@@ -9,7 +9,6 @@ as ``--config grpo.yaml --config <this file>`` would (:func:`expand_config_bases
 from __future__ import annotations
 
 import os
-import re
 import sys
 from argparse import ArgumentError, RawDescriptionHelpFormatter
 from pathlib import Path
@@ -25,7 +24,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from univg.callbacks import CheckpointOnInterrupt
 from univg.callbacks.resume import config_differences, find_interrupted, keep_csv_metrics
-from univg.core.errors import EXIT_USAGE, UsageError, reported
+from univg.core.errors import EXIT_USAGE, UsageError, condense_parse_error, reported
 from univg.core.help_text import examples_epilog
 from univg.model.checkpoint_io import AtomicCheckpointIO
 from univg.model.checkpoints import CheckpointError, check_checkpoint, mismatch
@@ -357,87 +356,6 @@ def _cli(args: list[str] | None, run: bool) -> UniVGCLI:
     )
 
 
-# Lines of jsonargparse's nested union report that carry no information for the user.
-_NOISE = re.compile(
-    r"^(- )?(Does not validate against any of the Union subtypes|Subtypes: |Errors:|Given value|"
-    r"Expected a <class 'NoneType'>|Problem with given class_path)"
-)
-_KEY = re.compile(r'^(- )?Parser key "([^"]+)":\s*(.*)$')
-
-
-def condense_parse_error(message: str) -> str:
-    """One line out of jsonargparse's nested report: the dotted key as a YAML or the command line
-    writes it, and the innermost complaint.
-
-    >>> condense_parse_error('''Parser key "model":
-    ...   Does not validate against any of the Union subtypes
-    ...   Errors:
-    ...     - Problem with given class_path 'univg.modules.SFTModule':
-    ...         Parser key "backbone":
-    ...           Errors:
-    ...             - Problem with given class_path 'univg.model.backbone.BackboneSpec':
-    ...                 Parser key "preset":
-    ...                   Expected a Literal['tiny']. Got value: qwen9
-    ...     - Expected a <class 'NoneType'>
-    ...   Given value: NestedArg(key='backbone.preset', val='qwen9')''')
-    "model.init_args.backbone.preset: Expected a Literal['tiny']. Got value: qwen9"
-    >>> condense_parse_error('''Parser key "data":
-    ...   Errors:
-    ...     - Problem with given class_path 'univg.data.SyntheticDataModule':
-    ...         Parser key "batch_size":
-    ...           Errors:
-    ...             - Expected a <class 'int'>
-    ...             - Expected a <class 'NoneType'>
-    ...           Given value type: <class 'str'>
-    ...           Given value: four
-    ...     - Expected a <class 'NoneType'>''')
-    "data.init_args.batch_size: Expected a <class 'int'>. Got value: four"
-    >>> condense_parse_error("unrecognized arguments: --trainer.max_stepz 3")
-    'unrecognized arguments: --trainer.max_stepz 3'
-    """
-    stack: list[tuple[int, str]] = []  # (indent, key) of the enclosing "Parser key" lines
-    found: tuple[int, str] | None = None  # a complaint without its value, and its key's indent
-    for raw in message.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        indent = len(raw) - len(raw.lstrip())
-        if found is not None:  # an optional field's report gives the value after the complaint
-            if indent <= found[0]:
-                break
-            if line.startswith("Given value: "):
-                return f"{found[1]}. Got value: {line.removeprefix('Given value: ')}"
-            continue
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        key = _KEY.match(line)
-        if key is not None:
-            stack.append((indent, key.group(2)))
-            if key.group(3):  # the complaint on the same line: 'Parser key "config": File does not exist'
-                return f"{_dotted(stack)}: {key.group(3)}"
-            continue
-        if _NOISE.match(line):
-            continue
-        text = line[2:] if line.startswith("- ") else line
-        unknown = re.match(r"Option '([^']+)' is not accepted", text)
-        if unknown is not None:  # name the unknown key itself: model.init_args.lrr
-            stack.append((indent, unknown.group(1)))
-            text = "no such option"
-        complaint = f"{_dotted(stack)}: {text}" if stack else text
-        if "Got value" in text or not stack:
-            return complaint
-        found = (stack[-1][0], complaint)
-    return found[1] if found is not None else " ".join(message.split())
-
-
-def _dotted(stack: list[tuple[int, str]]) -> str:
-    keys = [key for _, key in stack]
-    # A subclass-mode part (model, data) takes its arguments under init_args.
-    if len(keys) > 1 and keys[0] in ("model", "data"):
-        keys.insert(1, "init_args")
-    return ".".join(keys)
-
-
 def _construction_message(err: BaseException, config: Any) -> str:
     """``part (class): message`` from the innermost error a class raised while being built."""
     root = err
@@ -460,7 +378,6 @@ __all__ = [
     "ConfigError",
     "TensorBoardLogger",
     "UniVGCLI",
-    "condense_parse_error",
     "expand_config_bases",
     "main",
 ]
