@@ -65,6 +65,39 @@ FULL = grid_commands("full")
 DEBUG = grid_commands("debug")
 
 
+def grid_rows() -> dict[str, list[str]]:
+    """Make's row of each trained grid run (the folder its weights are taken from) -> its fit command."""
+    proc = subprocess.run(
+        ["make", "-n", "--no-print-directory", *GRID_TARGETS, "GRID_RUNS=/nonexistent/grid"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows, fit = {}, None
+    for words in map(shlex.split, proc.stdout.splitlines()):
+        if words[1:4] == ["-m", "univg", "fit"]:
+            fit = words[4:]
+        elif words[1:4] == ["-m", "univg.sharded_checkpoint", "weights"] and fit is not None:
+            rows[Path(words[4]).parents[2].name] = fit  # /nonexistent/grid/<row>/fit/checkpoints/last.ckpt
+            fit = None
+    return rows
+
+
+def test_a_row_yaml_says_the_name_and_start_make_gives_its_row():
+    """A trained row's name and the stage-1 row it starts from are in make/grid.mk's row table and
+    in the row's YAML (which also runs by hand); the two must agree, or make looks for weights in a
+    folder the run never wrote."""
+    rows = grid_rows()
+    assert len(rows) == 18
+    for row, fit in rows.items():
+        overlay = next(a for a in fit if a.startswith(("experiments/table", "experiments/beyond")))
+        written = yaml.safe_load((ROOT / overlay).read_text())
+        assert written["trainer"]["logger"]["init_args"]["name"] == row, overlay
+        start = ((written.get("model") or {}).get("init_args") or {}).get("init_checkpoint")
+        passed = [a.split("=", 1)[1] for a in fit if a.startswith("--model.init_args.init_checkpoint=")]
+        expected = [start.replace("runs/", "/nonexistent/grid/", 1)] if start else []
+        assert passed == expected, overlay
+
+
 def test_grid_covers_every_experiment_yaml():
     used = {a for cmd in FULL + DEBUG for a in cmd if a.endswith(".yaml")}
     every = {str(p.relative_to(ROOT)) for p in (ROOT / "experiments").rglob("*.yaml")}
