@@ -49,28 +49,10 @@ def settings_record(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def grpo_module(cfg: Any, ckpt: str, name: str) -> Any:
-    """The demo's stage-2 ``GRPOModule`` (:func:`univg.demo.stages.run_grpo`), phi none."""
-    from univg.modules import GRPOModule
+    """The demo's stage-2 ``GRPOModule`` (:func:`univg.demo.stages.grpo_module`), phi none, no pictures."""
+    from univg.demo.stages import grpo_module as demo_grpo_module
 
-    return GRPOModule(
-        backbone=cfg.backbone(freeze_vision=True),
-        init_checkpoint=str(ckpt),
-        lr=cfg.grpo_lr,
-        warmup_ratio=0.0,
-        schedule="constant",
-        group_size=cfg.group_size,
-        temperature=cfg.temperature,
-        max_completion_length=cfg.max_new_tokens,
-        max_new_tokens=cfg.max_new_tokens,
-        beta=cfg.beta,
-        scale_rewards=cfg.scale_rewards,
-        loss_type=cfg.loss_type,
-        phi="none",
-        prompts_per_step=cfg.grpo_prompts,
-        log_completions_every=0,
-        run_name=name,
-        num_pictures=0,
-    )
+    return demo_grpo_module(cfg, ckpt, "none", log_completions_every=0, run_name=name, num_pictures=0)
 
 
 def demo_data(cfg: Any) -> tuple[Any, Any]:

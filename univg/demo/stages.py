@@ -193,17 +193,16 @@ def run_continued_sft(
     return metrics, times, losses.losses
 
 
-def run_grpo(
-    cfg: DemoSettings, ckpt: str | os.PathLike, test: list[GroundingSample], out: Path, phi: str
-) -> tuple[list[dict[str, float]], list[dict[str, float]], dict[str, float], dict[str, float]]:
-    """One GRPO run (``phi`` none: GRPO; exp: GRPO-Difficulty) from the stage-1 checkpoint.
-
-    Returns the per-step logs (Figure 3), the reward-probe points, the metrics and the seconds.
-    """
-    prompts, probes = stage2_prompts(cfg), probe_set(cfg)
-    t0 = time.perf_counter()
-    L.seed_everything(cfg.seed, verbose=False)
-    grpo = GRPOModule(
+def grpo_module(
+    cfg: DemoSettings,
+    ckpt: str | os.PathLike,
+    phi: str,
+    log_completions_every: int = 10,
+    run_name: str | None = None,
+    num_pictures: int = 8,
+) -> GRPOModule:
+    """The demo's stage-2 ``GRPOModule`` from the stage-1 checkpoint (``run_name`` default ``grpo_<phi>``)."""
+    return GRPOModule(
         backbone=cfg.backbone(freeze_vision=True),
         init_checkpoint=str(ckpt),
         lr=cfg.grpo_lr,
@@ -218,10 +217,23 @@ def run_grpo(
         loss_type=cfg.loss_type,
         phi=phi,
         prompts_per_step=cfg.grpo_prompts,
-        log_completions_every=10,
-        run_name=f"grpo_{phi}",
-        num_pictures=8,
+        log_completions_every=log_completions_every,
+        run_name=run_name or f"grpo_{phi}",
+        num_pictures=num_pictures,
     )
+
+
+def run_grpo(
+    cfg: DemoSettings, ckpt: str | os.PathLike, test: list[GroundingSample], out: Path, phi: str
+) -> tuple[list[dict[str, float]], list[dict[str, float]], dict[str, float], dict[str, float]]:
+    """One GRPO run (``phi`` none: GRPO; exp: GRPO-Difficulty) from the stage-1 checkpoint.
+
+    Returns the per-step logs (Figure 3), the reward-probe points, the metrics and the seconds.
+    """
+    prompts, probes = stage2_prompts(cfg), probe_set(cfg)
+    t0 = time.perf_counter()
+    L.seed_everything(cfg.seed, verbose=False)
+    grpo = grpo_module(cfg, ckpt, phi)
     data = ListDataModule(
         prompts, test, batch_size=cfg.grpo_prompts, eval_batch_size=50, train_mode="generate", seed=cfg.seed
     )
